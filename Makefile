@@ -1,0 +1,56 @@
+# Every target installs what it needs: a fresh clone runs `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMPS := .stamps
+PROTO_SRC := $(wildcard protos/agent_recorder/v1/*.proto)
+GEN_DIR := recorder_client
+
+.PHONY: setup proto demo serve test lint bench fmt clean
+
+setup: $(STAMPS)/venv $(STAMPS)/node
+
+$(STAMPS)/venv: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/node: package.json
+	npm install --silent --no-audit --no-fund
+	mkdir -p $(STAMPS) && touch $@
+
+# Regenerates the committed stubs from protos/ with the pinned grpcio-tools.
+proto: $(STAMPS)/venv
+	rm -f $(GEN_DIR)/agent_recorder/v1/*_pb2*.py $(GEN_DIR)/agent_recorder/v1/*_pb2*.pyi
+	PATH=$(CURDIR)/$(BIN):$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=$(GEN_DIR) --mypy_out=$(GEN_DIR) $(PROTO_SRC)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(PY) -m grpc_tools.protoc -Iprotos \
+	  --grpc_python_out=$(GEN_DIR) --mypy_grpc_out=$(GEN_DIR) \
+	  protos/agent_recorder/v1/recorder_service.proto
+
+demo: setup
+	$(PY) -m recorder_server.demo
+
+serve: setup
+	$(BIN)/agent-recorder serve
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	node_modules/.bin/buf lint
+
+fmt: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) node_modules $(STAMPS)
