@@ -1,0 +1,274 @@
+"""Queries over the store on read-only connections that never wait for the writer.
+
+WAL mode lets each read see the last committed state while the writer appends.
+Sessions and loops are assembled from stored bytes (see storage.py) and decoded
+once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import session_pb2
+
+from recorder_server.errors import InvalidArgument, NotFound
+from recorder_server.storage import (
+    COMMON_PRAGMAS,
+    LOOP_EVENTS_FIELD,
+    LOOP_TURNS_FIELD,
+    SESSION_LOOPS_FIELD,
+    _field,
+    configure,
+    loop_event_bytes,
+)
+
+READER_PRAGMAS = (
+    # A read connection must never write, whatever a query says.
+    "PRAGMA query_only = ON",
+    # 16 MiB page cache per reader for repeated reads of the same session.
+    "PRAGMA cache_size = -16384",
+)
+
+STATUS_FIELDS = {
+    session_pb2.LOOP_STATUS_PENDING: "pending",
+    session_pb2.LOOP_STATUS_RUNNING: "running",
+    session_pb2.LOOP_STATUS_COMPLETED: "completed",
+    session_pb2.LOOP_STATUS_REJECTED: "rejected",
+    session_pb2.LOOP_STATUS_ABORTED: "aborted",
+}
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    cursor: int
+    loop_id: str
+    sequence: int
+    body: bytes
+
+
+class ReadPool:
+    """A few read-only connections, handed out one request at a time."""
+
+    def __init__(self, path: Path, size: int = 4) -> None:
+        self.path = path
+        self.size = size
+        self._idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+        self._all: list[aiosqlite.Connection] = []
+
+    async def open(self) -> None:
+        for _ in range(self.size):
+            conn = await aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True)
+            await configure(conn, COMMON_PRAGMAS)
+            await configure(conn, READER_PRAGMAS)
+            self._all.append(conn)
+            self._idle.put_nowait(conn)
+
+    async def close(self) -> None:
+        for conn in self._all:
+            await conn.close()
+        self._all.clear()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        conn = await self._idle.get()
+        try:
+            yield conn
+        finally:
+            self._idle.put_nowait(conn)
+
+
+class Reads:
+    """The read queries of the service (rule 11 and the listing/streaming RPCs)."""
+
+    def __init__(self, pool: ReadPool) -> None:
+        self.pool = pool
+
+    async def get_session(self, session_id: str, skip_events: bool) -> session_pb2.Session:
+        async with self.pool.connection() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT head FROM sessions WHERE session_id = ?", (session_id,)
+            )
+            if not rows:
+                raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+            head = bytes(next(iter(rows))[0])
+            loops = await conn.execute_fetchall(
+                "SELECT loop_id, record FROM loops WHERE session_id = ? ORDER BY position",
+                (session_id,),
+            )
+            turns = await conn.execute_fetchall(
+                "SELECT t.loop_id, t.body FROM loops l JOIN turns t ON t.loop_id = l.loop_id "
+                "WHERE l.session_id = ? ORDER BY t.loop_id, t.turn_no",
+                (session_id,),
+            )
+            events: list[tuple[str, int, bytes]] = []
+            if not skip_events:
+                events = list(
+                    await conn.execute_fetchall(  # type: ignore[arg-type]
+                        "SELECT loop_id, sequence, body FROM events WHERE session_id = ? "
+                        "ORDER BY cursor",
+                        (session_id,),
+                    )
+                )
+        extra: dict[str, list[bytes]] = defaultdict(list)
+        for loop_id, body in turns:
+            extra[loop_id].append(_field(LOOP_TURNS_FIELD, body))
+        for loop_id, sequence, body in events:
+            extra[loop_id].append(_field(LOOP_EVENTS_FIELD, loop_event_bytes(sequence, body)))
+        parts = [head]
+        for loop_id, record in loops:
+            parts.append(_field(SESSION_LOOPS_FIELD, b"".join([record, *extra[loop_id]])))
+        return session_pb2.Session.FromString(b"".join(parts))
+
+    async def get_loop(self, loop_id: str, skip_events: bool) -> session_pb2.LoopRecord:
+        async with self.pool.connection() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT record FROM loops WHERE loop_id = ?", (loop_id,)
+            )
+            if not rows:
+                raise NotFound(f"loop {loop_id!r} not found", loop_id=loop_id)
+            parts = [bytes(next(iter(rows))[0])]
+            for (body,) in await conn.execute_fetchall(
+                "SELECT body FROM turns WHERE loop_id = ? ORDER BY turn_no", (loop_id,)
+            ):
+                parts.append(_field(LOOP_TURNS_FIELD, body))
+            if not skip_events:
+                for sequence, body in await conn.execute_fetchall(
+                    "SELECT sequence, body FROM events WHERE loop_id = ? ORDER BY sequence",
+                    (loop_id,),
+                ):
+                    parts.append(_field(LOOP_EVENTS_FIELD, loop_event_bytes(sequence, body)))
+        return session_pb2.LoopRecord.FromString(b"".join(parts))
+
+    async def list_sessions(
+        self, request: api.ListSessionsRequest
+    ) -> tuple[list[api.SessionSummary], str]:
+        """Newest first by creation, keyset-paged on (created, session_id)."""
+        page_size = request.page_size or 50
+        where, args = [], []
+        if request.agent_id:
+            where.append("agent_id = ?")
+            args.append(request.agent_id)
+        if request.HasField("scope"):
+            where.append("scope = ?")
+            args.append(int(request.scope))
+        if request.HasField("since"):
+            where.append("last_active_us >= ?")
+            args.append(request.since.seconds * 1_000_000 + request.since.nanos // 1000)
+        if request.page_token:
+            created, sid = _decode_token(request.page_token)
+            where.append("(created_us < ? OR (created_us = ? AND session_id < ?))")
+            args.extend([created, created, sid])
+        sql = "SELECT session_id, created_us, head FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_us DESC, session_id DESC LIMIT ?"
+        args.append(page_size + 1)
+        async with self.pool.connection() as conn:
+            rows = list(await conn.execute_fetchall(sql, args))
+            more = len(rows) > page_size
+            rows = rows[:page_size]
+            summaries = [_summary(bytes(head)) for _, _, head in rows]
+            await self._fill_loop_stats(conn, summaries)
+        token = _encode_token(int(rows[-1][1]), str(rows[-1][0])) if more else ""
+        return summaries, token
+
+    async def _fill_loop_stats(
+        self, conn: aiosqlite.Connection, summaries: list[api.SessionSummary]
+    ) -> None:
+        if not summaries:
+            return
+        by_id = {s.session_id: s for s in summaries}
+        marks = ",".join("?" * len(by_id))
+        rows = await conn.execute_fetchall(
+            "SELECT session_id, status, COUNT(*), SUM(usage_input), SUM(usage_output), "
+            "SUM(usage_reasoning), SUM(usage_cache_read), SUM(usage_cache_write), "
+            f"SUM(usage_total) FROM loops WHERE session_id IN ({marks}) "
+            "GROUP BY session_id, status",
+            list(by_id),
+        )
+        for sid, status, count, *usage in rows:
+            summary = by_id[sid]
+            name = STATUS_FIELDS.get(status)
+            if name is not None:
+                setattr(summary.loops, name, getattr(summary.loops, name) + count)
+            u = summary.usage
+            u.input += usage[0]
+            u.output += usage[1]
+            u.reasoning += usage[2]
+            u.cache_read += usage[3]
+            u.cache_write += usage[4]
+            u.total_tokens += usage[5]
+
+    async def events_after(
+        self, *, session_id: str | None, loop_id: str | None, after_cursor: int, limit: int
+    ) -> list[StoredEvent]:
+        """A page of stored events in commit order, after a cursor."""
+        if loop_id is not None:
+            sql = (
+                "SELECT cursor, loop_id, sequence, body FROM events "
+                "WHERE loop_id = ? AND cursor > ? ORDER BY sequence LIMIT ?"
+            )
+            key = loop_id
+        else:
+            sql = (
+                "SELECT cursor, loop_id, sequence, body FROM events "
+                "WHERE session_id = ? AND cursor > ? ORDER BY cursor LIMIT ?"
+            )
+            key = session_id or ""
+        async with self.pool.connection() as conn:
+            rows = await conn.execute_fetchall(sql, (key, after_cursor, limit))
+        return [StoredEvent(int(c), str(lid), int(s), bytes(b)) for c, lid, s, b in rows]
+
+    async def loop_status(self, loop_id: str) -> int | None:
+        async with self.pool.connection() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT status FROM loops WHERE loop_id = ?", (loop_id,)
+                )
+            )
+        return None if not rows else int(rows[0][0])
+
+    async def session_state(self, session_id: str) -> tuple[bool, bool]:
+        """(exists, finalized) of a session."""
+        async with self.pool.connection() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT finalized_us FROM sessions WHERE session_id = ?", (session_id,)
+                )
+            )
+        return (bool(rows), bool(rows) and rows[0][0] is not None)
+
+
+def _summary(head: bytes) -> api.SessionSummary:
+    session = session_pb2.Session.FromString(head)
+    summary = api.SessionSummary(
+        session_id=session.session_id, agent_id=session.agent_id, scope=session.scope
+    )
+    summary.created_at.CopyFrom(session.created_at)
+    summary.last_active_at.CopyFrom(session.last_active_at)
+    summary.formation.CopyFrom(session.formation)
+    if session.HasField("parent_spawn_ref"):
+        summary.parent_spawn_ref.CopyFrom(session.parent_spawn_ref)
+    if session.HasField("finalized_at"):
+        summary.finalized_at.CopyFrom(session.finalized_at)
+    return summary
+
+
+def _encode_token(created_us: int, session_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_us}:{session_id}".encode()).decode()
+
+
+def _decode_token(token: str) -> tuple[int, str]:
+    try:
+        created, sid = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+        return int(created), sid
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token", "not a token this server issued") from exc

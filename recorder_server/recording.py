@@ -1,0 +1,687 @@
+"""The recording rules (DESIGN.md §Recording semantics 1–10), with no I/O.
+
+The writer keeps a `Snapshot` of the state these rules touch (open loops, their
+sessions, anything a batch names) and asks `needed()` which ids are missing before
+a batch; the rules then run against a `Batch` overlay that copies what it changes,
+so a refused batch leaves the snapshot untouched. What a successful batch changed
+comes out as a `ChangeSet` for the storage layer to persist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from recorder_server.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    LoopNotOpen,
+    NotFound,
+    RecorderError,
+    SequenceConflict,
+    SequenceGap,
+)
+
+RUNNING = session_pb2.LOOP_STATUS_RUNNING
+PENDING = session_pb2.LOOP_STATUS_PENDING
+OPEN_STATUSES = frozenset({RUNNING, PENDING})
+SESSION_LEVEL = frozenset({"parallel_loop_start", "parallel_loop_end"})
+
+
+@dataclass(frozen=True)
+class RecordingOptions:
+    """Server switches that change what is kept (rules 5 and 6)."""
+
+    include_streaming_events: bool = False
+    capture_turn_requests: bool = False
+
+
+@dataclass
+class LoopState:
+    """A loop as the rules see it; `record` never holds events or turns."""
+
+    record: session_pb2.LoopRecord
+    next_seq: int = 0
+    partial: session_pb2.Turn | None = None
+
+    def copy(self) -> LoopState:
+        record = session_pb2.LoopRecord()
+        record.CopyFrom(self.record)
+        partial = None
+        if self.partial is not None:
+            partial = session_pb2.Turn()
+            partial.CopyFrom(self.partial)
+        return LoopState(record, self.next_seq, partial)
+
+    @property
+    def is_open(self) -> bool:
+        return self.record.status in OPEN_STATUSES
+
+
+@dataclass
+class ParallelGroup:
+    """One parallel evaluation of a session, as announced by ParallelLoopStart."""
+
+    group_id: int
+    loop_ids: list[str]
+    start: events_pb2.ParallelLoopStart
+    end: events_pb2.ParallelLoopEnd | None = None
+
+
+@dataclass
+class SessionState:
+    """A session's head (no loops) and its parallel evaluations."""
+
+    session: session_pb2.Session
+    groups: list[ParallelGroup] = field(default_factory=list)
+
+    def copy(self) -> SessionState:
+        session = session_pb2.Session()
+        session.CopyFrom(self.session)
+        return SessionState(session, [replace(g) for g in self.groups])
+
+
+@dataclass
+class Snapshot:
+    """What the writer knows. `None` values mean "looked up: does not exist"."""
+
+    loops: dict[str, LoopState | None] = field(default_factory=dict)
+    sessions: dict[str, SessionState | None] = field(default_factory=dict)
+    pending_refs: dict[str, session_pb2.SpawnRef | None] = field(default_factory=dict)
+    stored_events: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    next_group_id: int = 1
+
+
+@dataclass
+class ChangeSet:
+    """Everything one batch (or control call) changed, for storage to persist."""
+
+    events: list[tuple[str, int, str, str, bytes]] = field(default_factory=list)
+    loops: dict[str, LoopState] = field(default_factory=dict)
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+    turns: list[tuple[str, session_pb2.Turn]] = field(default_factory=list)
+    groups: dict[int, tuple[str, ParallelGroup]] = field(default_factory=dict)
+    pending_refs: dict[str, session_pb2.SpawnRef | None] = field(default_factory=dict)
+    sequences: list[int] = field(default_factory=list)
+    admitted: list[str] = field(default_factory=list)
+    finalized: list[str] = field(default_factory=list)
+    ended_loops: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Needed:
+    """Ids a batch refers to that the snapshot has not loaded yet."""
+
+    loop_ids: frozenset[str]
+    session_ids: frozenset[str]
+    event_keys: frozenset[tuple[str, int]]
+
+    def __bool__(self) -> bool:
+        return bool(self.loop_ids or self.session_ids or self.event_keys)
+
+
+def session_of(loop_id: str) -> str:
+    """The session part of a loop id: everything before the first dot."""
+    return loop_id.split(".", 1)[0]
+
+
+def config_segment(loop_id: str) -> str | None:
+    """Everything between the first and the last dot, if there is such a part."""
+    first, last = loop_id.find("."), loop_id.rfind(".")
+    return loop_id[first + 1 : last] if 0 <= first < last else None
+
+
+def loop_id_of(event: events_pb2.AgentEvent) -> str:
+    kind = event.WhichOneof("event")
+    return "" if kind is None or kind in SESSION_LEVEL else getattr(event, kind).loop_id
+
+
+def _later(a: Timestamp, b: Timestamp) -> bool:
+    return (a.seconds, a.nanos) > (b.seconds, b.nanos)
+
+
+def _child_loop_id(end: events_pb2.ToolExecutionEnd) -> str | None:
+    if end.result.HasField("child_loop_id") and end.result.child_loop_id:
+        return end.result.child_loop_id
+    return end.child_loop_id if end.HasField("child_loop_id") and end.child_loop_id else None
+
+
+def needed(
+    snapshot: Snapshot, envelopes: Sequence[tuple[int | None, events_pb2.AgentEvent]]
+) -> Needed:
+    """The ids the rules will consult for these events that are not loaded yet.
+
+    Called repeatedly until empty: a loaded loop can name a parent or session
+    that then needs loading too.
+    """
+    loops: set[str] = set()
+    sessions: set[str] = set()
+    keys: set[tuple[str, int]] = set()
+
+    def want_loop(loop_id: str) -> None:
+        if loop_id not in snapshot.loops:
+            loops.add(loop_id)
+        else:
+            state = snapshot.loops[loop_id]
+            want_session(state.record.session_id if state else session_of(loop_id))
+
+    def want_session(session_id: str) -> None:
+        if session_id not in snapshot.sessions or (
+            snapshot.sessions[session_id] is None and session_id not in snapshot.pending_refs
+        ):
+            sessions.add(session_id)
+
+    for sequence, event in envelopes:
+        kind = event.WhichOneof("event")
+        if kind == "parallel_loop_start":
+            want_session(event.parallel_loop_start.session_id)
+            for loop_id in event.parallel_loop_start.loop_ids:
+                want_loop(loop_id)
+            continue
+        if kind == "parallel_loop_end":
+            _want_group_loops(snapshot, event.parallel_loop_end, want_session, want_loop)
+            continue
+        loop_id = loop_id_of(event)
+        want_loop(loop_id)
+        state = snapshot.loops.get(loop_id)
+        if sequence is not None and (state is None or sequence < state.next_seq):
+            if (loop_id, sequence) not in snapshot.stored_events:
+                keys.add((loop_id, sequence))
+        if kind == "agent_start":
+            start = event.agent_start
+            want_session(start.session_id)
+            if start.HasField("parent_loop_id"):
+                want_loop(start.parent_loop_id)
+        elif kind == "agent_end" and state is not None and state.record.HasField("parent_loop_id"):
+            want_loop(state.record.parent_loop_id)
+        elif kind == "tool_execution_end":
+            child = _child_loop_id(event.tool_execution_end)
+            if child is not None:
+                want_loop(child)
+    return Needed(frozenset(loops), frozenset(sessions), frozenset(keys))
+
+
+def _want_group_loops(
+    snapshot: Snapshot,
+    end: events_pb2.ParallelLoopEnd,
+    want_session: Callable[[str], None],
+    want_loop: Callable[[str], None],
+) -> None:
+    want_session(end.session_id)
+    state = snapshot.sessions.get(end.session_id)
+    if state is not None:
+        for group in state.groups:
+            if end.selected_loop_id in group.loop_ids:
+                for loop_id in group.loop_ids:
+                    want_loop(loop_id)
+
+
+class Batch:
+    """One all-or-nothing application of the rules on top of a snapshot."""
+
+    def __init__(self, snapshot: Snapshot, options: RecordingOptions) -> None:
+        self.base = snapshot
+        self.options = options
+        self.changes = ChangeSet()
+        self.next_group_id = snapshot.next_group_id
+        self._new_events: dict[tuple[str, int], bytes] = {}
+
+    # -- working copies -------------------------------------------------------
+
+    def loop(self, loop_id: str) -> LoopState | None:
+        """A working copy of a loop; changes to it are part of this batch."""
+        if loop_id in self.changes.loops:
+            return self.changes.loops[loop_id]
+        state = self.base.loops[loop_id]
+        if state is None:
+            return None
+        copy = state.copy()
+        self.changes.loops[loop_id] = copy
+        return copy
+
+    def peek_loop(self, loop_id: str) -> LoopState | None:
+        """A loop for reading only (no copy is made)."""
+        if loop_id in self.changes.loops:
+            return self.changes.loops[loop_id]
+        return self.base.loops.get(loop_id)
+
+    def session(self, session_id: str) -> SessionState | None:
+        if session_id in self.changes.sessions:
+            return self.changes.sessions[session_id]
+        state = self.base.sessions[session_id]
+        if state is None:
+            return None
+        copy = state.copy()
+        self.changes.sessions[session_id] = copy
+        return copy
+
+    def session_id_of_loop(self, loop_id: str) -> str:
+        """The recorded session of a loop, or the one its id names."""
+        state = self.peek_loop(loop_id)
+        return state.record.session_id if state is not None else session_of(loop_id)
+
+    # -- events ---------------------------------------------------------------
+
+    def apply(self, envelopes: Iterable[tuple[int | None, events_pb2.AgentEvent]]) -> ChangeSet:
+        for index, (sequence, event) in enumerate(envelopes):
+            try:
+                self.changes.sequences.append(self._apply_one(sequence, event))
+            except RecorderError as exc:
+                exc.metadata.setdefault("index", str(index))
+                raise
+        return self.changes
+
+    def _apply_one(self, sequence: int | None, event: events_pb2.AgentEvent) -> int:
+        kind = event.WhichOneof("event")
+        if kind == "parallel_loop_start":
+            self._parallel_start(event.parallel_loop_start)
+            return 0
+        if kind == "parallel_loop_end":
+            self._parallel_end(event.parallel_loop_end)
+            return 0
+        if kind == "message_update" and not self.options.include_streaming_events:
+            if sequence is not None:
+                raise InvalidArgument(
+                    "sequence",
+                    "this server does not record streaming deltas; send MessageUpdate unnumbered",
+                )
+            return 0
+        assert kind is not None
+        loop_id = loop_id_of(event)
+        body = event.SerializeToString(deterministic=True)
+        if sequence is not None and self._is_resend(loop_id, sequence, body):
+            return sequence
+        if kind == "agent_start":
+            state = self._agent_start(event.agent_start)
+        else:
+            state = self._open_loop(loop_id)
+            getattr(self, f"_on_{kind}", _ignore)(state, getattr(event, kind))
+        seq = state.next_seq
+        if sequence is not None and sequence != seq:
+            raise SequenceGap(loop_id, sequence, seq)
+        state.next_seq = seq + 1
+        self.changes.events.append((loop_id, seq, state.record.session_id, kind, body))
+        self._new_events[(loop_id, seq)] = body
+        return seq
+
+    def _is_resend(self, loop_id: str, sequence: int, body: bytes) -> bool:
+        """Rule of delivery: (loop_id, sequence) already stored → acknowledge again."""
+        state = self.peek_loop(loop_id)
+        if state is not None and sequence >= state.next_seq:
+            return False
+        stored = self._new_events.get((loop_id, sequence))
+        if stored is None:
+            stored = self.base.stored_events.get((loop_id, sequence))
+        if stored is None:
+            return False
+        if stored != body:
+            raise SequenceConflict(loop_id, sequence, "re-sent with different content")
+        return True
+
+    def _open_loop(self, loop_id: str) -> LoopState:
+        state = self.peek_loop(loop_id)
+        if state is None:
+            raise LoopNotOpen(loop_id, "never started")
+        if state.record.status != RUNNING:
+            name = session_pb2.LoopStatus.Name(state.record.status)
+            raise LoopNotOpen(loop_id, name.removeprefix("LOOP_STATUS_").lower())
+        working = self.loop(loop_id)
+        assert working is not None
+        return working
+
+    def _agent_start(self, start: events_pb2.AgentStart) -> LoopState:
+        session = self._admit(start)
+        existing = self.loop(start.loop_id)
+        if existing is not None and existing.record.status != PENDING:
+            raise AlreadyExists(
+                f"loop {start.loop_id!r} has already started", loop_id=start.loop_id
+            )
+        state = existing or LoopState(session_pb2.LoopRecord())
+        record = state.record
+        record.loop_id = start.loop_id
+        record.session_id = start.session_id
+        record.agent_id = start.agent_id
+        if start.HasField("parent_loop_id"):
+            record.parent_loop_id = start.parent_loop_id
+        record.continuation_kind.CopyFrom(start.continuation_kind)
+        record.started_at.CopyFrom(start.timestamp)
+        record.status = RUNNING
+        if start.HasField("config_snapshot"):
+            record.config.CopyFrom(start.config_snapshot)
+        if start.HasField("metadata"):
+            record.metadata.CopyFrom(start.metadata)
+        self.changes.loops[start.loop_id] = state
+        if start.HasField("parent_loop_id"):
+            self._link_inbound(session, start.parent_loop_id)
+        return state
+
+    def _admit(self, start: events_pb2.AgentStart) -> SessionState:
+        """Rules 1 and 2: open (or re-admit) the session and move last_active_at."""
+        session = self.session(start.session_id)
+        if session is None:
+            head = session_pb2.Session(
+                session_id=start.session_id,
+                agent_id=start.agent_id,
+                scope=session_pb2.SESSION_SCOPE_EPHEMERAL,
+            )
+            head.created_at.CopyFrom(start.timestamp)
+            head.last_active_at.CopyFrom(start.timestamp)
+            head.formation.first_loop.timestamp.CopyFrom(start.timestamp)
+            session = SessionState(head)
+            self.changes.sessions[start.session_id] = session
+            self._take_pending_ref(session)
+            self.changes.admitted.append(start.session_id)
+        elif session.session.HasField("finalized_at"):
+            session.session.ClearField("finalized_at")
+            self.changes.admitted.append(start.session_id)
+        if _later(start.timestamp, session.session.last_active_at):
+            session.session.last_active_at.CopyFrom(start.timestamp)
+        return session
+
+    def _take_pending_ref(self, session: SessionState) -> None:
+        """Rule 7, late half: a spawn ref recorded before the child session existed."""
+        sid = session.session.session_id
+        if sid in self.changes.pending_refs:
+            ref = self.changes.pending_refs[sid]
+        else:
+            ref = self.base.pending_refs.get(sid)
+        if ref is not None:
+            session.session.parent_spawn_ref.CopyFrom(ref)
+            self.changes.pending_refs[sid] = None
+
+    def _link_inbound(self, session: SessionState, parent_loop_id: str) -> None:
+        """Rule 2: a parent loop in another session makes this a sub-agent session."""
+        parent_session = self.session_id_of_loop(parent_loop_id)
+        if parent_session == session.session.session_id:
+            return
+        if not session.session.HasField("parent_spawn_ref"):
+            ref = session.session.parent_spawn_ref
+            ref.parent_session_id = parent_session
+            ref.parent_loop_id = parent_loop_id
+
+    def _on_agent_end(self, state: LoopState, end: events_pb2.AgentEnd) -> None:
+        """Rule 9."""
+        record = state.record
+        state.partial = None
+        record.ended_at.CopyFrom(end.timestamp)
+        if end.HasField("rejection"):
+            record.status = session_pb2.LOOP_STATUS_REJECTED
+            record.rejection = end.rejection
+        else:
+            record.status = session_pb2.LOOP_STATUS_COMPLETED
+        del record.messages[:]
+        record.messages.extend(end.messages)
+        record.usage.CopyFrom(end.usage)
+        if not record.HasField("config"):
+            first = next(
+                (m for m in end.messages if m.role == types_pb2.MESSAGE_ROLE_ASSISTANT), None
+            )
+            if first is not None:
+                _config_from_message(record, first)
+        self.changes.ended_loops.append(record.loop_id)
+        if record.HasField("parent_loop_id"):
+            parent = self.peek_loop(record.parent_loop_id)
+            if parent is not None and parent.record.session_id == record.session_id:
+                working = self.loop(record.parent_loop_id)
+                assert working is not None
+                if record.loop_id not in working.record.children_loop_ids:
+                    working.record.children_loop_ids.append(record.loop_id)
+
+    def _on_turn_start(self, state: LoopState, start: events_pb2.TurnStart) -> None:
+        """Rule 6: a partial turn opens."""
+        turn = session_pb2.Turn(triggered_by=start.triggered_by)
+        turn.turn_id.loop_id = start.loop_id
+        turn.turn_id.turn_index = start.turn_index
+        turn.started_at.CopyFrom(start.timestamp)
+        state.partial = turn
+
+    def _on_message_end(self, state: LoopState, end: events_pb2.MessageEnd) -> None:
+        if state.partial is not None and end.message.role != types_pb2.MESSAGE_ROLE_ASSISTANT:
+            state.partial.input_messages.append(end.message)
+
+    def _on_turn_request(self, state: LoopState, request: events_pb2.TurnRequest) -> None:
+        if state.partial is not None and self.options.capture_turn_requests:
+            state.partial.request_payload.CopyFrom(request.payload)
+
+    def _on_turn_end(self, state: LoopState, end: events_pb2.TurnEnd) -> None:
+        """Rule 6: TurnEnd materializes the open partial turn, if any."""
+        if (
+            not state.record.HasField("config")
+            and end.message.role == types_pb2.MESSAGE_ROLE_ASSISTANT
+        ):
+            _config_from_message(state.record, end.message)
+        turn = state.partial
+        if turn is None:
+            return
+        state.partial = None
+        turn.usage.CopyFrom(end.usage)
+        turn.output_message.CopyFrom(end.message)
+        for result in end.tool_results:
+            stamped = turn.tool_results.add()
+            stamped.CopyFrom(result)
+            stamped.turn_id.CopyFrom(turn.turn_id)
+        turn.ended_at.CopyFrom(end.timestamp)
+        self.changes.turns.append((state.record.loop_id, turn))
+
+    def _on_tool_execution_end(self, state: LoopState, end: events_pb2.ToolExecutionEnd) -> None:
+        """Rule 7: a tool that spawned a sub-agent links both ways."""
+        child_loop = _child_loop_id(end)
+        if child_loop is None:
+            return
+        child_session = self.session_id_of_loop(child_loop)
+        state.record.child_loop_refs.add(
+            tool_call_id=end.tool_call_id,
+            tool_name=end.tool_name,
+            child_loop_id=child_loop,
+            child_session_id=child_session,
+        )
+        if child_session == state.record.session_id:
+            return
+        ref = session_pb2.SpawnRef(
+            parent_session_id=state.record.session_id,
+            parent_loop_id=state.record.loop_id,
+            tool_call_id=end.tool_call_id,
+            tool_name=end.tool_name,
+        )
+        child = self.session(child_session)
+        if child is None:
+            known = self.changes.pending_refs.get(child_session)
+            if known is None and self.base.pending_refs.get(child_session) is None:
+                self.changes.pending_refs[child_session] = ref
+            return
+        current = child.session.parent_spawn_ref
+        if not child.session.HasField("parent_spawn_ref") or not current.tool_call_id:
+            current.CopyFrom(ref)
+
+    def _parallel_start(self, start: events_pb2.ParallelLoopStart) -> None:
+        """Rule 8: the branches exist, PENDING, in config order, at once."""
+        session = self.session(start.session_id)
+        if session is None:
+            raise NotFound(
+                f"session {start.session_id!r} has no loop yet; start one before a parallel evaluation",
+                session_id=start.session_id,
+            )
+        if any(list(g.loop_ids) == list(start.loop_ids) for g in session.groups):
+            return
+        group = ParallelGroup(self.next_group_id, list(start.loop_ids), start)
+        self.next_group_id += 1
+        session.groups.append(group)
+        self.changes.groups[group.group_id] = (start.session_id, group)
+        for loop_id in start.loop_ids:
+            if self.peek_loop(loop_id) is not None:
+                continue
+            record = session_pb2.LoopRecord(
+                loop_id=loop_id,
+                session_id=start.session_id,
+                agent_id=session.session.agent_id,
+                status=PENDING,
+            )
+            record.started_at.CopyFrom(start.timestamp)
+            self.changes.loops[loop_id] = LoopState(record)
+
+    def _parallel_end(self, end: events_pb2.ParallelLoopEnd) -> None:
+        """Rule 8: every branch learns the outcome, open or ended."""
+        session = self.session(end.session_id)
+        group = None
+        if session is not None:
+            group = next(
+                (g for g in reversed(session.groups) if end.selected_loop_id in g.loop_ids), None
+            )
+        if session is None or group is None:
+            raise NotFound(
+                f"no parallel evaluation in session {end.session_id!r} includes loop "
+                f"{end.selected_loop_id!r}",
+                session_id=end.session_id,
+                loop_id=end.selected_loop_id,
+            )
+        group.end = end
+        self.changes.groups[group.group_id] = (end.session_id, group)
+        for loop_id in group.loop_ids:
+            state = self.loop(loop_id)
+            if state is None:
+                continue
+            pg = state.record.parallel_group
+            del pg.all_loop_ids[:]
+            pg.all_loop_ids.extend(group.loop_ids)
+            pg.selected_loop_id = end.selected_loop_id
+            pg.selected_config_index = end.selected_config_index
+            pg.evaluation_usage.CopyFrom(end.evaluation_usage)
+            pg.is_selected = loop_id == end.selected_loop_id
+
+
+def sessions_touched(snapshot: Snapshot, events: Iterable[events_pb2.AgentEvent]) -> set[str]:
+    """The sessions a batch writes to (for the writer lease of rule 14)."""
+    touched = set()
+    for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "agent_start":
+            touched.add(event.agent_start.session_id)
+        elif kind in SESSION_LEVEL:
+            touched.add(getattr(event, kind).session_id)
+        elif kind is not None:
+            loop_id = getattr(event, kind).loop_id
+            state = snapshot.loops.get(loop_id)
+            touched.add(state.record.session_id if state is not None else session_of(loop_id))
+    return touched
+
+
+def evict(snapshot: Snapshot) -> None:
+    """Drop what the rules can look up again; open loops and their sessions stay."""
+    loops = {k: v for k, v in snapshot.loops.items() if v is not None and v.is_open}
+    live = {state.record.session_id for state in loops.values()}
+    snapshot.loops = dict(loops)
+    snapshot.sessions = {k: v for k, v in snapshot.sessions.items() if k in live}
+    snapshot.pending_refs.clear()
+    snapshot.stored_events.clear()
+
+
+def forget_session(snapshot: Snapshot, session_id: str) -> None:
+    """A deleted session leaves the snapshot with everything it held."""
+    snapshot.sessions.pop(session_id, None)
+    snapshot.loops = {
+        k: v for k, v in snapshot.loops.items() if v is None or v.record.session_id != session_id
+    }
+
+
+def merge(snapshot: Snapshot, batch: Batch) -> None:
+    """Fold a successful batch into the writer's snapshot."""
+    changes = batch.changes
+    snapshot.loops.update(changes.loops)
+    snapshot.sessions.update(changes.sessions)
+    snapshot.pending_refs.update(changes.pending_refs)
+    snapshot.next_group_id = batch.next_group_id
+
+
+def _ignore(state: LoopState, payload: object) -> None:
+    """Events that are appended but change no derived state."""
+
+
+def _config_from_message(record: session_pb2.LoopRecord, message: types_pb2.AgentMessage) -> None:
+    """Rules 6 and 9: a loop without a config takes it from its first answer."""
+    config = record.config
+    config.model = message.model
+    config.provider = message.provider
+    segment = config_segment(record.loop_id)
+    if segment is not None:
+        config.config_id = segment
+
+
+# -- control operations (rules 10 and 12) -------------------------------------
+
+
+def flush(
+    snapshot: Snapshot, session_ids: Iterable[str], session_id: str | None, now: Timestamp
+) -> Batch:
+    """Rule 10: abort open loops (of one session, or all), finalize the sessions.
+
+    `session_ids` are the unfinalized sessions in scope, loaded into the snapshot.
+    """
+    batch = Batch(snapshot, RecordingOptions())
+    for loop_id, state in list(snapshot.loops.items()):
+        if state is None or not state.is_open:
+            continue
+        if session_id is not None and state.record.session_id != session_id:
+            continue
+        working = batch.loop(loop_id)
+        assert working is not None
+        working.record.status = session_pb2.LOOP_STATUS_ABORTED
+        working.record.ended_at.CopyFrom(now)
+        working.partial = None
+        batch.changes.ended_loops.append(loop_id)
+    _finalize(batch, session_ids, now)
+    return batch
+
+
+def checkpoint(snapshot: Snapshot, session_ids: Iterable[str], now: Timestamp) -> Batch:
+    """Rule 10: finalize the sessions in scope that have no open loop."""
+    busy = {s.record.session_id for s in snapshot.loops.values() if s is not None and s.is_open}
+    batch = Batch(snapshot, RecordingOptions())
+    _finalize(batch, [sid for sid in session_ids if sid not in busy], now)
+    return batch
+
+
+def _finalize(batch: Batch, session_ids: Iterable[str], now: Timestamp) -> None:
+    for sid in session_ids:
+        session = batch.session(sid)
+        if session is not None and not session.session.HasField("finalized_at"):
+            session.session.finalized_at.CopyFrom(now)
+            batch.changes.finalized.append(sid)
+
+
+def open_session(
+    snapshot: Snapshot,
+    session_id: str,
+    agent_id: str,
+    scope: session_pb2.SessionScope.ValueType,
+    parent_spawn_ref: session_pb2.SpawnRef | None,
+    formation: session_pb2.SessionFormation,
+    now: Timestamp,
+) -> Batch:
+    """Rule 12: a session formed on demand, before its first loop."""
+    batch = Batch(snapshot, RecordingOptions())
+    if batch.session(session_id) is not None:
+        raise AlreadyExists(f"session {session_id!r} already exists", session_id=session_id)
+    head = session_pb2.Session(session_id=session_id, agent_id=agent_id, scope=scope)
+    head.created_at.CopyFrom(now)
+    head.last_active_at.CopyFrom(now)
+    head.formation.CopyFrom(formation)
+    state = SessionState(head)
+    batch.changes.sessions[session_id] = state
+    if parent_spawn_ref is not None:
+        head.parent_spawn_ref.CopyFrom(parent_spawn_ref)
+    else:
+        batch._take_pending_ref(state)
+    batch.changes.admitted.append(session_id)
+    return batch
+
+
+def rotation_needed(
+    latest: session_pb2.Session | None, threshold_secs: int, now: Timestamp
+) -> bool:
+    """Rule 12: the agent's latest session has been idle longer than the threshold."""
+    if latest is None:
+        return True
+    return now.seconds - latest.last_active_at.seconds > threshold_secs

@@ -1,0 +1,159 @@
+"""The sidecar's lifecycle: lock, store, writer, readers, gRPC server.
+
+Built from async context managers on one AsyncExitStack so teardown runs in the
+reverse order: the gRPC server stops accepting first, then the writer drains
+its queue and commits, then the store closes and the file lock is released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import grpc
+from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recorder_client.defaults import default_db_path, default_target, normalize_target
+from recorder_server.reads import ReadPool, Reads
+from recorder_server.recording import RecordingOptions
+from recorder_server.service import RecorderServicer
+from recorder_server.storage import WriteStore
+from recorder_server.validation import Limits
+from recorder_server.writer import Writer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = api.DESCRIPTOR.services_by_name["RecorderService"].full_name
+
+
+class DatabaseInUse(RuntimeError):
+    """Another server process owns the database file (rule 14)."""
+
+
+@dataclass
+class ServerConfig:
+    db_path: Path = field(default_factory=default_db_path)
+    listen: str = field(default_factory=default_target)
+    options: RecordingOptions = field(default_factory=RecordingOptions)
+    limits: Limits = field(default_factory=Limits)
+    synchronous: str = "NORMAL"
+    shutdown_grace_s: float = 5.0
+    read_connections: int = 4
+
+
+def _lock_database(db_path: Path) -> IO[str]:
+    """Hold an exclusive lock beside the database for the life of the process."""
+    lock_path = db_path.with_name(db_path.name + ".lock")
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held open until shutdown
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise DatabaseInUse(
+            f"database {db_path} is in use by another agent-recorder server (pid {holder})"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _prepare_unix_socket(address: str) -> Path:
+    """The socket's directory is private to the owner; a stale socket is removed."""
+    path = Path(address.removeprefix("unix://").removeprefix("unix:"))
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    return path
+
+
+class RecorderServer:
+    """`async with RecorderServer(config) as server:` runs the sidecar."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.address = ""
+        self.writer: Writer | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> RecorderServer:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        config = self.config
+        config.db_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _lock_database(config.db_path)
+        self._stack.callback(lock.close)
+        store = await WriteStore.open(config.db_path, config.synchronous)
+        self._stack.push_async_callback(store.close)
+        writer = Writer(store, config.options)
+        await writer.start()
+        self._stack.push_async_callback(writer.stop)
+        self.writer = writer
+        pool = ReadPool(config.db_path, config.read_connections)
+        await pool.open()
+        self._stack.push_async_callback(pool.close)
+        await self._serve(RecorderServicer(writer, Reads(pool), config.limits))
+
+    async def _serve(self, servicer: RecorderServicer) -> None:
+        max_bytes = self.config.limits.max_request_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", 512 * 1024 * 1024),
+            ]
+        )
+        api_grpc.add_RecorderServiceServicer_to_server(servicer, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        listen = normalize_target(self.config.listen)
+        socket_path = _prepare_unix_socket(listen) if listen.startswith("unix:") else None
+        port = server.add_insecure_port(listen)
+        if socket_path is not None:
+            self.address = f"unix://{socket_path}"
+        else:
+            self.address = f"{listen.rsplit(':', 1)[0]}:{port}"
+        await server.start()
+        if socket_path is not None:
+            socket_path.chmod(0o600)
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        async def stop() -> None:
+            await health_servicer.enter_graceful_shutdown()
+            await server.stop(self.config.shutdown_grace_s)
+
+        self._stack.push_async_callback(stop)
+        log.info("agent-recorder listening on %s (database %s)", self.address, self.config.db_path)

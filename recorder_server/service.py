@@ -1,0 +1,229 @@
+"""The RecorderService servicer: validate, convert, call the core. No rules here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import grpc
+from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
+
+from recorder_server.errors import InvalidArgument, NotFound, RecorderError
+from recorder_server.reads import Reads
+from recorder_server.recording import OPEN_STATUSES
+from recorder_server.status import internal_rejection, streaming, to_rejection, unary
+from recorder_server.validation import Limits, validate_request
+from recorder_server.writer import Envelope, Writer
+
+Context = grpc.aio.ServicerContext[Any, Any]
+EVENTS_PAGE = 1000
+
+
+def envelopes_of(items: Sequence[api.EventEnvelope]) -> list[Envelope]:
+    return [(e.sequence if e.HasField("sequence") else None, e.event) for e in items]
+
+
+class RecorderServicer(api_grpc.RecorderServiceServicer):
+    def __init__(self, writer: Writer, reads: Reads, limits: Limits) -> None:
+        self.writer = writer
+        self.reads = reads
+        self.limits = limits
+
+    # -- writing ----------------------------------------------------------------
+
+    async def Record(
+        self, request_iterator: AsyncIterator[api.RecordRequest], context: Context
+    ) -> AsyncIterator[api.RecordResponse]:
+        """Pipelined: batches are queued as they arrive, acknowledged in order."""
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("kind") != "hello":
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "hello: first request must be hello"
+            )
+        try:
+            validate_request(first, self.limits)
+        except RecorderError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        writer_id = first.hello.writer_id
+        acks: asyncio.Queue[tuple[int, asyncio.Future[list[int]] | RecorderError] | None]
+        acks = asyncio.Queue()
+        self.writer.leases.attach(writer_id)
+        reader = asyncio.create_task(self._read_batches(writer_id, request_iterator, acks))
+        try:
+            while (item := await acks.get()) is not None:
+                yield await self._ack(*item)
+            await reader
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self.writer.leases.detach(writer_id)
+
+    async def _read_batches(
+        self,
+        writer_id: str,
+        requests: AsyncIterator[api.RecordRequest],
+        acks: asyncio.Queue[tuple[int, asyncio.Future[list[int]] | RecorderError] | None],
+    ) -> None:
+        try:
+            async for request in requests:
+                batch_id = request.batch.batch_id
+                try:
+                    if request.WhichOneof("kind") != "batch":
+                        raise InvalidArgument("kind", "only the first request may be hello")
+                    validate_request(request, self.limits)
+                    future = await self.writer.enqueue_record(
+                        writer_id, envelopes_of(request.batch.events)
+                    )
+                except RecorderError as exc:
+                    acks.put_nowait((batch_id, exc))
+                    continue
+                acks.put_nowait((batch_id, future))
+        finally:
+            acks.put_nowait(None)
+
+    @staticmethod
+    async def _ack(
+        batch_id: int, outcome: asyncio.Future[list[int]] | RecorderError
+    ) -> api.RecordResponse:
+        if isinstance(outcome, RecorderError):
+            return api.RecordResponse(batch_id=batch_id, rejection=to_rejection(outcome))
+        try:
+            sequences = await outcome
+        except RecorderError as exc:
+            return api.RecordResponse(batch_id=batch_id, rejection=to_rejection(exc))
+        except Exception as exc:  # an answer, not a dead stream, for every batch
+            return api.RecordResponse(batch_id=batch_id, rejection=internal_rejection(exc))
+        return api.RecordResponse(batch_id=batch_id, sequences=sequences)
+
+    @unary
+    async def Append(self, request: api.AppendRequest, context: Context) -> api.AppendResponse:
+        validate_request(request, self.limits)
+        sequences = await self.writer.record(request.writer_id, envelopes_of(request.events))
+        return api.AppendResponse(sequences=sequences)
+
+    @unary
+    async def OpenSession(
+        self, request: api.OpenSessionRequest, context: Context
+    ) -> api.OpenSessionResponse:
+        validate_request(request, self.limits)
+        return api.OpenSessionResponse(session=await self.writer.open_session(request))
+
+    @unary
+    async def RotateSession(
+        self, request: api.RotateSessionRequest, context: Context
+    ) -> api.RotateSessionResponse:
+        validate_request(request, self.limits)
+        return await self.writer.rotate_session(request)
+
+    @unary
+    async def Flush(self, request: api.FlushRequest, context: Context) -> api.FlushResponse:
+        validate_request(request, self.limits)
+        sid = request.session_id if request.HasField("session_id") else None
+        return await self.writer.flush(sid)
+
+    @unary
+    async def Checkpoint(
+        self, request: api.CheckpointRequest, context: Context
+    ) -> api.CheckpointResponse:
+        validate_request(request, self.limits)
+        sid = request.session_id if request.HasField("session_id") else None
+        return await self.writer.checkpoint(sid)
+
+    @unary
+    async def DeleteSession(
+        self, request: api.DeleteSessionRequest, context: Context
+    ) -> api.DeleteSessionResponse:
+        validate_request(request, self.limits)
+        await self.writer.delete_sessions([request.session_id])
+        return api.DeleteSessionResponse()
+
+    @unary
+    async def PruneSessions(
+        self, request: api.PruneSessionsRequest, context: Context
+    ) -> api.PruneSessionsResponse:
+        validate_request(request, self.limits)
+        ids = await self.writer.prune(request.older_than, request.dry_run)
+        return api.PruneSessionsResponse(session_ids=ids)
+
+    # -- reading ----------------------------------------------------------------
+
+    @unary
+    async def GetSession(
+        self, request: api.GetSessionRequest, context: Context
+    ) -> api.GetSessionResponse:
+        validate_request(request, self.limits)
+        session = await self.reads.get_session(request.session_id, request.skip_events)
+        return api.GetSessionResponse(session=session)
+
+    @unary
+    async def GetLoop(self, request: api.GetLoopRequest, context: Context) -> api.GetLoopResponse:
+        validate_request(request, self.limits)
+        loop = await self.reads.get_loop(request.loop_id, request.skip_events)
+        return api.GetLoopResponse(loop=loop)
+
+    @unary
+    async def ListSessions(
+        self, request: api.ListSessionsRequest, context: Context
+    ) -> api.ListSessionsResponse:
+        validate_request(request, self.limits)
+        sessions, token = await self.reads.list_sessions(request)
+        return api.ListSessionsResponse(sessions=sessions, next_page_token=token)
+
+    @streaming
+    async def StreamEvents(
+        self, request: api.StreamEventsRequest, context: Context
+    ) -> AsyncIterator[api.StreamEventsResponse]:
+        """Pages of stored events; with follow, wakes on each commit until the end."""
+        validate_request(request, self.limits)
+        loop_id = request.loop_id if request.WhichOneof("target") == "loop_id" else None
+        session_id = request.session_id if loop_id is None else None
+        cursor = request.after_cursor
+        while True:
+            next_commit = self.writer.commits.next()
+            finished = await self._finished(session_id, loop_id) or not request.follow
+            page = await self.reads.events_after(
+                session_id=session_id, loop_id=loop_id, after_cursor=cursor, limit=EVENTS_PAGE
+            )
+            for stored in page:
+                response = api.StreamEventsResponse(loop_id=stored.loop_id, cursor=stored.cursor)
+                response.event.sequence = stored.sequence
+                response.event.event.ParseFromString(stored.body)
+                yield response
+                cursor = max(cursor, stored.cursor)
+            if len(page) == EVENTS_PAGE:
+                continue
+            if finished:
+                return
+            await next_commit.wait()
+
+    async def _finished(self, session_id: str | None, loop_id: str | None) -> bool:
+        """A followed loop ended, or a followed session was finalized or deleted."""
+        if loop_id is not None:
+            status = await self.reads.loop_status(loop_id)
+            if status is None:
+                raise NotFound(f"loop {loop_id!r} not found", loop_id=loop_id)
+            return status not in OPEN_STATUSES
+        exists, finalized = await self.reads.session_state(session_id or "")
+        if not exists:
+            raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+        return finalized
+
+    @streaming
+    async def WatchSessions(
+        self, request: api.WatchSessionsRequest, context: Context
+    ) -> AsyncIterator[api.WatchSessionsResponse]:
+        validate_request(request, self.limits)
+        queue = self.writer.lifecycle.subscribe()
+        try:
+            while (message := await queue.get()) is not None:
+                if not request.agent_id or message.agent_id in ("", request.agent_id):
+                    yield message
+        finally:
+            self.writer.lifecycle.unsubscribe(queue)

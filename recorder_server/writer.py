@@ -1,0 +1,380 @@
+"""The one writer: a task that owns the write connection and group-commits.
+
+Everything that changes the store becomes a job on one queue. The writer takes
+every job that has accumulated, runs them in one transaction (each job all or
+nothing: the rules refuse before anything is written), commits once, and only
+then resolves the jobs' futures, so an acknowledgement always means "committed".
+Shutdown puts a sentinel on the queue: what was queued before it is still done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from agent_recorder.v1 import events_pb2, session_pb2
+from agent_recorder.v1 import recorder_service_pb2 as api
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from recorder_server import recording
+from recorder_server.errors import NotFound, RecorderError, StorageFull, StorageUnavailable
+from recorder_server.leases import Leases
+from recorder_server.recording import Batch, ChangeSet, Needed, RecordingOptions
+from recorder_server.storage import WriteStore, ts_us
+
+log = logging.getLogger(__name__)
+
+Envelope = tuple[int | None, events_pb2.AgentEvent]
+_STOP: Final = object()
+
+
+@dataclass
+class _Job:
+    run: Callable[[], Awaitable[tuple[Any, ChangeSet]]]
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class CommitSignal:
+    """Wakes everyone waiting for the next commit (live tails), without polling."""
+
+    _event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def next(self) -> asyncio.Event:
+        """The event the next commit sets; take it before reading to miss nothing."""
+        return self._event
+
+    def fire(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+
+class Broadcast:
+    """Session lifecycle events fanned out to WatchSessions subscribers."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[api.WatchSessionsResponse | None]] = set()
+
+    def subscribe(self) -> asyncio.Queue[api.WatchSessionsResponse | None]:
+        queue: asyncio.Queue[api.WatchSessionsResponse | None] = asyncio.Queue(maxsize=10_000)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[api.WatchSessionsResponse | None]) -> None:
+        self._subscribers.discard(queue)
+
+    def publish(self, message: api.WatchSessionsResponse) -> None:
+        for queue in list(self._subscribers):
+            if queue.full():
+                # A subscriber that stopped reading is cut off rather than
+                # letting its backlog grow without bound.
+                self._subscribers.discard(queue)
+                queue.put_nowait(None) if not queue.full() else None
+                continue
+            queue.put_nowait(message)
+
+    def close(self) -> None:
+        for queue in list(self._subscribers):
+            if not queue.full():
+                queue.put_nowait(None)
+        self._subscribers.clear()
+
+
+def now_timestamp() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class Writer:
+    """Owns the WriteStore, the rules' snapshot and the writer leases."""
+
+    def __init__(
+        self,
+        store: WriteStore,
+        options: RecordingOptions,
+        *,
+        max_queue: int = 4096,
+        max_group: int = 512,
+    ) -> None:
+        self.store = store
+        self.options = options
+        self.leases = Leases()
+        self.commits = CommitSignal()
+        self.lifecycle = Broadcast()
+        self.listeners: list[Callable[[ChangeSet], None]] = []
+        self._queue: asyncio.Queue[_Job | object] = asyncio.Queue(maxsize=max_queue)
+        self._max_group = max_group
+        self._snapshot = recording.Snapshot()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._snapshot = await self.store.load_open()
+        self._task = asyncio.create_task(self._run(), name="recorder-writer")
+
+    async def stop(self) -> None:
+        """Drain: every job queued before this is committed, then the task ends."""
+        if self._task is None:
+            return
+        await self._queue.put(_STOP)
+        await self._task
+        self._task = None
+        self.lifecycle.close()
+        self.commits.fire()
+
+    # -- the loop -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            group: list[_Job] = []
+            item = await self._queue.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                    break
+                assert isinstance(item, _Job)
+                group.append(item)
+                if len(group) >= self._max_group or self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if group:
+                await self._commit_group(group)
+
+    async def _commit_group(self, group: list[_Job]) -> None:
+        done: list[tuple[_Job, Any, ChangeSet]] = []
+        try:
+            await self.store.begin()
+            for job in group:
+                try:
+                    result, changes = await job.run()
+                except RecorderError as exc:
+                    job.future.set_exception(exc)
+                    continue
+                done.append((job, result, changes))
+            await self.store.commit()
+        except sqlite3.Error as exc:
+            await self._fail_group(group, exc)
+            return
+        for job, result, _ in done:
+            if not job.future.done():
+                job.future.set_result(result)
+        self._after_commit([changes for _, _, changes in done])
+
+    async def _fail_group(self, group: list[_Job], exc: sqlite3.Error) -> None:
+        """Nothing of the group is kept; the snapshot is rebuilt from the store."""
+        log.error("write transaction failed: %s", exc)
+        full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+        error: RecorderError = (
+            StorageFull(f"database disk is full: {exc}")
+            if full
+            else StorageUnavailable(f"database write failed: {exc}")
+        )
+        try:
+            await self.store.rollback()
+            self._snapshot = await self.store.load_open()
+        except sqlite3.Error as reload_exc:
+            log.error("reloading state after a failed write: %s", reload_exc)
+        for job in group:
+            if not job.future.done():
+                job.future.set_exception(error)
+
+    def _after_commit(self, changesets: Sequence[ChangeSet]) -> None:
+        self.commits.fire()
+        for changes in changesets:
+            for lifecycle, ids in (
+                (api.SESSION_LIFECYCLE_ADMITTED, changes.admitted),
+                (api.SESSION_LIFECYCLE_FINALIZED, changes.finalized),
+            ):
+                for sid in ids:
+                    self._publish(lifecycle, sid, changes)
+            for listener in self.listeners:
+                listener(changes)
+        if len(self._snapshot.loops) > 4096 or len(self._snapshot.sessions) > 4096:
+            recording.evict(self._snapshot)
+
+    def _publish(self, lifecycle: int, session_id: str, changes: ChangeSet) -> None:
+        state = changes.sessions.get(session_id)
+        agent = state.session.agent_id if state is not None else ""
+        message = api.WatchSessionsResponse(
+            lifecycle=lifecycle,  # type: ignore[arg-type]
+            session_id=session_id,
+            agent_id=agent,
+        )
+        message.timestamp.CopyFrom(now_timestamp())
+        self.lifecycle.publish(message)
+
+    async def _enqueue(
+        self, run: Callable[[], Awaitable[tuple[Any, ChangeSet]]]
+    ) -> asyncio.Future[Any]:
+        """Queue a job (waiting while the queue is full) and return its future."""
+        if self._task is None:
+            raise StorageUnavailable("the recorder is shutting down")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Job(run, future))
+        return future
+
+    async def _submit(self, run: Callable[[], Awaitable[tuple[Any, ChangeSet]]]) -> Any:
+        return await (await self._enqueue(run))
+
+    # -- jobs -----------------------------------------------------------------
+
+    async def _load(self, needed: Callable[[], Needed]) -> None:
+        """Fetch what the rules will consult, until nothing is missing."""
+        for _ in range(4):
+            missing = needed()
+            if not missing:
+                return
+            await self.store.fetch(self._snapshot, missing)
+
+    async def _persist(self, batch: Batch) -> ChangeSet:
+        await self.store.persist(batch.changes)
+        recording.merge(self._snapshot, batch)
+        return batch.changes
+
+    async def record(self, writer_id: str, envelopes: Sequence[Envelope]) -> list[int]:
+        """Apply one batch of events; returns the sequence of each event."""
+        result: list[int] = await (await self.enqueue_record(writer_id, envelopes))
+        return result
+
+    async def enqueue_record(
+        self, writer_id: str, envelopes: Sequence[Envelope]
+    ) -> asyncio.Future[list[int]]:
+        """Queue a batch in arrival order; the future resolves once it is committed."""
+
+        async def run() -> tuple[list[int], ChangeSet]:
+            await self._load(lambda: recording.needed(self._snapshot, envelopes))
+            touched = recording.sessions_touched(self._snapshot, (e for _, e in envelopes))
+            self.leases.claim(writer_id, touched)
+            batch = Batch(self._snapshot, self.options)
+            batch.apply(envelopes)
+            changes = await self._persist(batch)
+            return changes.sequences, changes
+
+        return await self._enqueue(run)
+
+    async def flush(self, session_id: str | None) -> api.FlushResponse:
+        async def run() -> tuple[api.FlushResponse, ChangeSet]:
+            sids = await self._scope(session_id)
+            batch = recording.flush(self._snapshot, sids, session_id, now_timestamp())
+            changes = await self._persist(batch)
+            response = api.FlushResponse(
+                aborted_loop_ids=changes.ended_loops, finalized_session_ids=changes.finalized
+            )
+            return response, changes
+
+        response: api.FlushResponse = await self._submit(run)
+        return response
+
+    async def checkpoint(self, session_id: str | None) -> api.CheckpointResponse:
+        async def run() -> tuple[api.CheckpointResponse, ChangeSet]:
+            sids = await self._scope(session_id)
+            batch = recording.checkpoint(self._snapshot, sids, now_timestamp())
+            changes = await self._persist(batch)
+            return api.CheckpointResponse(finalized_session_ids=changes.finalized), changes
+
+        response: api.CheckpointResponse = await self._submit(run)
+        return response
+
+    async def _scope(self, session_id: str | None) -> list[str]:
+        """The unfinalized sessions a Flush/Checkpoint covers, loaded."""
+        sids = await self.store.unfinalized_sessions(session_id)
+        if session_id is not None and not sids and not await self.store.session_exists(session_id):
+            raise NotFound(f"session {session_id!r} not found", session_id=session_id)
+        await self._fetch_sessions(sids)
+        return sids
+
+    async def _fetch_sessions(self, session_ids: Sequence[str]) -> None:
+        await self.store.fetch(
+            self._snapshot, Needed(frozenset(), frozenset(session_ids), frozenset())
+        )
+
+    async def open_session(self, request: api.OpenSessionRequest) -> session_pb2.Session:
+        async def run() -> tuple[session_pb2.Session, ChangeSet]:
+            sid = request.session_id or uuid.uuid4().hex
+            now = request.timestamp if request.HasField("timestamp") else now_timestamp()
+            formation = session_pb2.SessionFormation()
+            formation.explicit.timestamp.CopyFrom(now)
+            ref = request.parent_spawn_ref if request.HasField("parent_spawn_ref") else None
+            return await self._open(sid, request.agent_id, request.scope, ref, formation, now)
+
+        session: session_pb2.Session = await self._submit(run)
+        return session
+
+    async def _open(
+        self,
+        sid: str,
+        agent_id: str,
+        scope: session_pb2.SessionScope.ValueType,
+        ref: session_pb2.SpawnRef | None,
+        formation: session_pb2.SessionFormation,
+        now: Timestamp,
+    ) -> tuple[session_pb2.Session, ChangeSet]:
+        await self._fetch_sessions([sid])
+        batch = recording.open_session(self._snapshot, sid, agent_id, scope, ref, formation, now)
+        changes = await self._persist(batch)
+        return changes.sessions[sid].session, changes
+
+    async def rotate_session(self, request: api.RotateSessionRequest) -> api.RotateSessionResponse:
+        async def run() -> tuple[api.RotateSessionResponse, ChangeSet]:
+            now = request.timestamp if request.HasField("timestamp") else now_timestamp()
+            latest_id = await self.store.latest_session_id(request.agent_id)
+            latest = None
+            if latest_id is not None:
+                await self._fetch_sessions([latest_id])
+                state = self._snapshot.sessions.get(latest_id)
+                latest = state.session if state is not None else None
+            if latest is not None and not recording.rotation_needed(
+                latest, request.threshold_secs, now
+            ):
+                return api.RotateSessionResponse(session=latest, rotated=False), ChangeSet()
+            formation = session_pb2.SessionFormation()
+            timeout = formation.inactivity_timeout
+            timeout.threshold_secs = request.threshold_secs
+            if latest_id is not None:
+                timeout.previous_session_id = latest_id
+            timeout.timestamp.CopyFrom(now)
+            sid = request.new_session_id or uuid.uuid4().hex
+            session, changes = await self._open(
+                sid, request.agent_id, request.scope, None, formation, now
+            )
+            return api.RotateSessionResponse(session=session, rotated=True), changes
+
+        response: api.RotateSessionResponse = await self._submit(run)
+        return response
+
+    async def delete_sessions(self, session_ids: Sequence[str]) -> None:
+        async def run() -> tuple[None, ChangeSet]:
+            for sid in session_ids:
+                if not await self.store.session_exists(sid):
+                    raise NotFound(f"session {sid!r} not found", session_id=sid)
+            await self.store.delete_sessions(session_ids)
+            for sid in session_ids:
+                recording.forget_session(self._snapshot, sid)
+                self.leases.forget(sid)
+            return None, ChangeSet()
+
+        await self._submit(run)
+        for sid in session_ids:
+            message = api.WatchSessionsResponse(
+                lifecycle=api.SESSION_LIFECYCLE_DELETED, session_id=sid
+            )
+            message.timestamp.CopyFrom(now_timestamp())
+            self.lifecycle.publish(message)
+
+    async def prune(self, older_than: Timestamp, dry_run: bool) -> list[str]:
+        async def run() -> tuple[list[str], ChangeSet]:
+            ids = await self.store.prunable(ts_us(older_than))
+            if not dry_run:
+                await self.store.delete_sessions(ids)
+                for sid in ids:
+                    recording.forget_session(self._snapshot, sid)
+            return ids, ChangeSet()
+
+        ids: list[str] = await self._submit(run)
+        return ids
