@@ -1,0 +1,52 @@
+"""The client library agents import to record into the agent-recorder sidecar.
+
+`RecorderClient` reads and manages sessions; `RecorderClient.sender()` makes an
+`EventSender` that delivers events fire-and-forget with proof on `flush()`. The
+query helpers are the seed's Session/LoopRecord/Turn methods over the protobufs.
+"""
+
+from recorder_client.client import RecorderClient, RetryPolicy
+from recorder_client.delivery import DeliveryConfig, EventSender, SenderStats
+from recorder_client.errors import DeliveryError, QueueFull, RecorderRpcError, RejectedBatch
+from recorder_client.queries import (
+    all_messages,
+    children_of,
+    event_loop_id,
+    get_loop,
+    get_turn,
+    has_tool_calls,
+    loop_chain_to,
+    parallel_siblings,
+    root_loops,
+    sum_usage,
+    total_usage,
+    turn_count,
+    turn_duration,
+    turn_index,
+)
+
+__all__ = [
+    "DeliveryConfig",
+    "DeliveryError",
+    "EventSender",
+    "QueueFull",
+    "RecorderClient",
+    "RecorderRpcError",
+    "RejectedBatch",
+    "RetryPolicy",
+    "SenderStats",
+    "all_messages",
+    "children_of",
+    "event_loop_id",
+    "get_loop",
+    "get_turn",
+    "has_tool_calls",
+    "loop_chain_to",
+    "parallel_siblings",
+    "root_loops",
+    "sum_usage",
+    "total_usage",
+    "turn_count",
+    "turn_duration",
+    "turn_index",
+]

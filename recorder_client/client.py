@@ -1,0 +1,487 @@
+"""The async client of the recording sidecar: one method per RPC of RecorderService.
+
+Every unary and server-streaming call goes through `RecorderClient._call`, so the
+deadline, the bearer token, retries and error translation are decided in one place
+and cannot drift between methods. Only calls that are safe to repeat are retried,
+and only on UNAVAILABLE (the request most likely never reached the server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Final, TypeVar, cast
+
+import grpc
+from agent_recorder.v1 import recorder_service_pb2 as service_pb2
+from agent_recorder.v1 import recorder_service_pb2_grpc as service_grpc
+from agent_recorder.v1 import session_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+from recorder_client import defaults
+from recorder_client.delivery import DeliveryConfig, EventSender
+from recorder_client.errors import DeliveryError, RecorderRpcError
+
+T = TypeVar("T")
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Metadata = tuple[tuple[str, str], ...]
+
+DEFAULT_TIMEOUT: Final = 30.0
+
+_EOF: Final[object] = aio.EOF  # type: ignore[attr-defined]
+
+# gRPC's own reconnect backoff starts at 1 s and grows to 120 s; a sidecar restart
+# should be noticed within a couple of seconds. Whole sessions can exceed gRPC's
+# 4 MiB default message limit, so reads allow far more.
+_CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Jittered exponential backoff for idempotent calls, always within their deadline."""
+
+    attempts: int = 5
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+
+
+class RecorderClient:
+    """Async access to a recording sidecar over one gRPC channel."""
+
+    def __init__(
+        self,
+        channel: aio.Channel,
+        *,
+        token: str | None = None,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._channel = channel
+        self._stub = service_grpc.RecorderServiceStub(channel)
+        self._metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._default_timeout = default_timeout
+        self._retry = retry or RetryPolicy()
+        # Senders hold unacknowledged events; closing the client closes (flushes) them
+        # first so events are never lost silently with the channel.
+        self._senders: weakref.WeakSet[EventSender] = weakref.WeakSet()
+
+    @classmethod
+    def connect(
+        cls,
+        target: str | None = None,
+        *,
+        token: str | None = None,
+        default_timeout: float = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        channel_options: Sequence[tuple[str, int | str]] = (),
+    ) -> RecorderClient:
+        """Dial the sidecar lazily: nothing fails here if it is not up yet.
+
+        target defaults to $AGENT_RECORDER_TARGET or the default Unix socket; token to
+        $AGENT_RECORDER_TOKEN.
+        """
+        address = defaults.normalize_target(target or defaults.default_target())
+        channel = aio.insecure_channel(address, options=[*_CHANNEL_OPTIONS, *channel_options])
+        if token is None:
+            token = os.environ.get(defaults.TOKEN_ENV) or None
+        return cls(channel, token=token, default_timeout=default_timeout, retry=retry)
+
+    async def __aenter__(self) -> RecorderClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close every sender made by this client (each flushes), then the channel.
+
+        Raises the first sender's DeliveryError, after everything is closed.
+        """
+        errors: list[DeliveryError] = []
+        for sender in list(self._senders):
+            try:
+                await sender.close()
+            except DeliveryError as error:
+                errors.append(error)
+        await self._channel.close(None)
+        if errors:
+            raise errors[0]
+
+    # -- delivery ---------------------------------------------------------------
+
+    def sender(
+        self, *, writer_id: str | None = None, config: DeliveryConfig | None = None
+    ) -> EventSender:
+        """A fire-and-forget event sender over one Record stream of this channel."""
+        sender = EventSender(self, writer_id=writer_id, config=config)
+        self._senders.add(sender)
+        return sender
+
+    def record(self) -> aio.StreamStreamCall[service_pb2.RecordRequest, service_pb2.RecordResponse]:
+        """Open the raw Record stream with this client's credentials.
+
+        It is not retried or given a deadline: the stream lives as long as its writer,
+        and `EventSender` owns reconnecting and re-sending. Most callers want `sender()`.
+        """
+        return self._stub.Record(None, metadata=self._metadata)
+
+    async def append(
+        self,
+        events: Iterable[service_pb2.EventEnvelope],
+        *,
+        writer_id: str = "",
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[int]:
+        """Store one batch, all or nothing; returns the sequence of each event."""
+        request = service_pb2.AppendRequest(writer_id=writer_id, events=events)
+        response = await self._call(
+            lambda t, md: self._stub.Append(request, timeout=t, metadata=md),
+            idempotent=False,
+            timeout=self._deadline(timeout),
+        )
+        return list(response.sequences)
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def get_session(
+        self,
+        session_id: str,
+        *,
+        skip_events: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> session_pb2.Session:
+        request = service_pb2.GetSessionRequest(session_id=session_id, skip_events=skip_events)
+        response = await self._call(
+            lambda t, md: self._stub.GetSession(request, timeout=t, metadata=md),
+            idempotent=True,
+            timeout=self._deadline(timeout),
+        )
+        return response.session
+
+    async def list_sessions(
+        self,
+        *,
+        agent_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        scope: session_pb2.SessionScope.ValueType | None = None,
+        since: datetime | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> service_pb2.ListSessionsResponse:
+        """One page of sessions, newest first; see `iter_sessions` for all of them."""
+        request = service_pb2.ListSessionsRequest(
+            agent_id=agent_id,
+            page_size=page_size,
+            page_token=page_token,
+            scope=scope,
+            since=_timestamp(since),
+        )
+        return await self._call(
+            lambda t, md: self._stub.ListSessions(request, timeout=t, metadata=md),
+            idempotent=True,
+            timeout=self._deadline(timeout),
+        )
+
+    async def iter_sessions(
+        self,
+        *,
+        agent_id: str = "",
+        page_size: int = 0,
+        scope: session_pb2.SessionScope.ValueType | None = None,
+        since: datetime | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncIterator[service_pb2.SessionSummary]:
+        """Every matching session across all pages; timeout applies to each page."""
+        page_token = ""
+        while True:
+            page = await self.list_sessions(
+                agent_id=agent_id,
+                page_size=page_size,
+                page_token=page_token,
+                scope=scope,
+                since=since,
+                timeout=timeout,
+            )
+            for summary in page.sessions:
+                yield summary
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
+    async def get_loop(
+        self,
+        loop_id: str,
+        *,
+        skip_events: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> session_pb2.LoopRecord:
+        request = service_pb2.GetLoopRequest(loop_id=loop_id, skip_events=skip_events)
+        response = await self._call(
+            lambda t, md: self._stub.GetLoop(request, timeout=t, metadata=md),
+            idempotent=True,
+            timeout=self._deadline(timeout),
+        )
+        return response.loop
+
+    def stream_events(
+        self,
+        *,
+        session_id: str | None = None,
+        loop_id: str | None = None,
+        after_cursor: int = 0,
+        follow: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[service_pb2.StreamEventsResponse]:
+        """Stored events of one session or loop in commit order; with follow, a live tail.
+
+        No deadline unless timeout is given, since a followed stream is open-ended.
+        """
+        if (session_id is None) == (loop_id is None):
+            raise ValueError("stream_events needs exactly one of session_id or loop_id")
+        request = service_pb2.StreamEventsRequest(after_cursor=after_cursor, follow=follow)
+        if session_id is not None:
+            request.session_id = session_id
+        else:
+            request.loop_id = cast(str, loop_id)
+        return self._stream(
+            lambda t, md: self._stub.StreamEvents(request, timeout=t, metadata=md),
+            idempotent=True,
+            timeout=timeout,
+        )
+
+    def watch_sessions(
+        self, *, agent_id: str = "", timeout: float | None = None
+    ) -> AsyncIterator[service_pb2.WatchSessionsResponse]:
+        """Session admissions, finalizations and deletions as they happen.
+
+        No deadline unless timeout is given, since the watch is open-ended.
+        """
+        request = service_pb2.WatchSessionsRequest(agent_id=agent_id)
+        return self._stream(
+            lambda t, md: self._stub.WatchSessions(request, timeout=t, metadata=md),
+            idempotent=True,
+            timeout=timeout,
+        )
+
+    # -- session lifecycle ---------------------------------------------------------
+
+    async def open_session(
+        self,
+        *,
+        agent_id: str,
+        session_id: str = "",
+        scope: session_pb2.SessionScope.ValueType = session_pb2.SESSION_SCOPE_EPHEMERAL,
+        parent_spawn_ref: session_pb2.SpawnRef | None = None,
+        timestamp: datetime | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> session_pb2.Session:
+        request = service_pb2.OpenSessionRequest(
+            session_id=session_id,
+            agent_id=agent_id,
+            scope=scope,
+            parent_spawn_ref=parent_spawn_ref,
+            timestamp=_timestamp(timestamp),
+        )
+        response = await self._call(
+            lambda t, md: self._stub.OpenSession(request, timeout=t, metadata=md),
+            idempotent=False,
+            timeout=self._deadline(timeout),
+        )
+        return response.session
+
+    async def rotate_session(
+        self,
+        *,
+        agent_id: str,
+        threshold_secs: int,
+        new_session_id: str = "",
+        scope: session_pb2.SessionScope.ValueType = session_pb2.SESSION_SCOPE_EPHEMERAL,
+        timestamp: datetime | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> service_pb2.RotateSessionResponse:
+        request = service_pb2.RotateSessionRequest(
+            agent_id=agent_id,
+            threshold_secs=threshold_secs,
+            new_session_id=new_session_id,
+            scope=scope,
+            timestamp=_timestamp(timestamp),
+        )
+        return await self._call(
+            lambda t, md: self._stub.RotateSession(request, timeout=t, metadata=md),
+            idempotent=False,
+            timeout=self._deadline(timeout),
+        )
+
+    async def flush_sessions(
+        self,
+        session_id: str | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> service_pb2.FlushResponse:
+        """The Flush RPC: abort open loops and finalize (named apart from EventSender.flush)."""
+        request = service_pb2.FlushRequest(session_id=session_id)
+        return await self._call(
+            lambda t, md: self._stub.Flush(request, timeout=t, metadata=md),
+            idempotent=False,
+            timeout=self._deadline(timeout),
+        )
+
+    async def checkpoint(
+        self,
+        session_id: str | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[str]:
+        """Finalize sessions with no open loop; returns the finalized session ids."""
+        request = service_pb2.CheckpointRequest(session_id=session_id)
+        response = await self._call(
+            lambda t, md: self._stub.Checkpoint(request, timeout=t, metadata=md),
+            idempotent=True,
+            timeout=self._deadline(timeout),
+        )
+        return list(response.finalized_session_ids)
+
+    async def delete_session(
+        self,
+        session_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        # Not retried: a retry after a lost reply would answer NOT_FOUND for a success.
+        request = service_pb2.DeleteSessionRequest(session_id=session_id)
+        await self._call(
+            lambda t, md: self._stub.DeleteSession(request, timeout=t, metadata=md),
+            idempotent=False,
+            timeout=self._deadline(timeout),
+        )
+
+    async def prune_sessions(
+        self,
+        older_than: datetime,
+        *,
+        dry_run: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[str]:
+        """Delete finalized EPHEMERAL sessions idle since before older_than; returns their ids."""
+        request = service_pb2.PruneSessionsRequest(
+            older_than=_timestamp(older_than), dry_run=dry_run
+        )
+        response = await self._call(
+            lambda t, md: self._stub.PruneSessions(request, timeout=t, metadata=md),
+            idempotent=False,
+            timeout=self._deadline(timeout),
+        )
+        return list(response.session_ids)
+
+    # -- the one road every call takes ------------------------------------------------
+
+    def _deadline(self, timeout: float | None) -> float:
+        return self._default_timeout if timeout is None else timeout
+
+    async def _call(
+        self,
+        start: Callable[[float | None, Metadata], Awaitable[T]],
+        *,
+        idempotent: bool,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> T:
+        """Run one call with the deadline, the token, retries and error translation.
+
+        The deadline covers all attempts together: each attempt gets what is left,
+        and no retry starts once its backoff would end past the deadline.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        stop: stop_base = stop_after_attempt(self._retry.attempts if idempotent else 1)
+        if timeout is not None:
+            stop = stop | stop_before_delay(timeout)
+
+        async def attempt() -> T:
+            remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+            try:
+                return await start(remaining, self._metadata)
+            except aio.AioRpcError as error:
+                raise RecorderRpcError.from_rpc_error(error) from error
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_unavailable),
+            wait=wait_random_exponential(
+                multiplier=self._retry.initial_backoff, max=self._retry.max_backoff
+            ),
+            stop=stop,
+            reraise=True,
+        )
+        return cast(T, await retrying(attempt))
+
+    async def _stream(
+        self,
+        start: Callable[[float | None, Metadata], aio.UnaryStreamCall[Request, Response]],
+        *,
+        idempotent: bool,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> AsyncIterator[Response]:
+        """A server stream whose start (up to its first message) goes through `_call`.
+
+        Only the start is retried: once a message was yielded, repeating the call
+        would repeat it.
+        """
+
+        async def open_and_read_first(
+            t: float | None, md: Metadata
+        ) -> tuple[aio.UnaryStreamCall[Request, Response], object]:
+            call = start(t, md)
+            try:
+                return call, await call.read()
+            except BaseException:
+                call.cancel()
+                raise
+
+        call, message = await self._call(
+            open_and_read_first, idempotent=idempotent, timeout=timeout
+        )
+        try:
+            while message is not _EOF:
+                yield cast(Response, message)
+                try:
+                    message = await call.read()
+                except aio.AioRpcError as error:
+                    raise RecorderRpcError.from_rpc_error(error) from error
+        finally:
+            call.cancel()
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    return isinstance(error, RecorderRpcError) and error.code == grpc.StatusCode.UNAVAILABLE
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    timestamp = Timestamp()
+    timestamp.FromDatetime(value)
+    return timestamp

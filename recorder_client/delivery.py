@@ -1,0 +1,520 @@
+"""Fire-and-forget event delivery over one Record stream, with proof of delivery.
+
+`EventSender.emit` only numbers the event and queues it, so an agent never waits
+on the recorder. A background task batches the queue onto one bidirectional
+Record stream and keeps every event until the server acknowledges its batch (the
+server acknowledges only after commit). When the stream breaks, the task
+reconnects with jittered backoff and re-sends everything unacknowledged in order;
+the server recognises re-sent events by (loop_id, sequence), so nothing is stored
+twice. `flush` is the proof: it returns only once every earlier event is stored,
+and otherwise raises DeliveryError saying how many are not.
+
+Everything here runs on one asyncio event loop; only `_Budget` is shared with
+other threads (the sync facade reserves room from the caller's thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal, cast
+
+import grpc
+from agent_recorder.v1 import events_pb2
+from agent_recorder.v1 import recorder_service_pb2 as service_pb2
+from grpc import aio
+from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
+
+from recorder_client.errors import DeliveryError, QueueFull, RecorderRpcError, RejectedBatch
+from recorder_client.queries import event_loop_id
+
+if TYPE_CHECKING:
+    from recorder_client.client import RecorderClient
+
+OnFull = Literal["raise", "block"]
+
+_EOF: Final[object] = aio.EOF  # type: ignore[attr-defined]
+
+# Codes after which re-sending the same bytes cannot succeed; anything else (the
+# server restarting, shedding load, a dropped connection) is worth a reconnect.
+_PERMANENT_STREAM_CODES: Final = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+)
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """Batching, memory bounds and patience of an EventSender."""
+
+    # A batch is sent when it reaches either size, when `linger` seconds have passed
+    # since its first event, or at once when someone flushes.
+    max_batch_events: int = 500
+    max_batch_bytes: int = 1024 * 1024
+    linger: float = 0.005
+    # Everything not yet acknowledged (queued, in flight, awaiting a reconnect) counts.
+    max_pending_events: int = 100_000
+    max_pending_bytes: int = 64 * 1024 * 1024
+    # When full: "raise" QueueFull at once, or "block" up to block_timeout then raise.
+    # EventSender.emit runs on the event loop and so always raises; the policy applies
+    # to EventSender.emit_wait and to the sync facade's emit.
+    on_full: OnFull = "raise"
+    block_timeout: float = 5.0
+    # How long the sender keeps reconnecting without getting an acknowledgement
+    # before it gives the pending events up (the next flush reports them).
+    reconnect_deadline: float = 60.0
+    initial_backoff: float = 0.05
+    max_backoff: float = 2.0
+    flush_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_events", "max_batch_bytes", "max_pending_events"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DeliveryConfig.{name} must be at least 1")
+        if self.max_pending_bytes < self.max_batch_bytes:
+            raise ValueError("DeliveryConfig.max_pending_bytes must be >= max_batch_bytes")
+        if self.on_full not in ("raise", "block"):
+            raise ValueError(
+                f"DeliveryConfig.on_full must be 'raise' or 'block', not {self.on_full!r}"
+            )
+
+
+@dataclass(frozen=True)
+class SenderStats:
+    """Event counts since the sender was made; pending = not yet resolved either way."""
+
+    emitted: int
+    acknowledged: int
+    rejected: int
+    failed: int
+    pending: int
+
+
+class _Budget:
+    """The pending-events and pending-bytes bound, safe to use from any thread.
+
+    One event is always admitted into an empty budget, so an event larger than
+    max_pending_bytes is still sent rather than refused forever.
+    """
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self.events = 0
+        self.bytes = 0
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.events == 0 or (
+            self.events < self._max_events and self.bytes + nbytes <= self._max_bytes
+        )
+
+    def try_take(self, nbytes: int) -> bool:
+        with self._cond:
+            if not self._fits(nbytes):
+                return False
+            self.events += 1
+            self.bytes += nbytes
+            return True
+
+    def take_blocking(self, nbytes: int, timeout: float) -> bool:
+        """Wait (in a thread other than the event loop's) for room, at most timeout seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._fits(nbytes), timeout):
+                return False
+            self.events += 1
+            self.bytes += nbytes
+            return True
+
+    def give_back(self, events: int, nbytes: int) -> None:
+        with self._cond:
+            self.events -= events
+            self.bytes -= nbytes
+            self._cond.notify_all()
+
+    def describe(self) -> str:
+        return (
+            f"{self.events} events / {self.bytes} bytes pending"
+            f" (limits {self._max_events} / {self._max_bytes})"
+        )
+
+
+@dataclass
+class _Batch:
+    """Events sent together; ordinals first..first+count-1 in emit order."""
+
+    batch_id: int
+    request: service_pb2.RecordRequest
+    first: int
+    count: int
+    nbytes: int
+
+
+class EventSender:
+    """Delivers AgentEvents to the recorder; see the module docstring.
+
+    Make one with `RecorderClient.sender()` inside a running event loop; close it
+    (or the client) to flush and stop it.
+    """
+
+    def __init__(
+        self,
+        client: RecorderClient,
+        *,
+        writer_id: str | None = None,
+        config: DeliveryConfig | None = None,
+    ) -> None:
+        self._client = client
+        self.writer_id = writer_id or uuid.uuid4().hex
+        self._config = config or DeliveryConfig()
+        self._budget = _Budget(self._config.max_pending_events, self._config.max_pending_bytes)
+        self._next_sequence: dict[str, int] = {}
+        self._queue: deque[tuple[service_pb2.EventEnvelope, int]] = deque()
+        self._queued_bytes = 0
+        # Sent (or about to be re-sent) and not yet answered, in send order.
+        self._inflight: dict[int, _Batch] = {}
+        self._next_batch_id = 1
+        # Every event has an ordinal (its position in emit order); queued events hold
+        # ordinals [_batched, _emitted), in-flight batches the ranges below.
+        self._emitted = 0
+        self._batched = 0
+        self._acknowledged = 0
+        self._rejected = 0
+        self._failed = 0
+        # Reported (then forgotten) by the next flush.
+        self._rejections: list[RejectedBatch] = []
+        self._unreported_failed = 0
+        self._last_cause: BaseException | None = None
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._refusal: str | None = None
+        self._closed = False
+        self._acked_on_stream = False
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"agent-recorder sender {self.writer_id}"
+        )
+        self._task.add_done_callback(self._on_task_done)
+
+    # -- the caller's side ---------------------------------------------------------------
+
+    def emit(self, event: events_pb2.AgentEvent) -> None:
+        """Queue an event for delivery and return at once; raises QueueFull when full.
+
+        The event is copied, so the caller may reuse it. Its per-loop sequence is
+        assigned here, in call order (AgentStart is 0 of its loop).
+        """
+        if self._refusal is not None:
+            raise RuntimeError(self._refusal)
+        loop_id = event_loop_id(event)
+        envelope = service_pb2.EventEnvelope(event=event)
+        nbytes = envelope.ByteSize()
+        if not self._budget.try_take(nbytes):
+            raise QueueFull(f"event sender is full: {self._budget.describe()}")
+        self._admit(envelope, loop_id, nbytes)
+
+    async def emit_wait(
+        self,
+        event: events_pb2.AgentEvent,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> None:
+        """Like emit, but under the "block" policy waits for room (block_timeout by default)."""
+        if self._refusal is not None:
+            raise RuntimeError(self._refusal)
+        loop_id = event_loop_id(event)
+        envelope = service_pb2.EventEnvelope(event=event)
+        nbytes = envelope.ByteSize()
+        if not self._budget.try_take(nbytes):
+            if self._config.on_full == "raise":
+                raise QueueFull(f"event sender is full: {self._budget.describe()}")
+            try:
+                async with asyncio.timeout(
+                    self._config.block_timeout if timeout is None else timeout
+                ):
+                    while not self._budget.try_take(nbytes):
+                        self._room.clear()
+                        await self._room.wait()
+            except TimeoutError:
+                raise QueueFull(f"event sender stayed full: {self._budget.describe()}") from None
+            if self._refusal is not None:
+                self._budget.give_back(1, nbytes)
+                raise RuntimeError(self._refusal)
+        self._admit(envelope, loop_id, nbytes)
+
+    def _admit(self, envelope: service_pb2.EventEnvelope, loop_id: str | None, nbytes: int) -> None:
+        """Number and queue an event whose room in the budget is already taken.
+
+        Also the sync facade's entry point, called on the loop thread.
+        """
+        if loop_id is not None:
+            sequence = self._next_sequence.get(loop_id, 0)
+            if envelope.event.HasField("agent_end"):
+                # Nothing may follow AgentEnd, so the counter need not outlive the loop.
+                self._next_sequence.pop(loop_id, None)
+            else:
+                self._next_sequence[loop_id] = sequence + 1
+            envelope.sequence = sequence
+        queue = self._queue
+        queue.append((envelope, nbytes))
+        self._queued_bytes += nbytes
+        self._emitted += 1
+        config = self._config
+        if (
+            len(queue) == 1
+            or len(queue) >= config.max_batch_events
+            or self._queued_bytes >= config.max_batch_bytes
+        ):
+            self._wake.set()
+
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Return once every event emitted before this call is stored.
+
+        Raises DeliveryError when the deadline (flush_timeout by default) passes first,
+        naming how many events are still unacknowledged, and also when any batch was
+        rejected or events were given up since the previous flush.
+        """
+        target = self._emitted
+        if self._watermark() < target:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append((target, waiter))
+            self._wake.set()  # skip the linger: someone is waiting
+            try:
+                async with asyncio.timeout(
+                    self._config.flush_timeout if timeout is None else timeout
+                ):
+                    await waiter
+            except TimeoutError:
+                raise self._error(self._unresolved_before(target)) from None
+            finally:
+                waiter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove((target, waiter))
+        if self._rejections or self._unreported_failed:
+            raise self._error(0)
+
+    async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Flush, then stop. Later emits raise RuntimeError; a second close does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._refusal = self._refusal or "event sender is closed"
+        try:
+            await self.flush(timeout)
+        finally:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+    def stats(self) -> SenderStats:
+        return SenderStats(
+            emitted=self._emitted,
+            acknowledged=self._acknowledged,
+            rejected=self._rejected,
+            failed=self._failed,
+            pending=self._emitted - self._acknowledged - self._rejected - self._failed,
+        )
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _watermark(self) -> int:
+        """The ordinal of the oldest event not yet resolved (all before it are)."""
+        oldest = next(iter(self._inflight.values()), None)
+        return oldest.first if oldest is not None else self._batched
+
+    def _unresolved_before(self, target: int) -> int:
+        inflight = sum(
+            min(b.first + b.count, target) - b.first
+            for b in self._inflight.values()
+            if b.first < target
+        )
+        return inflight + max(0, target - self._batched)
+
+    def _error(self, unacknowledged: int) -> DeliveryError:
+        """Everything to report, which is then forgotten (each problem is raised once)."""
+        error = DeliveryError(
+            unacknowledged=unacknowledged,
+            rejections=self._rejections,
+            failed=self._unreported_failed,
+            cause=self._last_cause if self._unreported_failed else None,
+        )
+        self._rejections = []
+        self._unreported_failed = 0
+        return error
+
+    def _resolved(self, events: int, nbytes: int) -> None:
+        self._budget.give_back(events, nbytes)
+        self._room.set()
+        watermark = self._watermark()
+        while self._waiters and self._waiters[0][0] <= watermark:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _on_ack(self, response: service_pb2.RecordResponse) -> None:
+        batch = self._inflight.pop(response.batch_id, None)
+        if batch is None:
+            return  # a re-sent batch answered twice
+        self._acked_on_stream = True
+        if response.HasField("rejection"):
+            self._rejected += batch.count
+            self._rejections.append(
+                RejectedBatch.from_rejection(response.rejection, batch.request.batch.events)
+            )
+        else:
+            self._acknowledged += batch.count
+        self._resolved(batch.count, batch.nbytes)
+
+    def _fail_pending(self, cause: BaseException) -> None:
+        """Give up everything unacknowledged; the next flush reports it with the cause."""
+        count = len(self._queue) + sum(b.count for b in self._inflight.values())
+        nbytes = self._queued_bytes + sum(b.nbytes for b in self._inflight.values())
+        self._batched += len(self._queue)
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._inflight.clear()
+        self._failed += count
+        self._unreported_failed += count
+        self._last_cause = cause
+        self._resolved(count, nbytes)
+
+    def _take_batch(self) -> _Batch:
+        config = self._config
+        request = service_pb2.RecordRequest()
+        request.batch.batch_id = self._next_batch_id
+        events = request.batch.events
+        count = nbytes = 0
+        while self._queue and count < config.max_batch_events:
+            envelope, size = self._queue[0]
+            if count and nbytes + size > config.max_batch_bytes:
+                break
+            self._queue.popleft()
+            events.append(envelope)
+            count += 1
+            nbytes += size
+        self._queued_bytes -= nbytes
+        batch = _Batch(self._next_batch_id, request, self._batched, count, nbytes)
+        self._next_batch_id += 1
+        self._batched += count
+        self._inflight[batch.batch_id] = batch
+        return batch
+
+    def _batch_is_due(self) -> bool:
+        return (
+            len(self._queue) >= self._config.max_batch_events
+            or self._queued_bytes >= self._config.max_batch_bytes
+            or bool(self._waiters)
+        )
+
+    # -- the background task -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            while not (self._queue or self._inflight):
+                self._wake.clear()
+                await self._wake.wait()
+            try:
+                await self._deliver()
+            except RecorderRpcError as error:
+                self._fail_pending(error)
+
+    async def _deliver(self) -> None:
+        """Keep a stream up while there is anything to deliver.
+
+        The reconnect deadline restarts whenever a stream got an acknowledgement, so
+        only a sender that makes no progress for that long gives up.
+        """
+        config = self._config
+        while self._queue or self._inflight:
+            retrying = AsyncRetrying(
+                retry=retry_if_exception(_worth_reconnecting),
+                wait=wait_random_exponential(
+                    multiplier=config.initial_backoff, max=config.max_backoff
+                ),
+                stop=stop_before_delay(config.reconnect_deadline),
+                reraise=True,
+            )
+            await retrying(self._stream_once)
+
+    async def _stream_once(self) -> None:
+        """Run one Record stream until it breaks; raise unless it made progress."""
+        call = self._client.record()
+        self._acked_on_stream = False
+        writer = asyncio.get_running_loop().create_task(self._write(call))
+        try:
+            failure = await self._read_acks(call)
+        finally:
+            call.cancel()
+            writer.cancel()
+            await asyncio.wait([writer])
+        if not writer.cancelled() and (bug := writer.exception()) is not None:
+            raise bug
+        if not self._acked_on_stream:
+            raise failure
+
+    async def _read_acks(
+        self, call: aio.StreamStreamCall[service_pb2.RecordRequest, service_pb2.RecordResponse]
+    ) -> RecorderRpcError:
+        """Apply acknowledgements until the stream ends; return why it ended."""
+        try:
+            while (response := await call.read()) is not _EOF:
+                self._on_ack(cast(service_pb2.RecordResponse, response))
+        except aio.AioRpcError as error:
+            return RecorderRpcError.from_rpc_error(error)
+        return RecorderRpcError(grpc.StatusCode.UNAVAILABLE, "the server ended the Record stream")
+
+    async def _write(
+        self, call: aio.StreamStreamCall[service_pb2.RecordRequest, service_pb2.RecordResponse]
+    ) -> None:
+        """Say hello, re-send what is unacknowledged, then send new batches as they form."""
+        try:
+            hello = service_pb2.RecordRequest(
+                hello=service_pb2.RecordHello(writer_id=self.writer_id)
+            )
+            await call.write(hello)
+            for batch in list(self._inflight.values()):
+                await call.write(batch.request)
+            while True:
+                await self._batch_formed()
+                await call.write(self._take_batch().request)
+        except (aio.AioRpcError, asyncio.InvalidStateError):
+            return  # the call is over; the reader reports its status
+        except BaseException:
+            call.cancel()  # unblock the reader, whatever went wrong here
+            raise
+
+    async def _batch_formed(self) -> None:
+        """Wait for queued events, then up to `linger` for a full batch (or a flush)."""
+        while not self._queue:
+            self._wake.clear()
+            await self._wake.wait()
+        if self._config.linger <= 0 or self._batch_is_due():
+            return
+        try:
+            async with asyncio.timeout(self._config.linger):
+                while not self._batch_is_due():
+                    self._wake.clear()
+                    await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        """A crashed delivery task must not leave flush waiting for its deadline."""
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        self._refusal = f"event sender stopped: {error!r}"
+        self._fail_pending(error)
+
+
+def _worth_reconnecting(error: BaseException) -> bool:
+    return isinstance(error, RecorderRpcError) and error.code not in _PERMANENT_STREAM_CODES

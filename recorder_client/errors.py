@@ -1,0 +1,146 @@
+"""The client's failure kinds.
+
+Callers should not have to know gRPC internals to tell *why* a call failed: the
+server attaches a machine-readable reason (google.rpc.ErrorInfo) to every refusal,
+and delivery failures say how many events are affected, because a silent or vague
+failure is exactly what the recorder exists to avoid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import grpc
+from agent_recorder.v1 import recorder_service_pb2 as service_pb2
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status
+
+from recorder_client.queries import event_loop_id
+
+ERROR_DOMAIN = "agent-recorder"
+
+
+class RecorderRpcError(Exception):
+    """A refused or failed RPC, with the server's reason when it sent one."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}: {message}" + (f" [{reason}]" if reason else ""))
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> RecorderRpcError:
+        """Decode the status and its ErrorInfo detail, tolerating servers that send none."""
+        code = error.code()
+        message = error.details() or ""
+        try:
+            # grpc.aio.AioRpcError quacks like grpc.Call (code/details/trailing_metadata).
+            status = rpc_status.from_call(cast(Any, error))
+        except ValueError:
+            # Rich status disagreeing with the plain one: trust the plain status.
+            status = None
+        if status is not None:
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    return cls(code, message, reason=info.reason, metadata=info.metadata)
+        return cls(code, message)
+
+
+class QueueFull(Exception):
+    """The sender holds as many unacknowledged events or bytes as it may.
+
+    Raised instead of dropping the event, so the agent decides what to lose.
+    """
+
+
+@dataclass(frozen=True)
+class RejectedBatch:
+    """A batch the server refused as a whole; none of its events were stored."""
+
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    metadata: Mapping[str, str]
+    events: int
+    loop_ids: tuple[str, ...]
+
+    @classmethod
+    def from_rejection(
+        cls, rejection: service_pb2.BatchRejection, envelopes: Sequence[service_pb2.EventEnvelope]
+    ) -> RejectedBatch:
+        loops = dict.fromkeys(
+            loop_id for env in envelopes if (loop_id := event_loop_id(env.event)) is not None
+        )
+        return cls(
+            code=_status_code(rejection.code),
+            message=rejection.message,
+            reason=rejection.reason,
+            metadata=dict(rejection.metadata),
+            events=len(envelopes),
+            loop_ids=tuple(loops),
+        )
+
+    def describe(self) -> str:
+        loop = self.metadata.get("loop_id") or ", ".join(self.loop_ids) or "-"
+        return (
+            f"{self.events} event(s) rejected: {self.code.name} {self.reason or '-'}"
+            f" (loop {loop}): {self.message}"
+        )
+
+
+class DeliveryError(Exception):
+    """Events emitted to an EventSender were not all stored.
+
+    One error reports everything that went wrong since the previous flush: events
+    still unacknowledged at the deadline, batches the server rejected, and events
+    given up after the reconnect deadline (with the last connection error).
+    """
+
+    def __init__(
+        self,
+        *,
+        unacknowledged: int = 0,
+        rejections: Sequence[RejectedBatch] = (),
+        failed: int = 0,
+        cause: BaseException | None = None,
+    ) -> None:
+        self.unacknowledged = unacknowledged
+        self.rejections = tuple(rejections)
+        self.failed = failed
+        self.cause = cause
+        super().__init__(self._describe())
+
+    @property
+    def rejection(self) -> RejectedBatch | None:
+        """The first rejected batch; later ones usually follow from it."""
+        return self.rejections[0] if self.rejections else None
+
+    def _describe(self) -> str:
+        parts: list[str] = []
+        if self.unacknowledged:
+            parts.append(f"{self.unacknowledged} event(s) still unacknowledged at the deadline")
+        parts.extend(r.describe() for r in self.rejections)
+        if self.failed:
+            why = f": {self.cause}" if self.cause is not None else ""
+            parts.append(f"{self.failed} event(s) given up undelivered{why}")
+        return "; ".join(parts) or "delivery failed"
+
+
+def _status_code(value: int) -> grpc.StatusCode:
+    for code in grpc.StatusCode:
+        if code.value[0] == value:
+            return code
+    return grpc.StatusCode.UNKNOWN
