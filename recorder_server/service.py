@@ -53,6 +53,13 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         writer_id = first.hello.writer_id
         acks: asyncio.Queue[tuple[int, asyncio.Future[list[int]] | RecorderError] | None]
         acks = asyncio.Queue()
+        options = self.writer.options
+        yield api.RecordResponse(
+            ready=api.RecordReady(
+                include_streaming_events=options.include_streaming_events,
+                capture_turn_requests=options.capture_turn_requests,
+            )
+        )
         self.writer.leases.attach(writer_id)
         reader = asyncio.create_task(self._read_batches(writer_id, request_iterator, acks))
         try:

@@ -202,13 +202,45 @@ class BatchRejection(_message.Message):
 Global___BatchRejection: _TypeAlias = BatchRejection  # noqa: Y015
 
 @_typing.final
+class RecordReady(_message.Message):
+    """The server's answer to hello, before any acknowledgement: what it records."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_STREAMING_EVENTS_FIELD_NUMBER: _builtins.int
+    CAPTURE_TURN_REQUESTS_FIELD_NUMBER: _builtins.int
+    include_streaming_events: _builtins.bool
+    """When false, MessageUpdate events are not stored; a client should not send
+    them (a numbered one would leave a gap in the loop's sequence and is refused).
+    """
+    capture_turn_requests: _builtins.bool
+    def __init__(
+        self,
+        *,
+        include_streaming_events: _builtins.bool = ...,
+        capture_turn_requests: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_turn_requests", b"capture_turn_requests", "include_streaming_events", b"include_streaming_events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordReady: _TypeAlias = RecordReady  # noqa: Y015
+
+@_typing.final
 class RecordResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    READY_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
     SEQUENCES_FIELD_NUMBER: _builtins.int
     REJECTION_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
+    @_builtins.property
+    def ready(self) -> Global___RecordReady:
+        """Set only on the first response of a stream (the answer to hello)."""
+
     @_builtins.property
     def sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Per event of the batch, the sequence it is stored under (0 for the
@@ -220,13 +252,14 @@ class RecordResponse(_message.Message):
     def __init__(
         self,
         *,
+        ready: Global___RecordReady | None = ...,
         batch_id: _builtins.int = ...,
         sequences: _abc.Iterable[_builtins.int] | None = ...,
         rejection: Global___BatchRejection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["rejection", b"rejection"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ready", b"ready", "rejection", b"rejection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "rejection", b"rejection", "sequences", b"sequences"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "ready", b"ready", "rejection", b"rejection", "sequences", b"sequences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,137 @@
+"""Rich renderings of stored sessions for the terminal (`ls`, `show`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import session_pb2, types_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from recorder_client.queries import root_loops
+
+STATUS_STYLE = {
+    session_pb2.LOOP_STATUS_PENDING: ("pending", "dim"),
+    session_pb2.LOOP_STATUS_RUNNING: ("running", "bold yellow"),
+    session_pb2.LOOP_STATUS_COMPLETED: ("completed", "green"),
+    session_pb2.LOOP_STATUS_REJECTED: ("rejected", "red"),
+    session_pb2.LOOP_STATUS_ABORTED: ("aborted", "magenta"),
+}
+
+
+def when(ts: Timestamp) -> str:
+    if not ts.seconds and not ts.nanos:
+        return "-"
+    moment = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def continuation(kind: types_pb2.ContinuationKind) -> str:
+    which = kind.WhichOneof("kind") or "initial"
+    if which in ("rerun", "branch"):
+        return f"{which}:{getattr(kind, which).tag}"
+    return which
+
+
+def usage_text(usage: types_pb2.Usage) -> str:
+    text = f"in {usage.input} / out {usage.output}"
+    if usage.cache_read:
+        text += f" / cache {usage.cache_read}"
+    return text
+
+
+def sessions_table(sessions: Sequence[api.SessionSummary]) -> Table:
+    table = Table(title="sessions (newest first)")
+    for column in ("session", "agent", "created", "scope", "loops", "tokens"):
+        table.add_column(column)
+    for s in sessions:
+        loops = s.loops
+        counts = ", ".join(
+            f"{n} {name}"
+            for name, n in (
+                ("running", loops.running),
+                ("pending", loops.pending),
+                ("completed", loops.completed),
+                ("rejected", loops.rejected),
+                ("aborted", loops.aborted),
+            )
+            if n
+        )
+        scope = session_pb2.SessionScope.Name(s.scope).removeprefix("SESSION_SCOPE_").lower()
+        table.add_row(
+            s.session_id,
+            s.agent_id,
+            when(s.created_at),
+            scope,
+            counts or "-",
+            str(s.usage.total_tokens or s.usage.input + s.usage.output),
+        )
+    return table
+
+
+def loop_label(loop: session_pb2.LoopRecord) -> Text:
+    name, style = STATUS_STYLE.get(loop.status, ("?", ""))
+    label = Text(loop.loop_id, style="bold")
+    label.append(f"  [{name}]", style=style)
+    label.append(f"  {continuation(loop.continuation_kind)}", style="cyan")
+    if loop.HasField("config") and loop.config.model:
+        label.append(f"  {loop.config.provider}/{loop.config.model}", style="blue")
+    if loop.HasField("parallel_group"):
+        mark = "  ★ winner" if loop.parallel_group.is_selected else "  parallel branch"
+        label.append(mark, style="bold green" if loop.parallel_group.is_selected else "dim")
+    label.append(f"  {usage_text(loop.usage)}", style="dim")
+    if loop.HasField("rejection"):
+        label.append(f"  rejected: {loop.rejection}", style="red")
+    return label
+
+
+def turn_label(turn: session_pb2.Turn) -> Text:
+    trigger = types_pb2.TurnTrigger.Name(turn.triggered_by).removeprefix("TURN_TRIGGER_").lower()
+    text = Text(f"turn {turn.turn_id.turn_index} ({trigger})")
+    calls = [b.tool_call.name for b in turn.output_message.content if b.HasField("tool_call")]
+    if calls:
+        text.append(f"  tools: {', '.join(calls)}", style="yellow")
+    said = " ".join(b.text.text for b in turn.output_message.content if b.HasField("text"))
+    if said:
+        text.append(f"  “{said[:60]}”", style="italic")
+    text.append(f"  {usage_text(turn.usage)}", style="dim")
+    return text
+
+
+def session_tree(
+    session: session_pb2.Session,
+    fetch_child: Callable[[str], session_pb2.Session | None],
+    depth: int = 0,
+) -> Tree:
+    """The loop tree; sub-agent sessions (via ChildLoopRef) are nested in place."""
+    head = Text(f"session {session.session_id}", style="bold underline")
+    head.append(f"  agent {session.agent_id}  created {when(session.created_at)}")
+    formation = session.formation.WhichOneof("kind") or "?"
+    head.append(f"  formed {formation}", style="dim")
+    tree = Tree(head)
+    children: dict[str, list[session_pb2.LoopRecord]] = {}
+    for loop in session.loops:
+        if loop.HasField("parent_loop_id"):
+            children.setdefault(loop.parent_loop_id, []).append(loop)
+
+    def add(node: Tree, loop: session_pb2.LoopRecord) -> None:
+        branch = node.add(loop_label(loop))
+        for turn in loop.turns:
+            branch.add(turn_label(turn))
+        for ref in loop.child_loop_refs:
+            sub = branch.add(
+                Text(f"↳ {ref.tool_name} ({ref.tool_call_id}) spawned {ref.child_loop_id}")
+            )
+            child = fetch_child(ref.child_session_id) if depth < 5 else None
+            if child is not None and child.session_id != session.session_id:
+                sub.add(session_tree(child, fetch_child, depth + 1))
+        for child_loop in children.get(loop.loop_id, []):
+            add(branch, child_loop)
+
+    for loop in root_loops(session):
+        add(tree, loop)
+    return tree
