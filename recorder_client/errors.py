@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
-from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from recorder_client.queries import event_loop_id

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 from agent_recorder.v1 import events_pb2, types_pb2
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
-Role = types_pb2.MessageRole.ValueType
+Role: TypeAlias = types_pb2.MessageRole.ValueType
 
 
 def timestamp(at: datetime | None = None) -> Timestamp:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+from agent_recorder.v1 import types_pb2
 from rich.console import Console
 
 from recorder_client import events as ev
@@ -161,7 +162,7 @@ def record_origin(sender: EventSender, clock: Clock, session: str, sub_session: 
             at=clock.tick(),
         )
     )
-    sender.emit(ev.turn_start(sub_loop, 0, ev.types_pb2.TURN_TRIGGER_SUB_AGENT, at=clock.tick()))
+    sender.emit(ev.turn_start(sub_loop, 0, types_pb2.TURN_TRIGGER_SUB_AGENT, at=clock.tick()))
     summary = ev.assistant_message(
         "WAL + NORMAL is the usual choice.", model="gpt", provider="openai"
     )

@@ -152,7 +152,8 @@ class Reads:
     ) -> tuple[list[api.SessionSummary], str]:
         """Newest first by creation, keyset-paged on (created, session_id)."""
         page_size = request.page_size or 50
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         if request.agent_id:
             where.append("agent_id = ?")
             args.append(request.agent_id)

@@ -188,8 +188,9 @@ def needed(
         want_loop(loop_id)
         state = snapshot.loops.get(loop_id)
         if sequence is not None and (state is None or sequence < state.next_seq):
-            if (loop_id, sequence) not in snapshot.stored_events:
-                keys.add((loop_id, sequence))
+            key = (loop_id, sequence)
+            if key not in snapshot.stored_events:
+                keys.add(key)
         if kind == "agent_start":
             start = event.agent_start
             want_session(start.session_id)
@@ -501,7 +502,8 @@ class Batch:
         session = self.session(start.session_id)
         if session is None:
             raise NotFound(
-                f"session {start.session_id!r} has no loop yet; start one before a parallel evaluation",
+                f"session {start.session_id!r} has no loop yet; "
+                "start one before a parallel evaluation",
                 session_id=start.session_id,
             )
         if any(list(g.loop_ids) == list(start.loop_ids) for g in session.groups):

@@ -128,7 +128,7 @@ class RecorderServer:
             ]
         )
         api_grpc.add_RecorderServiceServicer_to_server(servicer, server)
-        health_servicer = health.aio.HealthServicer()
+        health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
             (

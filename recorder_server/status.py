@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, status_pb2
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from recorder_server import errors
@@ -72,7 +73,7 @@ def internal_rejection(exc: BaseException) -> api.BatchRejection:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
     if isinstance(exc, errors.RecorderError):
-        await context.abort_with_status(to_status(exc))
+        await context.abort_with_status(to_status(exc))  # type: ignore[attr-defined]
     log.exception("unexpected error in an RPC handler")
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 

@@ -382,7 +382,8 @@ class WriteStore:
         for sid in session_ids:
             for sql in (
                 "DELETE FROM events WHERE session_id = ?",
-                "DELETE FROM turns WHERE loop_id IN (SELECT loop_id FROM loops WHERE session_id = ?)",
+                "DELETE FROM turns WHERE loop_id IN "
+                "(SELECT loop_id FROM loops WHERE session_id = ?)",
                 "DELETE FROM loops WHERE session_id = ?",
                 "DELETE FROM parallel_groups WHERE session_id = ?",
                 "DELETE FROM pending_spawn_refs WHERE child_session_id = ?",

@@ -62,7 +62,7 @@ class RunningRecorder:
 
     async def close_channels(self) -> None:
         for channel in self._channels:
-            await channel.close()
+            await channel.close(grace=None)
         self._channels.clear()
 
 
