@@ -1,9 +1,13 @@
 """Fire-and-forget event delivery over one Record stream, with proof of delivery.
 
-`EventSender.emit` only numbers the event and queues it, so an agent never waits
+`EventSender.emit` only copies the event and queues it, so an agent never waits
 on the recorder. A background task batches the queue onto one bidirectional
 Record stream and keeps every event until the server acknowledges its batch (the
-server acknowledges only after commit). When the stream breaks, the task
+server acknowledges only after commit). Events are numbered per loop, in emit
+order, when they first go into a batch: only then is the server's RecordReady
+known, and a server that does not store streaming deltas (MessageUpdate) must not
+be sent numbered ones (the gap would be refused), so those are skipped, not
+numbered. When the stream breaks, the task
 reconnects with jittered backoff and re-sends everything unacknowledged in order;
 the server recognises re-sent events by (loop_id, sequence), so nothing is stored
 twice. `flush` is the proof: it returns only once every earlier event is stored,
@@ -99,6 +103,8 @@ class SenderStats:
     acknowledged: int
     rejected: int
     failed: int
+    # MessageUpdates not sent because the server said it does not store them.
+    skipped: int
     pending: int
 
 
@@ -153,11 +159,15 @@ class _Budget:
 
 @dataclass
 class _Batch:
-    """Events sent together; ordinals first..first+count-1 in emit order."""
+    """Events sent together, taken from ordinals first..first+span-1 in emit order.
+
+    count < span when MessageUpdates the server does not store were skipped.
+    """
 
     batch_id: int
     request: service_pb2.RecordRequest
     first: int
+    span: int
     count: int
     nbytes: int
 
@@ -181,7 +191,7 @@ class EventSender:
         self._config = config or DeliveryConfig()
         self._budget = _Budget(self._config.max_pending_events, self._config.max_pending_bytes)
         self._next_sequence: dict[str, int] = {}
-        self._queue: deque[tuple[service_pb2.EventEnvelope, int]] = deque()
+        self._queue: deque[tuple[service_pb2.EventEnvelope, str | None, int]] = deque()
         self._queued_bytes = 0
         # Sent (or about to be re-sent) and not yet answered, in send order.
         self._inflight: dict[int, _Batch] = {}
@@ -193,6 +203,7 @@ class EventSender:
         self._acknowledged = 0
         self._rejected = 0
         self._failed = 0
+        self._skipped = 0
         # Reported (then forgotten) by the next flush.
         self._rejections: list[RejectedBatch] = []
         self._unreported_failed = 0
@@ -203,6 +214,9 @@ class EventSender:
         self._refusal: str | None = None
         self._closed = False
         self._acked_on_stream = False
+        # What the current stream's server records (its RecordReady).
+        self._ready = asyncio.Event()
+        self._stores_streaming = False
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"agent-recorder sender {self.writer_id}"
         )
@@ -213,8 +227,8 @@ class EventSender:
     def emit(self, event: events_pb2.AgentEvent) -> None:
         """Queue an event for delivery and return at once; raises QueueFull when full.
 
-        The event is copied, so the caller may reuse it. Its per-loop sequence is
-        assigned here, in call order (AgentStart is 0 of its loop).
+        The event is copied, so the caller may reuse it. Events are numbered per
+        loop in the order of these calls (AgentStart is 0 of its loop).
         """
         if self._refusal is not None:
             raise RuntimeError(self._refusal)
@@ -254,20 +268,12 @@ class EventSender:
         self._admit(envelope, loop_id, nbytes)
 
     def _admit(self, envelope: service_pb2.EventEnvelope, loop_id: str | None, nbytes: int) -> None:
-        """Number and queue an event whose room in the budget is already taken.
+        """Queue an event whose room in the budget is already taken.
 
         Also the sync facade's entry point, called on the loop thread.
         """
-        if loop_id is not None:
-            sequence = self._next_sequence.get(loop_id, 0)
-            if envelope.event.HasField("agent_end"):
-                # Nothing may follow AgentEnd, so the counter need not outlive the loop.
-                self._next_sequence.pop(loop_id, None)
-            else:
-                self._next_sequence[loop_id] = sequence + 1
-            envelope.sequence = sequence
         queue = self._queue
-        queue.append((envelope, nbytes))
+        queue.append((envelope, loop_id, nbytes))
         self._queued_bytes += nbytes
         self._emitted += 1
         config = self._config
@@ -322,7 +328,12 @@ class EventSender:
             acknowledged=self._acknowledged,
             rejected=self._rejected,
             failed=self._failed,
-            pending=self._emitted - self._acknowledged - self._rejected - self._failed,
+            skipped=self._skipped,
+            pending=self._emitted
+            - self._acknowledged
+            - self._rejected
+            - self._failed
+            - self._skipped,
         )
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -333,10 +344,9 @@ class EventSender:
         return oldest.first if oldest is not None else self._batched
 
     def _unresolved_before(self, target: int) -> int:
+        """Events before ordinal target not yet resolved (exact unless a batch straddles it)."""
         inflight = sum(
-            min(b.first + b.count, target) - b.first
-            for b in self._inflight.values()
-            if b.first < target
+            min(b.count, target - b.first) for b in self._inflight.values() if b.first < target
         )
         return inflight + max(0, target - self._batched)
 
@@ -353,6 +363,7 @@ class EventSender:
         return error
 
     def _resolved(self, events: int, nbytes: int) -> None:
+        """Events left the pending set: free their room and wake satisfied flushes."""
         self._budget.give_back(events, nbytes)
         self._room.set()
         watermark = self._watermark()
@@ -388,25 +399,48 @@ class EventSender:
         self._last_cause = cause
         self._resolved(count, nbytes)
 
-    def _take_batch(self) -> _Batch:
+    def _take_batch(self) -> _Batch | None:
+        """Number the next events and make them a batch (None if all were skipped)."""
         config = self._config
+        queue = self._queue
+        next_sequence = self._next_sequence
         request = service_pb2.RecordRequest()
-        request.batch.batch_id = self._next_batch_id
         events = request.batch.events
-        count = nbytes = 0
-        while self._queue and count < config.max_batch_events:
-            envelope, size = self._queue[0]
+        span = count = nbytes = skipped = skipped_bytes = 0
+        while queue and count < config.max_batch_events:
+            envelope, loop_id, size = queue[0]
             if count and nbytes + size > config.max_batch_bytes:
                 break
-            self._queue.popleft()
+            queue.popleft()
+            span += 1
+            if loop_id is not None:
+                kind = envelope.event.WhichOneof("event")
+                if kind == "message_update" and not self._stores_streaming:
+                    skipped += 1
+                    skipped_bytes += size
+                    continue
+                sequence = next_sequence.get(loop_id, 0)
+                if kind == "agent_end":
+                    # Nothing may follow AgentEnd: the counter need not outlive the loop.
+                    next_sequence.pop(loop_id, None)
+                else:
+                    next_sequence[loop_id] = sequence + 1
+                envelope.sequence = sequence
             events.append(envelope)
             count += 1
             nbytes += size
-        self._queued_bytes -= nbytes
-        batch = _Batch(self._next_batch_id, request, self._batched, count, nbytes)
-        self._next_batch_id += 1
-        self._batched += count
-        self._inflight[batch.batch_id] = batch
+        self._queued_bytes -= nbytes + skipped_bytes
+        first = self._batched
+        self._batched += span
+        self._skipped += skipped
+        batch = None
+        if count:
+            request.batch.batch_id = self._next_batch_id
+            self._next_batch_id += 1
+            batch = _Batch(request.batch.batch_id, request, first, span, count, nbytes)
+            self._inflight[batch.batch_id] = batch
+        if skipped:
+            self._resolved(skipped, skipped_bytes)
         return batch
 
     def _batch_is_due(self) -> bool:
@@ -450,6 +484,7 @@ class EventSender:
         """Run one Record stream until it breaks; raise unless it made progress."""
         call = self._client.record()
         self._acked_on_stream = False
+        self._ready.clear()
         writer = asyncio.get_running_loop().create_task(self._write(call))
         try:
             failure = await self._read_acks(call)
@@ -468,7 +503,12 @@ class EventSender:
         """Apply acknowledgements until the stream ends; return why it ended."""
         try:
             while (response := await call.read()) is not _EOF:
-                self._on_ack(cast(service_pb2.RecordResponse, response))
+                response = cast(service_pb2.RecordResponse, response)
+                if response.HasField("ready"):
+                    self._stores_streaming = response.ready.include_streaming_events
+                    self._ready.set()
+                else:
+                    self._on_ack(response)
         except aio.AioRpcError as error:
             return RecorderRpcError.from_rpc_error(error)
         return RecorderRpcError(grpc.StatusCode.UNAVAILABLE, "the server ended the Record stream")
@@ -476,17 +516,22 @@ class EventSender:
     async def _write(
         self, call: aio.StreamStreamCall[service_pb2.RecordRequest, service_pb2.RecordResponse]
     ) -> None:
-        """Say hello, re-send what is unacknowledged, then send new batches as they form."""
+        """Say hello, re-send what is unacknowledged, then send new batches as they form.
+
+        Nothing is numbered before the server's RecordReady says what it stores.
+        """
         try:
             hello = service_pb2.RecordRequest(
                 hello=service_pb2.RecordHello(writer_id=self.writer_id)
             )
             await call.write(hello)
-            for batch in list(self._inflight.values()):
-                await call.write(batch.request)
+            await self._ready.wait()
+            for unacknowledged in list(self._inflight.values()):
+                await call.write(unacknowledged.request)
             while True:
                 await self._batch_formed()
-                await call.write(self._take_batch().request)
+                if (batch := self._take_batch()) is not None:
+                    await call.write(batch.request)
         except (aio.AioRpcError, asyncio.InvalidStateError):
             return  # the call is over; the reader reports its status
         except BaseException:
