@@ -69,6 +69,11 @@ def json_kind(value: Any) -> str:
     return type(value).__name__
 
 
+def not_utf8(path: str) -> PhiJsonError:
+    """JSON escapes can spell lone surrogates; protobuf strings (and serde) refuse them."""
+    return PhiJsonError(path, "string is not valid Unicode (lone surrogate)")
+
+
 def _expected(path: str, what: str, value: Any) -> PhiJsonError:
     return PhiJsonError(path, f"expected {what}, got {json_kind(value)}")
 
@@ -271,7 +276,10 @@ def fill_value(target: struct_pb2.Value, value: Any, path: str) -> None:
             raise PhiJsonError(path, "expected a finite number")
         target.number_value = number
     elif isinstance(value, str):
-        target.string_value = value
+        try:
+            target.string_value = value
+        except UnicodeEncodeError:
+            raise not_utf8(path) from None
     elif isinstance(value, list | tuple):
         target.list_value.SetInParent()
         fill_list(target.list_value, value, path)
@@ -286,7 +294,14 @@ def fill_struct(target: struct_pb2.Struct, obj: Mapping[Any, Any], path: str) ->
     for key, item in obj.items():
         if not isinstance(key, str):
             raise PhiJsonError(path, f"object key {key!r} is not a string")
-        fill_value(target.fields[key], item, at(path, key))
+        fill_value(_slot(target, key, path), item, at(path, key))
+
+
+def _slot(obj: struct_pb2.Struct, key: str, path: str) -> struct_pb2.Value:
+    try:
+        return obj.fields[key]
+    except UnicodeEncodeError:
+        raise not_utf8(at(path, ascii(key))) from None
 
 
 def fill_list(target: struct_pb2.ListValue, items: Iterable[Any], path: str) -> None:
@@ -329,7 +344,7 @@ def fill_extra(
     """Keep the keys this schema does not name, so that they come back out on export."""
     for key, item in obj.items():
         if key not in known:
-            fill_value(extra.fields[key], item, at(path, key))
+            fill_value(_slot(extra, key, path), item, at(path, key))
 
 
 def merge_extra(

@@ -17,6 +17,7 @@ from recorder_client.phi_json_core import (
     decode_i64,
     decode_str,
     expect_object,
+    not_utf8,
 )
 from recorder_client.phi_json_messages import (
     CONFIG,
@@ -75,7 +76,10 @@ class _DeltaCodec:
         obj = expect_object(inner, at(path, name))
         if "delta" not in obj:
             raise PhiJsonError(here, "missing")
-        setattr(target, _DELTAS[name], decode_str(obj["delta"], here))
+        try:
+            setattr(target, _DELTAS[name], decode_str(obj["delta"], here))
+        except UnicodeEncodeError:
+            raise not_utf8(here) from None
 
     def dump(self, msg: events_pb2.MessageDelta, path: str) -> dict[str, Any]:
         attr = msg.WhichOneof("delta")

@@ -39,6 +39,7 @@ from recorder_client.phi_json_core import (
     list_to_json,
     merge_extra,
     millis_to_timestamp,
+    not_utf8,
     rfc3339_to_timestamp,
     struct_to_json,
     timestamp_to_millis,
@@ -81,7 +82,10 @@ class Scalar(Codec):
     encode: Callable[[Any, str], Any] = identity
 
     def read(self, msg: Message, attr: str, value: Any, path: str) -> None:
-        setattr(msg, attr, self.decode(value, path))
+        try:
+            setattr(msg, attr, self.decode(value, path))
+        except UnicodeEncodeError:
+            raise not_utf8(path) from None
 
     def write(self, msg: Message, attr: str, path: str) -> Any:
         return self.encode(getattr(msg, attr), path)
@@ -111,8 +115,12 @@ class ScalarList(Codec):
     encode: Callable[[Any, str], Any] = identity
 
     def read(self, msg: Message, attr: str, value: Any, path: str) -> None:
-        items = expect_array(value, path)
-        getattr(msg, attr).extend(self.decode(item, index(path, i)) for i, item in enumerate(items))
+        container = getattr(msg, attr)
+        for i, item in enumerate(expect_array(value, path)):
+            try:
+                container.append(self.decode(item, index(path, i)))
+            except UnicodeEncodeError:
+                raise not_utf8(index(path, i)) from None
 
     def write(self, msg: Message, attr: str, path: str) -> Any:
         return [self.encode(item, index(path, i)) for i, item in enumerate(getattr(msg, attr))]

@@ -810,6 +810,23 @@ def test_invalid_input_names_the_json_path(mutate: Mutation, message: str) -> No
     assert isinstance(caught.value, ValueError)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "path"),
+    [
+        ("args", {"\udc00": 1}, r"args\.'\\udc00'"),
+        ("args", ["ok", "\ud800"], r"args\[1\]"),
+        ("tool_name", "\ud800", "tool_name"),
+    ],
+)
+def test_lone_surrogates_are_refused_with_their_path(field: str, value: Any, path: str) -> None:
+    line = {"type": "ToolExecutionStart", "loop_id": "l", "tool_call_id": "c", "tool_name": "t"}
+    with pytest.raises(PhiJsonError, match=rf"^{path}: string is not valid Unicode"):
+        event_from_json({**line, "args": None, field: value})
+    loop_ids = {"type": "ParallelLoopStart", "session_id": "s", "loop_ids": ["a", "\ud800"]}
+    with pytest.raises(PhiJsonError, match=r"^loop_ids\[1\]: string is not valid Unicode"):
+        event_from_json({**loop_ids, "timestamp": "2026-11-01T10:00:00Z"})
+
+
 def test_error_cases_point_at_the_values_they_claim() -> None:
     """Guards the hard-coded indices above: they must still name these fixture entries."""
     loop = SESSION_JSON["loops"][0]
