@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 OnFull = Literal["raise", "block"]
 
 _EOF: Final[object] = aio.EOF  # type: ignore[attr-defined]
+# A batch refused with this code (storage busy, server shutting down) is re-sent.
+_UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE.value[0]
 
 # Codes after which re-sending the same bytes cannot succeed; anything else (the
 # server restarting, shedding load, a dropped connection) is worth a reconnect.
@@ -106,6 +108,8 @@ class SenderStats:
     # MessageUpdates not sent because the server said it does not store them.
     skipped: int
     pending: int
+    # Events sent again on a new stream because their batch was not acknowledged.
+    resent: int
 
 
 class _Budget:
@@ -204,6 +208,7 @@ class EventSender:
         self._rejected = 0
         self._failed = 0
         self._skipped = 0
+        self._resent = 0
         # Reported (then forgotten) by the next flush.
         self._rejections: list[RejectedBatch] = []
         self._unreported_failed = 0
@@ -334,6 +339,7 @@ class EventSender:
             - self._rejected
             - self._failed
             - self._skipped,
+            resent=self._resent,
         )
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -507,6 +513,17 @@ class EventSender:
                 if response.HasField("ready"):
                     self._stores_streaming = response.ready.include_streaming_events
                     self._ready.set()
+                elif response.rejection.code == _UNAVAILABLE:
+                    # Nothing of the batch was stored and later batches may be refused
+                    # only because of it (a sequence gap), so their answers are not
+                    # trusted: everything from this batch on goes again on a new stream.
+                    rejection = response.rejection
+                    return RecorderRpcError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        rejection.message,
+                        reason=rejection.reason,
+                        metadata=rejection.metadata,
+                    )
                 else:
                     self._on_ack(response)
         except aio.AioRpcError as error:
@@ -527,6 +544,7 @@ class EventSender:
             await call.write(hello)
             await self._ready.wait()
             for unacknowledged in list(self._inflight.values()):
+                self._resent += unacknowledged.count
                 await call.write(unacknowledged.request)
             while True:
                 await self._batch_formed()
