@@ -195,15 +195,14 @@ def rfc3339_to_timestamp(text: str, path: str = "") -> timestamp_pb2.Timestamp:
     """Any RFC 3339 time (offsets, no fraction, up to nanoseconds) as a Timestamp.
 
     Digits beyond nanoseconds are truncated, the precision both chrono and protobuf
-    keep. A leap second (`:60`) is refused: a Timestamp cannot name it.
+    keep. A leap second (`:60`) is refused like any invalid time: a Timestamp cannot
+    name it.
     """
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise PhiJsonError(path, f"expected an RFC 3339 time, got {text!r}")
     year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
     fraction, sign, offset_hours, offset_minutes = match.group(7, 8, 9, 10)
-    if second == 60:
-        raise PhiJsonError(path, f"leap second in {text!r} cannot be stored")
     try:
         datetime(year, month, day, hour, minute, second)
     except ValueError as exc:

@@ -289,7 +289,11 @@ class InternallyTagged:
         self._oneof = oneof
         self._variants = variants
         self._names = {attr: name for name, (attr, _) in variants.items()}
-        self._keep_extra = keep_extra
+        self._known = (
+            {name: record.keys | {tag} for name, (_, record) in variants.items()}
+            if keep_extra
+            else None
+        )
 
     def fill(self, value: Any, path: str, target: Any) -> None:
         obj = expect_object(value, path)
@@ -298,8 +302,8 @@ class InternallyTagged:
         variant = getattr(target, attr)
         variant.SetInParent()
         read_fields(obj, path, variant, record.fields)
-        if self._keep_extra:
-            fill_extra(obj, path, record.keys | {self._tag}, target.extra)
+        if self._known is not None:
+            fill_extra(obj, path, self._known[name], target.extra)
 
     def dump(self, msg: Any, path: str) -> dict[str, Any]:
         attr = msg.WhichOneof(self._oneof)
@@ -309,8 +313,8 @@ class InternallyTagged:
         record = self._variants[name][1]
         out: dict[str, Any] = {self._tag: name}
         write_fields(getattr(msg, attr), path, record.fields, out)
-        if self._keep_extra:
-            merge_extra(msg.extra, path, record.keys | {self._tag}, out)
+        if self._known is not None:
+            merge_extra(msg.extra, path, self._known[name], out)
         return out
 
 
