@@ -392,11 +392,11 @@ class WriteStore:
                 await self.conn.execute(sql, (sid,))
 
     async def prunable(self, older_than_us: int) -> list[str]:
-        """Ephemeral sessions idle since before the cut-off with no open loop."""
+        """Finalized ephemeral sessions idle since before the cut-off with no open loop."""
         rows = await self.conn.execute_fetchall(
             "SELECT s.session_id FROM sessions s WHERE s.scope = ? AND s.last_active_us < ? "
-            "AND NOT EXISTS (SELECT 1 FROM loops l WHERE l.session_id = s.session_id "
-            "AND l.status IN (1, 2))",
+            "AND s.finalized_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM loops l "
+            "WHERE l.session_id = s.session_id AND l.status IN (1, 2))",
             (session_pb2.SESSION_SCOPE_EPHEMERAL, older_than_us),
         )
         return [r[0] for r in rows]

@@ -324,13 +324,21 @@ class RecordStream:
         self.writer_id = writer_id
         self.call = stub.Record(None, timeout=deadline)
         self._next_batch = 1
-        self._hello_sent = False
+        self.ready: api.RecordReady | None = None
 
-    async def send(self, events: Iterable[Event | Envelope]) -> api.RecordResponse:
-        if not self._hello_sent:
+    async def hello(self) -> api.RecordReady:
+        """Name the writer; the server answers with what it records."""
+        if self.ready is None:
             hello = api.RecordRequest(hello=api.RecordHello(writer_id=self.writer_id))
             await self.call.write(hello)
-            self._hello_sent = True
+            response = await self.call.read()
+            assert isinstance(response, api.RecordResponse), response
+            assert response.HasField("ready"), response
+            self.ready = response.ready
+        return self.ready
+
+    async def send(self, events: Iterable[Event | Envelope]) -> api.RecordResponse:
+        await self.hello()
         batch_id, self._next_batch = self._next_batch, self._next_batch + 1
         batch = api.EventBatch(batch_id=batch_id, events=envelopes(events))
         await self.call.write(api.RecordRequest(batch=batch))

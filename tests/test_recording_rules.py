@@ -789,7 +789,9 @@ def test_rule12_open_session_is_explicit_and_takes_a_pending_ref() -> None:
     assert changes.sessions["c"].session.agent_id == "helper"
     assert changes.admitted == []
     with pytest.raises(AlreadyExists):
-        open_session(rules.snapshot, "c", "x", 0, None, formation, ts(5))
+        open_session(
+            rules.snapshot, "c", "x", session_pb2.SESSION_SCOPE_EPHEMERAL, None, formation, ts(5)
+        )
 
 
 def test_rule12_rotation_needed_after_the_threshold_only() -> None:
