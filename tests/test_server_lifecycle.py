@@ -33,17 +33,16 @@ async def test_reflection_lists_and_describes_the_service(recorder: RunningRecor
     async with grpc.aio.insecure_channel(recorder.target) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
-        async def ask() -> reflection_pb2.ServerReflectionResponse:
+        async def ask() -> list[reflection_pb2.ServerReflectionResponse]:
             requests = [
                 reflection_pb2.ServerReflectionRequest(list_services=""),
                 reflection_pb2.ServerReflectionRequest(
                     file_containing_symbol="agent_recorder.v1.RecorderService"
                 ),
             ]
-            replies = [reply async for reply in stub.ServerReflectionInfo(iter(requests))]
-            return replies
+            return [reply async for reply in stub.ServerReflectionInfo(iter(requests))]
 
-        listed, described = await ask()  # type: ignore[misc]
+        listed, described = await ask()
     names = {s.name for s in listed.list_services_response.service}
     assert {"agent_recorder.v1.RecorderService", "grpc.health.v1.Health"} <= names
     assert described.file_descriptor_response.file_descriptor_proto
