@@ -3,13 +3,15 @@
 The core may then trust shapes (ids present and printable, timestamps in range,
 enums known, free-form JSON shallow and finite) and keep only *semantic* rules
 (loop open, sequence next, session not locked). Every refusal names the field path
-a client must fix (`events[3].agent_start.loop_id: must not be empty`):
-`InvalidArgument` for a broken rule, `TooLarge` for an exceeded `Limits` value.
+a client must fix, spelled as the proto path (`events[3].event.agent_start.loop_id:
+must not be empty`): `InvalidArgument` for a broken rule, `TooLarge` (metadata
+`field` and `limit`) for an exceeded `Limits` value.
 
 Pure by design — no I/O, no gRPC — so the same checks serve the servicer, the
 importer and tests. `validate_envelopes` is on the ingest hot path: it dispatches on
-the event's oneof and walks only Struct/Value fields; paths are assembled only when
-something fails (internal `_Fault`s are re-raised with a prefix on the way out).
+the event's oneof, touches only the fields a rule needs, settles free-form JSON
+from its wire form when it can (`_json_cleared`), and builds a path only when
+something fails (internal `_Fault`s gain their prefix on the way out).
 
 Deliberately not checked: the shape of loop ids (`{session}.{config}.{N}` is the
 runtime's convention, but dot-less ids stay valid as in the seed); free text
@@ -56,10 +58,11 @@ class Limits:
     # Ids are keys, log fields and error metadata; 256 fits a UUID-based loop id
     # with a long config segment many times over.
     max_id_length: int = 256
-    # One batch is one SQLite transaction; 10k events commit in well under a second.
+    # A batch is one all-or-nothing transaction and one acknowledgement; the cap
+    # keeps both from growing without bound.
     max_events_per_batch: int = 10_000
     # Nesting of Struct/ListValue containers in free-form JSON. Note the protobuf
-    # decoder refuses ~100 nested *messages* first (about 30 JSON levels inside an
+    # decoder refuses 100 nested *messages* first (some 30-45 JSON levels inside an
     # event), so over the wire this bound is the backstop, not the usual refusal.
     max_value_depth: int = 64
     # Page tokens are opaque cursors the server made (a time and an id).
@@ -184,6 +187,10 @@ def _json_cleared(message: Message, limit: int) -> bool:
       contain 0x7F or 0xFF; bytes without either hold no NaN or Infinity.
     Every bound over-counts (text holds such bytes too), never under-counts: False
     means "walk to find out", not "invalid".
+
+    Serializing recurses in C: a value nested some 15,000 levels would overflow the
+    stack here, as it would wherever protobuf serializes it (the store included).
+    Only in-process code can build one; the wire decoder stops at 100 levels.
     """
     data = message.SerializeToString()
     if b"\x7f" in data or b"\xff" in data:
