@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -256,10 +256,11 @@ class RecorderClient:
         after_cursor: int = 0,
         follow: bool = False,
         timeout: float | None = None,
-    ) -> AsyncIterator[service_pb2.StreamEventsResponse]:
+    ) -> AsyncGenerator[service_pb2.StreamEventsResponse, None]:
         """Stored events of one session or loop in commit order; with follow, a live tail.
 
-        No deadline unless timeout is given, since a followed stream is open-ended.
+        No deadline unless timeout is given, since a followed stream is open-ended;
+        `aclose()` the generator to end it early.
         """
         if (session_id is None) == (loop_id is None):
             raise ValueError("stream_events needs exactly one of session_id or loop_id")
@@ -276,10 +277,11 @@ class RecorderClient:
 
     def watch_sessions(
         self, *, agent_id: str = "", timeout: float | None = None
-    ) -> AsyncIterator[service_pb2.WatchSessionsResponse]:
+    ) -> AsyncGenerator[service_pb2.WatchSessionsResponse, None]:
         """Session admissions, finalizations and deletions as they happen.
 
-        No deadline unless timeout is given, since the watch is open-ended.
+        No deadline unless timeout is given, since the watch is open-ended;
+        `aclose()` the generator to end it.
         """
         request = service_pb2.WatchSessionsRequest(agent_id=agent_id)
         return self._stream(
@@ -444,7 +446,7 @@ class RecorderClient:
         *,
         idempotent: bool,
         timeout: float | None,  # noqa: ASYNC109
-    ) -> AsyncIterator[Response]:
+    ) -> AsyncGenerator[Response, None]:
         """A server stream whose start (up to its first message) goes through `_call`.
 
         Only the start is retried: once a message was yielded, repeating the call

@@ -520,7 +520,11 @@ async def test_the_block_policy_waits_for_room_then_gives_up(
 ) -> None:
     sender = client.sender(
         config=DeliveryConfig(
-            max_pending_events=2, on_full="block", block_timeout=0.3, **_fast_retry()
+            max_pending_events=2,
+            on_full="block",
+            block_timeout=0.3,
+            initial_backoff=FAST.initial_backoff,
+            max_backoff=FAST.max_backoff,
         )
     )
     sender.emit(agent_start("q3", "q3.main.0"))
@@ -540,10 +544,6 @@ async def test_the_block_policy_waits_for_room_then_gives_up(
     await recorder.start()
     await sender.flush(15)
     assert progress_texts(await client.get_loop("q3.main.0")) == ["1", "2", "3", "4"]
-
-
-def _fast_retry() -> dict[str, float]:
-    return {"initial_backoff": FAST.initial_backoff, "max_backoff": FAST.max_backoff}
 
 
 # -- closing --------------------------------------------------------------------------------
