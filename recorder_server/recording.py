@@ -289,6 +289,8 @@ class Batch:
                     "sequence",
                     "this server does not record streaming deltas; send MessageUpdate unnumbered",
                 )
+            # Rule 4 still holds: a delta for a loop that is not open is an error.
+            self._check_open(event.message_update.loop_id)
             return 0
         assert kind is not None
         loop_id = loop_id_of(event)
@@ -322,13 +324,16 @@ class Batch:
             raise SequenceConflict(loop_id, sequence, "re-sent with different content")
         return True
 
-    def _open_loop(self, loop_id: str) -> LoopState:
+    def _check_open(self, loop_id: str) -> None:
         state = self.peek_loop(loop_id)
         if state is None:
             raise LoopNotOpen(loop_id, "never started")
         if state.record.status != RUNNING:
             name = session_pb2.LoopStatus.Name(state.record.status)
             raise LoopNotOpen(loop_id, name.removeprefix("LOOP_STATUS_").lower())
+
+    def _open_loop(self, loop_id: str) -> LoopState:
+        self._check_open(loop_id)
         working = self.loop(loop_id)
         assert working is not None
         return working

@@ -355,6 +355,17 @@ def test_rule5_message_updates_are_not_stored_by_default() -> None:
     assert error.metadata["field"] == "sequence"
 
 
+def test_rule5_an_unkept_message_update_for_a_loop_not_open_is_still_refused() -> None:
+    """Rule 4 holds for deltas too: dropping them is not dropping the error."""
+    rules = Rules()
+    rules.apply([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
+    error = rules.refused([message_update("s.ghost.0", assistant("x"), "x")], LoopNotOpen)
+    assert error.metadata == {"loop_id": "s.ghost.0", "index": "0"}
+    error = rules.refused([message_update("s.main.0", assistant("x"), "x")], LoopNotOpen)
+    assert error.metadata["loop_id"] == "s.main.0"
+    assert "completed" in error.message
+
+
 def test_rule5_message_updates_are_stored_when_configured() -> None:
     rules = Rules(RecordingOptions(include_streaming_events=True))
     rules.apply([agent_start("s", "s.main.0", at=1)])

@@ -358,6 +358,22 @@ async def test_rule5_message_updates_are_dropped_by_default(recorder: RunningRec
     assert kinds(await get_loop(stub, "s.main.0")) == ["agent_start", "message_end"]
 
 
+async def test_rule5_a_dropped_message_update_for_a_loop_not_open_is_refused(
+    recorder: RunningRecorder,
+) -> None:
+    stub = aio(recorder.stub())
+    await append(stub, [agent_start("s", "s.main.0", at=1)])
+    error = await refused(
+        append(
+            stub, [progress("s.main.0", "c", "t", "x"), message_update("s.gone.0", user("x"), "x")]
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    info = error_info(error)
+    assert (info.reason, info.metadata["loop_id"]) == ("LOOP_NOT_OPEN", "s.gone.0")
+    assert sequences(await get_loop(stub, "s.main.0")) == [0]
+
+
 async def test_rule5_message_updates_are_stored_when_configured(
     recorder: RunningRecorder,
 ) -> None:
