@@ -193,12 +193,10 @@ def _json_cleared(message: Message, limit: int) -> bool:
     Only in-process code can build one; the wire decoder stops at 100 levels.
     """
     data = message.SerializeToString()
-    if b"\x7f" in data or b"\xff" in data:
-        return False
     size = len(data)
-    return size <= 4 * limit - 4 or (
-        size <= _SCAN_MAX_BYTES and data.count(b"*") + data.count(b"2") < limit
-    )
+    if size > max(_SCAN_MAX_BYTES, 4 * limit - 4) or b"\x7f" in data or b"\xff" in data:
+        return False
+    return size <= 4 * limit - 4 or data.count(b"*") + data.count(b"2") < limit
 
 
 def _check_json(
