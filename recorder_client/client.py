@@ -98,7 +98,8 @@ class RecorderClient:
         """Dial the sidecar lazily: nothing fails here if it is not up yet.
 
         target defaults to $AGENT_RECORDER_TARGET or the default Unix socket; token to
-        $AGENT_RECORDER_TOKEN.
+        $AGENT_RECORDER_TOKEN. Call it in the event loop that will use the client
+        (gRPC's asyncio channels belong to one loop).
         """
         address = defaults.normalize_target(target or defaults.default_target())
         channel = aio.insecure_channel(address, options=[*_CHANNEL_OPTIONS, *channel_options])

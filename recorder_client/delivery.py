@@ -3,15 +3,16 @@
 `EventSender.emit` only copies the event and queues it, so an agent never waits
 on the recorder. A background task batches the queue onto one bidirectional
 Record stream and keeps every event until the server acknowledges its batch (the
-server acknowledges only after commit). Events are numbered per loop, in emit
-order, when they first go into a batch: only then is the server's RecordReady
-known, and a server that does not store streaming deltas (MessageUpdate) must not
-be sent numbered ones (the gap would be refused), so those are skipped, not
-numbered. When the stream breaks, the task
+server acknowledges only after commit). When the stream breaks, the task
 reconnects with jittered backoff and re-sends everything unacknowledged in order;
 the server recognises re-sent events by (loop_id, sequence), so nothing is stored
 twice. `flush` is the proof: it returns only once every earlier event is stored,
 and otherwise raises DeliveryError saying how many are not.
+
+Events are numbered per loop, in emit order, when they first go into a batch:
+only then is the server's RecordReady known, and a server that does not store
+streaming deltas (MessageUpdate) must not be sent numbered ones (the gap would be
+refused), so those are skipped rather than numbered.
 
 Everything here runs on one asyncio event loop; only `_Budget` is shared with
 other threads (the sync facade reserves room from the caller's thread).

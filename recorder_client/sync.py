@@ -76,6 +76,8 @@ class SyncRecorder:
         """Queue an event; when full, raise QueueFull or wait per DeliveryConfig.on_full."""
         if self._closed:
             raise RuntimeError("SyncRecorder is closed")
+        if (refusal := self._sender._refusal) is not None:
+            raise RuntimeError(refusal)
         loop_id = event_loop_id(event)
         envelope = service_pb2.EventEnvelope(event=event)
         nbytes = envelope.ByteSize()
