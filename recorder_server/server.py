@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recorder_client.defaults import default_db_path, default_target, normalize_target
+from recorder_server.otel import OtlpExporter
 from recorder_server.reads import ReadPool, Reads
 from recorder_server.recording import RecordingOptions
 from recorder_server.service import RecorderServicer
@@ -47,6 +48,9 @@ class ServerConfig:
     synchronous: str = "NORMAL"
     shutdown_grace_s: float = 5.0
     read_connections: int = 4
+    # OTLP/gRPC collector for finished loops as spans ("host:port" is plaintext,
+    # "https://host:port" TLS); no export when None.
+    otlp_endpoint: str | None = None
 
 
 def _lock_database(db_path: Path) -> IO[str]:
@@ -117,6 +121,12 @@ class RecorderServer:
         pool = ReadPool(config.db_path, config.read_connections)
         await pool.open()
         self._stack.push_async_callback(pool.close)
+        if config.otlp_endpoint is not None:
+            exporter = OtlpExporter(Reads(pool), config.otlp_endpoint)
+            await exporter.start()
+            self._stack.push_async_callback(exporter.stop)
+            writer.listeners.append(exporter.on_commit)
+            self._stack.callback(writer.listeners.remove, exporter.on_commit)
         await self._serve(RecorderServicer(writer, Reads(pool), config.limits))
 
     async def _serve(self, servicer: RecorderServicer) -> None:
