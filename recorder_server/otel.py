@@ -97,7 +97,8 @@ _STATUS_NAMES: Final = {
 
 
 def derived_id(bits: int, *parts: str) -> int:
-    """A stable, non-zero id of `bits` bits for the recorded ids in `parts`."""
+    """Stable across restarts and export order, so a span exported later still finds its
+    parent; never the all-zero id OTLP reads as "none"."""
     digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=bits // 8).digest()
     return int.from_bytes(digest, "big") or 1
 
@@ -189,7 +190,7 @@ def _event_time(kind: str, body: Message) -> int | None:
     return None
 
 
-def tool_calls(loop: session_pb2.LoopRecord) -> list[_ToolCall]:
+def _tool_calls(loop: session_pb2.LoopRecord) -> list[_ToolCall]:
     """The loop's tool executions with bounding times and the turn each ran in."""
     turn_positions = {
         (turn.turn_id.turn_index, _ns(turn.ended_at)): position
@@ -262,7 +263,7 @@ def _present(attributes: Mapping[str, AttributeValue | None]) -> Attributes:
     return {k: v for k, v in attributes.items() if v is not None and v != ""}
 
 
-def loop_attributes(loop: session_pb2.LoopRecord) -> Attributes:
+def _loop_attributes(loop: session_pb2.LoopRecord) -> Attributes:
     config = loop.config
     kind = loop.continuation_kind.WhichOneof("kind") or "initial"
     tag = getattr(loop.continuation_kind, kind).tag if kind in ("rerun", "branch") else None
@@ -301,7 +302,9 @@ def loop_attributes(loop: session_pb2.LoopRecord) -> Attributes:
     return _present(attributes)
 
 
-def turn_attributes(loop: session_pb2.LoopRecord, turn: session_pb2.Turn) -> tuple[str, Attributes]:
+def _turn_attributes(
+    loop: session_pb2.LoopRecord, turn: session_pb2.Turn
+) -> tuple[str, Attributes]:
     output = turn.output_message
     model = output.model or loop.config.model
     stop = output.stop_reason
@@ -326,7 +329,7 @@ def turn_attributes(loop: session_pb2.LoopRecord, turn: session_pb2.Turn) -> tup
     return (f"chat {model}" if model else "chat"), _present(attributes)
 
 
-def tool_attributes(
+def _tool_attributes(
     loop: session_pb2.LoopRecord, call: _ToolCall, spawned: session_pb2.ChildLoopRef | None
 ) -> Attributes:
     return _present(
@@ -540,11 +543,11 @@ class OtlpExporter:
             SpanKind.INTERNAL,
             loop_start,
             loop_end,
-            loop_attributes(loop) | extra,
+            _loop_attributes(loop) | extra,
             status,
         )
         for position, turn in enumerate(loop.turns):
-            name, attributes = turn_attributes(loop, turn)
+            name, attributes = _turn_attributes(loop, turn)
             start = _ns(turn.started_at) or loop_start
             turn_status = Status(StatusCode.UNSET)
             output = turn.output_message
@@ -565,8 +568,8 @@ class OtlpExporter:
                 turn_status,
             )
         spawned = {ref.tool_call_id: ref for ref in loop.child_loop_refs}
-        for call in tool_calls(loop):
-            attributes = tool_attributes(loop, call, spawned.get(call.call_id))
+        for call in _tool_calls(loop):
+            attributes = _tool_attributes(loop, call, spawned.get(call.call_id))
             tool_status = Status(StatusCode.UNSET)
             if not call.ended:
                 tool_status = Status(StatusCode.ERROR, "the loop ended before the tool did")
