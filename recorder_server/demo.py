@@ -25,6 +25,7 @@ from recorder_client import events as ev
 from recorder_client.client import RecorderClient
 from recorder_client.defaults import default_target
 from recorder_client.delivery import EventSender
+from recorder_server.cli.sessions import sub_sessions
 from recorder_server.tree_view import session_tree
 
 AGENT = "research-agent"
@@ -240,12 +241,7 @@ async def record(target: str) -> tuple[str, str]:
 async def show(target: str, session_id: str) -> None:
     async with RecorderClient.connect(target) as client:
         session = await client.get_session(session_id, skip_events=True)
-        children = {}
-        for loop in session.loops:
-            for ref in loop.child_loop_refs:
-                children[ref.child_session_id] = await client.get_session(
-                    ref.child_session_id, skip_events=True
-                )
+        children = await sub_sessions(client, session)
     Console().print(session_tree(session, children.get))
 
 

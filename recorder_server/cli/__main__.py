@@ -1,0 +1,5 @@
+import sys
+
+from recorder_server.cli import main
+
+sys.exit(main())
