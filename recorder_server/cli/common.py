@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from recorder_client.defaults import default_target
 
 Handler: TypeAlias = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:
+    Commands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+else:  # not subscriptable at run time on Python 3.11
+    Commands = argparse._SubParsersAction
 
 
 def add_command(
