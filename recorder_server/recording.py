@@ -187,7 +187,10 @@ def needed(
         loop_id = loop_id_of(event)
         want_loop(loop_id)
         state = snapshot.loops.get(loop_id)
-        if sequence is not None and (state is None or sequence < state.next_seq):
+        # Only a loop already stored can hold a re-sent event. A loop not looked
+        # up yet is fetched this round and its re-sends are known the next; one
+        # that does not exist has none (this is not a query per new event).
+        if sequence is not None and state is not None and sequence < state.next_seq:
             key = (loop_id, sequence)
             if key not in snapshot.stored_events:
                 keys.add(key)
