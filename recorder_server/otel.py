@@ -465,22 +465,12 @@ class OtlpExporter:
 
     # -- where a loop goes ----------------------------------------------------
 
-    async def _session_head(self, session_id: str) -> session_pb2.Session | None:
-        """The session without its loops: all the spawn walk needs, in one small read."""
-        async with self._reads.pool.connection() as conn:
-            rows = list(
-                await conn.execute_fetchall(
-                    "SELECT head FROM sessions WHERE session_id = ?", (session_id,)
-                )
-            )
-        return session_pb2.Session.FromString(bytes(rows[0][0])) if rows else None
-
     async def _root_session(self, session_id: str) -> str:
         """Follow spawn refs up to the session that no tool call spawned."""
         seen = {session_id}
         current = session_id
         for _ in range(_MAX_SPAWN_DEPTH):
-            head = await self._session_head(current)
+            head = await self._reads.session_head(current)
             if head is None or not head.HasField("parent_spawn_ref"):
                 break
             parent = head.parent_spawn_ref.parent_session_id
@@ -498,7 +488,7 @@ class OtlpExporter:
 
     async def _place(self, loop: session_pb2.LoopRecord, may_wait: bool) -> _Placement:
         trace_id = trace_id_of(await self._root_session(loop.session_id))
-        head = await self._session_head(loop.session_id)
+        head = await self._reads.session_head(loop.session_id)
         spawn = head.parent_spawn_ref if head and head.HasField("parent_spawn_ref") else None
         parent_loop_id = loop.parent_loop_id if loop.HasField("parent_loop_id") else None
         if parent_loop_id is None and spawn is not None and spawn.parent_loop_id:

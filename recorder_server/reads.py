@@ -91,6 +91,16 @@ class Reads:
     def __init__(self, pool: ReadPool) -> None:
         self.pool = pool
 
+    async def session_head(self, session_id: str) -> session_pb2.Session | None:
+        """A session without its loops: one small read (spawn-ref walks, summaries)."""
+        async with self.pool.connection() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT head FROM sessions WHERE session_id = ?", (session_id,)
+                )
+            )
+        return session_pb2.Session.FromString(bytes(rows[0][0])) if rows else None
+
     async def get_session(self, session_id: str, skip_events: bool) -> session_pb2.Session:
         async with self.pool.connection() as conn:
             rows = await conn.execute_fetchall(
