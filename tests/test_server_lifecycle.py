@@ -1,4 +1,7 @@
-"""The sidecar as a process: health, reflection, socket permissions, clean stops."""
+"""The sidecar as a process: health, reflection, socket permissions, clean stops.
+
+A second server on the same database is tested with rule 14 (test_server_rules.py).
+"""
 
 from __future__ import annotations
 
@@ -100,13 +103,3 @@ async def test_serve_stops_cleanly_and_keeps_what_it_acknowledged(
     finally:
         restarted.send_signal(signal.SIGTERM)
         await asyncio.to_thread(restarted.communicate, timeout=30)
-
-
-async def test_second_server_on_the_same_database_refuses_naming_file_and_pid(
-    recorder: RunningRecorder, short_tmp: Path
-) -> None:
-    second = _serve(recorder.db_path, f"unix://{short_tmp / 'other.sock'}")
-    _, err = await asyncio.to_thread(second.communicate, timeout=30)
-    assert second.returncode == 1
-    assert str(recorder.db_path) in err
-    assert f"pid {os.getpid()}" in err
