@@ -401,6 +401,44 @@ class RecorderClient:
         )
         return list(response.session_ids)
 
+    async def import_session(
+        self,
+        session: session_pb2.Session,
+        *,
+        replace: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> service_pb2.ImportSessionResponse:
+        """Store a whole session as given; ALREADY_EXISTS when it exists and not replace.
+
+        Retried only with replace: a retry after a lost reply would otherwise be
+        refused as ALREADY_EXISTS for what was a success.
+        """
+        request = service_pb2.ImportSessionRequest(session=session, replace=replace)
+        return await self._call(
+            lambda t, md: self._stub.ImportSession(request, timeout=t, metadata=md),
+            idempotent=replace,
+            timeout=self._deadline(timeout),
+        )
+
+    async def get_usage(
+        self,
+        *,
+        agent_id: str = "",
+        since: datetime | None = None,
+        until: datetime | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> list[service_pb2.UsageRow]:
+        """Token usage per agent and model over loops started in [since, until)."""
+        request = service_pb2.GetUsageRequest(
+            agent_id=agent_id, since=_timestamp(since), until=_timestamp(until)
+        )
+        response = await self._call(
+            lambda t, md: self._stub.GetUsage(request, timeout=t, metadata=md),
+            idempotent=True,
+            timeout=self._deadline(timeout),
+        )
+        return list(response.rows)
+
     # -- the one road every call takes ------------------------------------------------
 
     def _deadline(self, timeout: float | None) -> float:

@@ -8,11 +8,13 @@ failure is exactly what the recorder exists to avoid.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import grpc
+from agent_recorder.v1 import events_pb2
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -76,6 +78,8 @@ class RejectedBatch:
     metadata: Mapping[str, str]
     events: int
     loop_ids: tuple[str, ...]
+    # The event the server named as the cause (by index or field path), if it did.
+    event: events_pb2.AgentEvent | None = None
 
     @classmethod
     def from_rejection(
@@ -91,6 +95,7 @@ class RejectedBatch:
             metadata=dict(rejection.metadata),
             events=len(envelopes),
             loop_ids=tuple(loops),
+            event=_named_event(rejection.metadata, envelopes),
         )
 
     def describe(self) -> str:
@@ -137,6 +142,19 @@ class DeliveryError(Exception):
             why = f": {self.cause}" if self.cause is not None else ""
             parts.append(f"{self.failed} event(s) given up undelivered{why}")
         return "; ".join(parts) or "delivery failed"
+
+
+def _named_event(
+    metadata: Mapping[str, str], envelopes: Sequence[service_pb2.EventEnvelope]
+) -> events_pb2.AgentEvent | None:
+    """The refused event: rules give its `index` in the batch, validation a field path."""
+    index = metadata.get("index")
+    if index is None:
+        found = re.match(r"(?:batch\.)?events\[(\d+)\]", metadata.get("field", ""))
+        index = found.group(1) if found else None
+    if index is None or not index.isdigit() or int(index) >= len(envelopes):
+        return None
+    return envelopes[int(index)].event
 
 
 def _status_code(value: int) -> grpc.StatusCode:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiosqlite
 from agent_recorder.v1 import recorder_service_pb2 as api
-from agent_recorder.v1 import session_pb2
+from agent_recorder.v1 import session_pb2, types_pb2
 
 from recorder_server.errors import InvalidArgument, NotFound
 from recorder_server.storage import (
@@ -28,6 +28,7 @@ from recorder_server.storage import (
     _field,
     configure,
     loop_event_bytes,
+    ts_us,
 )
 
 READER_PRAGMAS = (
@@ -217,6 +218,46 @@ class Reads:
             u.cache_read += usage[3]
             u.cache_write += usage[4]
             u.total_tokens += usage[5]
+
+    async def usage(self, request: api.GetUsageRequest) -> list[api.UsageRow]:
+        """Usage summed per agent and model over loops started in [since, until)."""
+        where: list[str] = []
+        args: list[object] = []
+        if request.agent_id:
+            where.append("s.agent_id = ?")
+            args.append(request.agent_id)
+        if request.HasField("since"):
+            where.append("l.started_us >= ?")
+            args.append(ts_us(request.since))
+        if request.HasField("until"):
+            where.append("l.started_us < ?")
+            args.append(ts_us(request.until))
+        sql = (
+            "SELECT s.agent_id, l.model, COUNT(*), SUM(l.usage_input), SUM(l.usage_output), "
+            "SUM(l.usage_reasoning), SUM(l.usage_cache_read), SUM(l.usage_cache_write), "
+            "SUM(l.usage_total) FROM loops l JOIN sessions s ON s.session_id = l.session_id"
+        )
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " GROUP BY s.agent_id, l.model ORDER BY s.agent_id, l.model"
+        async with self.pool.connection() as conn:
+            rows = await conn.execute_fetchall(sql, args)
+        return [
+            api.UsageRow(
+                agent_id=agent,
+                model=model,
+                loops=count,
+                usage=types_pb2.Usage(
+                    input=u[0],
+                    output=u[1],
+                    reasoning=u[2],
+                    cache_read=u[3],
+                    cache_write=u[4],
+                    total_tokens=u[5],
+                ),
+            )
+            for agent, model, count, *u in rows
+        ]
 
     async def events_after(
         self, *, session_id: str | None, loop_id: str | None, after_cursor: int, limit: int

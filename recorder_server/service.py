@@ -159,6 +159,13 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         ids = await self.writer.prune(request.older_than, request.dry_run)
         return api.PruneSessionsResponse(session_ids=ids)
 
+    @unary
+    async def ImportSession(
+        self, request: api.ImportSessionRequest, context: Context
+    ) -> api.ImportSessionResponse:
+        validate_request(request, self.limits)
+        return await self.writer.import_session(request.session, request.replace)
+
     # -- reading ----------------------------------------------------------------
 
     @unary
@@ -182,6 +189,13 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         validate_request(request, self.limits)
         sessions, token = await self.reads.list_sessions(request)
         return api.ListSessionsResponse(sessions=sessions, next_page_token=token)
+
+    @unary
+    async def GetUsage(
+        self, request: api.GetUsageRequest, context: Context
+    ) -> api.GetUsageResponse:
+        validate_request(request, self.limits)
+        return api.GetUsageResponse(rows=await self.reads.usage(request))
 
     @streaming
     async def StreamEvents(

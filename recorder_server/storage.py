@@ -10,7 +10,7 @@ large session is decoded once, in C, instead of event by event in Python.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 
 import aiosqlite
@@ -26,7 +26,7 @@ from recorder_server.recording import (
     Snapshot,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -92,7 +92,24 @@ MIGRATIONS: dict[int, str] = {
         ref BLOB NOT NULL
     ) WITHOUT ROWID;
     """,
+    # Usage per model and time range: the model lives inside the record blob, so
+    # it gets a column (filled by persist; existing rows by _backfill_v2).
+    2: """
+    ALTER TABLE loops ADD COLUMN model TEXT NOT NULL DEFAULT '';
+    ALTER TABLE loops ADD COLUMN started_us INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE loops ADD COLUMN ended_us INTEGER;
+    CREATE INDEX loops_by_started ON loops (started_us);
+    """,
 }
+
+# Steps a migration needs beyond SQL, run inside the same transaction after it.
+Backfill = Callable[[aiosqlite.Connection], Awaitable[None]]
+
+LOOP_COLUMNS = (
+    "loop_id, session_id, position, status, usage_input, usage_output, usage_reasoning, "
+    "usage_cache_read, usage_cache_write, usage_total, record, partial_turn, model, "
+    "started_us, ended_us"
+)
 
 # Pragmas of every connection.
 COMMON_PRAGMAS = (
@@ -165,9 +182,32 @@ async def migrate(conn: aiosqlite.Connection) -> None:
             f"database schema version {version} is newer than this server ({SCHEMA_VERSION})"
         )
     for step in range(version + 1, SCHEMA_VERSION + 1):
-        await conn.executescript(
-            f"BEGIN; {MIGRATIONS[step]}; PRAGMA user_version = {step}; COMMIT;"
-        )
+        await conn.executescript(f"BEGIN; {MIGRATIONS[step]};")
+        try:
+            backfill = BACKFILLS.get(step)
+            if backfill is not None:
+                await backfill(conn)
+            await conn.execute(f"PRAGMA user_version = {step}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+
+
+async def _backfill_v2(conn: aiosqlite.Connection) -> None:
+    """Model and times of loops stored before v2, decoded from their records."""
+    rows = await conn.execute_fetchall("SELECT record FROM loops")
+    updates = []
+    for (blob,) in rows:
+        record = session_pb2.LoopRecord.FromString(blob)
+        model, started, ended = _loop_facts(record)
+        updates.append((model, started, ended, record.loop_id))
+    await conn.executemany(
+        "UPDATE loops SET model = ?, started_us = ?, ended_us = ? WHERE loop_id = ?", updates
+    )
+
+
+BACKFILLS: dict[int, Backfill] = {2: _backfill_v2}
 
 
 class WriteStore:
@@ -301,14 +341,16 @@ class WriteStore:
                 self._position += 1
                 rows.append(_loop_row(state, self._position))
             await conn.executemany(
-                "INSERT INTO loops VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO loops ({LOOP_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (loop_id) DO UPDATE SET status = excluded.status, "
                 "usage_input = excluded.usage_input, usage_output = excluded.usage_output, "
                 "usage_reasoning = excluded.usage_reasoning, "
                 "usage_cache_read = excluded.usage_cache_read, "
                 "usage_cache_write = excluded.usage_cache_write, "
                 "usage_total = excluded.usage_total, record = excluded.record, "
-                "partial_turn = excluded.partial_turn",
+                "partial_turn = excluded.partial_turn, model = excluded.model, "
+                "started_us = excluded.started_us, ended_us = excluded.ended_us",
                 rows,
             )
         if changes.events:
@@ -351,6 +393,51 @@ class WriteStore:
                     "INSERT OR REPLACE INTO pending_spawn_refs VALUES (?, ?)",
                     (sid, ref.SerializeToString()),
                 )
+
+    # -- importing ------------------------------------------------------------
+
+    async def insert_session(self, session: session_pb2.Session) -> int:
+        """Write a whole session as given (inside the open transaction); returns its events.
+
+        Rows are the ones the rules would have written: the head without loops,
+        each loop without events and turns, turns numbered in order, events under
+        their own sequences in loop order (so reads see them in that order).
+        """
+        head = session_pb2.Session()
+        head.CopyFrom(session)
+        del head.loops[:]
+        await self.persist(ChangeSet(sessions={session.session_id: SessionState(head)}))
+        loops: dict[str, LoopState] = {}
+        turns: list[tuple[str, int, bytes]] = []
+        events: list[tuple[str, int, str, str, bytes]] = []
+        for loop in session.loops:
+            record = session_pb2.LoopRecord()
+            record.CopyFrom(loop)
+            del record.events[:]
+            del record.turns[:]
+            loops[loop.loop_id] = LoopState(record)
+            turns += [(loop.loop_id, n, t.SerializeToString()) for n, t in enumerate(loop.turns)]
+            for item in loop.events:
+                kind = item.event.WhichOneof("event") or ""
+                body = item.event.SerializeToString(deterministic=True)
+                events.append((loop.loop_id, item.sequence, session.session_id, kind, body))
+        await self.persist(ChangeSet(loops=loops, events=events))
+        await self.conn.executemany(
+            "INSERT INTO turns (loop_id, turn_no, body) VALUES (?, ?, ?)", turns
+        )
+        return len(events)
+
+    async def loops_elsewhere(self, session_id: str, loop_ids: Sequence[str]) -> list[str]:
+        """Which of these loop ids are stored under another session."""
+        found: list[str] = []
+        for chunk in _chunks(sorted(loop_ids)):
+            marks = ",".join("?" * len(chunk))
+            rows = await self.conn.execute_fetchall(
+                f"SELECT loop_id FROM loops WHERE loop_id IN ({marks}) AND session_id != ?",
+                [*chunk, session_id],
+            )
+            found += [str(r[0]) for r in rows]
+        return found
 
     # -- control queries ------------------------------------------------------
 
@@ -435,4 +522,11 @@ def _loop_row(state: LoopState, position: int) -> tuple[object, ...]:
         usage.total_tokens,
         record.SerializeToString(),
         None if state.partial is None else state.partial.SerializeToString(),
+        *_loop_facts(record),
     )
+
+
+def _loop_facts(record: session_pb2.LoopRecord) -> tuple[str, int, int | None]:
+    """The loop columns usage queries filter and group on: model, started, ended."""
+    ended = ts_us(record.ended_at) if record.HasField("ended_at") else None
+    return record.config.model, ts_us(record.started_at), ended

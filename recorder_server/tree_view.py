@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
+from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
-from agent_recorder.v1 import session_pb2, types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.table import Table
 from rich.text import Text
@@ -135,3 +135,49 @@ def session_tree(
     for loop in root_loops(session):
         add(tree, loop)
     return tree
+
+
+def event_line(loop_id: str, item: session_pb2.LoopEvent) -> Text:
+    """One stored event as a `tail` line: loop, sequence, kind and what it says."""
+    event = item.event
+    kind = event.WhichOneof("event") or "?"
+    line = Text(f"{loop_id}", style="dim")
+    line.append(f" #{item.sequence:<4} ", style="dim")
+    line.append(kind, style="bold cyan" if kind in ("agent_start", "agent_end") else "cyan")
+    payload = getattr(event, kind) if kind != "?" else None
+    detail = _event_detail(kind, payload)
+    if detail:
+        line.append(f"  {detail}")
+    return line
+
+
+def _event_detail(kind: str, payload: object) -> str:
+    if isinstance(payload, events_pb2.ToolExecutionStart | events_pb2.ToolExecutionEnd):
+        return f"{payload.tool_name} ({payload.tool_call_id})"
+    if isinstance(payload, events_pb2.TurnStart):
+        return f"turn {payload.turn_index}"
+    if isinstance(payload, events_pb2.TurnEnd):
+        return usage_text(payload.usage)
+    if isinstance(payload, events_pb2.MessageStart | events_pb2.MessageEnd):
+        role = types_pb2.MessageRole.Name(payload.message.role).removeprefix("MESSAGE_ROLE_")
+        said = " ".join(b.text.text for b in payload.message.content if b.HasField("text"))
+        return f"{role.lower()}: {said[:80]}"
+    return ""
+
+
+def usage_table(rows: Sequence[api.UsageRow], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("agent", "model", "loops", "input", "output", "cache read", "total"):
+        table.add_column(column, justify="right" if column not in ("agent", "model") else "left")
+    for row in rows:
+        u = row.usage
+        table.add_row(
+            row.agent_id,
+            row.model or "-",
+            str(row.loops),
+            str(u.input),
+            str(u.output),
+            str(u.cache_read),
+            str(u.total_tokens or u.input + u.output),
+        )
+    return table

@@ -587,6 +587,65 @@ def _watch_sessions(request: recorder_service_pb2.WatchSessionsRequest, limits: 
     _check_optional_id(request.agent_id, "agent_id", limits)
 
 
+_LOOP_STATUSES = frozenset(session_pb2.LoopStatus.values()) - {session_pb2.LOOP_STATUS_UNSPECIFIED}
+
+
+def _import_session(request: recorder_service_pb2.ImportSessionRequest, limits: Limits) -> None:
+    """A whole session must look as the rules would have stored it (ids, gapless events)."""
+    if not request.HasField("session"):
+        raise _Fault("session", "must be set")
+    session = request.session
+    _check_id(session.session_id, "session.session_id", limits)
+    _check_id(session.agent_id, "session.agent_id", limits)
+    _check_enum(session.scope, _SCOPES, "session.scope")
+    _require_timestamp(session.HasField("created_at"), session.created_at, "session.created_at")
+    _require_timestamp(
+        session.HasField("last_active_at"), session.last_active_at, "session.last_active_at"
+    )
+    seen: set[str] = set()
+    for i, loop in enumerate(session.loops):
+        try:
+            _check_imported_loop(loop, session.session_id, limits)
+            if loop.loop_id in seen:
+                raise _Fault("loop_id", f"{loop.loop_id!r} appears twice in the session")
+            seen.add(loop.loop_id)
+        except _Fault as fault:
+            raise fault.under(f"session.loops[{i}]") from None
+
+
+def _check_imported_loop(loop: session_pb2.LoopRecord, session_id: str, limits: Limits) -> None:
+    _check_id(loop.loop_id, "loop_id", limits)
+    if loop.session_id != session_id:
+        raise _Fault("session_id", f"{loop.session_id!r} is not the session's {session_id!r}")
+    _check_id(loop.agent_id, "agent_id", limits)
+    _check_enum(loop.status, _LOOP_STATUSES, "status")
+    _require_timestamp(loop.HasField("started_at"), loop.started_at, "started_at")
+    _check_usage(loop.usage, "usage")
+    for j, item in enumerate(loop.events):
+        try:
+            if item.sequence != j:
+                raise _Fault("sequence", f"is {item.sequence}, expected {j} (gapless from 0)")
+            kind = item.event.WhichOneof("event")
+            if kind is None:
+                raise _Fault("event", "no event kind set")
+            payload = getattr(item.event, kind)
+            try:
+                _EVENT_CHECKS[kind](payload, limits)
+                if getattr(payload, "loop_id", loop.loop_id) != loop.loop_id:
+                    raise _Fault("loop_id", f"{payload.loop_id!r} is not this loop's")
+            except _Fault as fault:
+                raise fault.under(f"event.{kind}") from None
+        except _Fault as fault:
+            raise fault.under(f"events[{j}]") from None
+
+
+def _get_usage(request: recorder_service_pb2.GetUsageRequest, limits: Limits) -> None:
+    _check_optional_id(request.agent_id, "agent_id", limits)
+    for name in ("since", "until"):
+        if request.HasField(name):
+            _check_timestamp(getattr(request, name), name)
+
+
 _REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], None]] = {
     recorder_service_pb2.RecordRequest: _record,
     recorder_service_pb2.AppendRequest: _append,
@@ -601,6 +660,8 @@ _REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], None]] = {
     recorder_service_pb2.DeleteSessionRequest: _delete_session,
     recorder_service_pb2.PruneSessionsRequest: _prune_sessions,
     recorder_service_pb2.WatchSessionsRequest: _watch_sessions,
+    recorder_service_pb2.ImportSessionRequest: _import_session,
+    recorder_service_pb2.GetUsageRequest: _get_usage,
 }
 
 

@@ -22,7 +22,13 @@ from agent_recorder.v1 import recorder_service_pb2 as api
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recorder_server import recording
-from recorder_server.errors import NotFound, RecorderError, StorageFull, StorageUnavailable
+from recorder_server.errors import (
+    AlreadyExists,
+    NotFound,
+    RecorderError,
+    StorageFull,
+    StorageUnavailable,
+)
 from recorder_server.leases import Leases
 from recorder_server.recording import Batch, ChangeSet, Needed, RecordingOptions
 from recorder_server.storage import WriteStore, ts_us
@@ -378,3 +384,44 @@ class Writer:
 
         ids: list[str] = await self._submit(run)
         return ids
+
+    async def import_session(
+        self, session: session_pb2.Session, replace: bool
+    ) -> api.ImportSessionResponse:
+        """Store a validated session as given, in one transaction of its own job.
+
+        The snapshot forgets the session (a replaced one's cached loops would be
+        stale) and then loads its open loops: those stay open for the rules, as
+        after a restart.
+        """
+
+        async def run() -> tuple[api.ImportSessionResponse, ChangeSet]:
+            sid = session.session_id
+            existed = await self.store.session_exists(sid)
+            if existed and not replace:
+                raise AlreadyExists(f"session {sid!r} already exists", session_id=sid)
+            taken = await self.store.loops_elsewhere(sid, [loop.loop_id for loop in session.loops])
+            if taken:
+                raise AlreadyExists(
+                    f"loop {taken[0]!r} is stored in another session", loop_id=taken[0]
+                )
+            if existed:
+                await self.store.delete_sessions([sid])
+            events = await self.store.insert_session(session)
+            recording.forget_session(self._snapshot, sid)
+            loop_ids = {loop.loop_id for loop in session.loops}
+            for loop_id in loop_ids:
+                self._snapshot.loops.pop(loop_id, None)
+            for key in [k for k in self._snapshot.stored_events if k[0] in loop_ids]:
+                del self._snapshot.stored_events[key]
+            open_ids = frozenset(
+                loop.loop_id for loop in session.loops if loop.status in recording.OPEN_STATUSES
+            )
+            await self.store.fetch(self._snapshot, Needed(open_ids, frozenset([sid]), frozenset()))
+            response = api.ImportSessionResponse(
+                session_id=sid, loops=len(session.loops), events=events, replaced=existed
+            )
+            return response, ChangeSet()
+
+        response: api.ImportSessionResponse = await self._submit(run)
+        return response

@@ -8,8 +8,10 @@ throw random (often broken) messages at the validators: they may refuse, never c
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -22,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recorder_client.phi_json import session_from_json
 from recorder_server.errors import InvalidArgument, RecorderError, TooLarge
 from recorder_server.validation import (
     INT64_MAX,
@@ -780,6 +783,11 @@ def test_extreme_finite_numbers_pass() -> None:
 
 SPAWN = session_pb2.SpawnRef(parent_session_id="p", parent_loop_id="p.c.0", tool_call_id="t")
 
+# The phi-json fixture that uses every field: a whole session ImportSession accepts.
+_FULL_SESSION = session_from_json(
+    json.loads((Path(__file__).parent / "data" / "phi_session_full.json").read_text("utf-8"))
+)
+
 VALID_REQUESTS: list[Message] = [
     api.RecordRequest(hello=api.RecordHello(writer_id="writer-1")),
     api.RecordRequest(batch=api.EventBatch(batch_id=3, events=envelopes(full_loop()))),
@@ -814,6 +822,9 @@ VALID_REQUESTS: list[Message] = [
     api.PruneSessionsRequest(older_than=ts(), dry_run=True),
     api.WatchSessionsRequest(),
     api.WatchSessionsRequest(agent_id="a"),
+    api.ImportSessionRequest(session=_FULL_SESSION, replace=True),
+    api.GetUsageRequest(),
+    api.GetUsageRequest(agent_id="a", since=ts(), until=ts()),
 ]
 
 
@@ -898,6 +909,18 @@ INVALID_REQUESTS: list[tuple[Message, str, str]] = [
         "must be within",
     ),
     (api.WatchSessionsRequest(agent_id="\t"), "agent_id", "must not contain"),
+    (api.ImportSessionRequest(), "session", "must be set"),
+    (
+        api.ImportSessionRequest(session=session_pb2.Session(session_id="s", agent_id="a")),
+        "session.created_at",
+        "must be set",
+    ),
+    (api.GetUsageRequest(agent_id="\n"), "agent_id", "must not contain"),
+    (
+        api.GetUsageRequest(until=Timestamp(seconds=TIMESTAMP_MAX_SECONDS + 1)),
+        "until.seconds",
+        "must be within",
+    ),
 ]
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from recorder_client.defaults import default_target
@@ -36,3 +38,25 @@ def add_target(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"sidecar address (default: $AGENT_RECORDER_TARGET or {default_target()})",
     )
+
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str) -> datetime:
+    """An ISO date/time (UTC unless it says otherwise) or a duration ago like 7d, 12h, 1h30m.
+
+    Used as an argparse `type`, so a bad value is reported as a usage error.
+    """
+    parts = _DURATION.findall(text)
+    if parts and "".join(n + u for n, u in parts) == text:
+        seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO date/time nor a duration like 7d or 12h"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

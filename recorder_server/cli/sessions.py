@@ -1,19 +1,24 @@
-"""`ls` and `show`: look at recorded sessions."""
+"""`ls`, `show`, `tail` and `usage`: look at recorded sessions."""
 
 from __future__ import annotations
 
 import argparse
 
+from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
 from google.protobuf import json_format
 from rich.console import Console
 
 from recorder_client.client import RecorderClient
 from recorder_client.errors import RecorderRpcError
-from recorder_server.cli.common import Commands, add_command, add_target
-from recorder_server.tree_view import session_tree, sessions_table
+from recorder_server.cli.common import Commands, add_command, add_target, parse_when
+from recorder_server.tree_view import event_line, session_tree, sessions_table, usage_table
 
 console = Console()
+SCOPES = {
+    "ephemeral": session_pb2.SESSION_SCOPE_EPHEMERAL,
+    "persistent": session_pb2.SESSION_SCOPE_PERSISTENT,
+}
 
 
 def register(commands: Commands) -> None:
@@ -26,7 +31,13 @@ def register(commands: Commands) -> None:
     )
     add_target(ls)
     ls.add_argument("--agent", default="", help="only this agent's sessions")
-    ls.add_argument("--limit", type=int, default=50, help="at most this many")
+    ls.add_argument(
+        "--since", type=parse_when, metavar="WHEN", help="active since: 7d, 12h or an ISO date"
+    )
+    ls.add_argument("--scope", choices=tuple(SCOPES), help="only sessions of this scope")
+    ls.add_argument("--limit", type=int, default=50, help="sessions per page (at most 1000)")
+    ls.add_argument("--page", default="", metavar="TOKEN", help="the page a previous ls named")
+    ls.add_argument("--all", action="store_true", help="every page, not just the first")
     show = add_command(
         commands,
         "show",
@@ -37,12 +48,73 @@ def register(commands: Commands) -> None:
     add_target(show)
     show.add_argument("session_id")
     show.add_argument("--json", action="store_true", help="print the session as protobuf JSON")
+    tail = add_command(
+        commands,
+        "tail",
+        "print a session's events as they are stored, like tail -f (Ctrl-C to stop)",
+        "agent-recorder tail 5f0c2a9e   (--no-follow: print what is stored and exit)",
+        tail_session,
+    )
+    add_target(tail)
+    tail.add_argument("session_id")
+    tail.add_argument(
+        "--no-follow", dest="follow", action="store_false", help="stop after the stored events"
+    )
+    usage = add_command(
+        commands,
+        "usage",
+        "token totals by agent and model over loops started in a time range",
+        "agent-recorder usage --since 7d --agent my-agent",
+        show_usage,
+    )
+    add_target(usage)
+    usage.add_argument("--agent", default="", help="only this agent")
+    usage.add_argument("--since", type=parse_when, metavar="WHEN", help="7d, 12h or an ISO date")
+    usage.add_argument("--until", type=parse_when, metavar="WHEN", help="7d, 12h or an ISO date")
+    usage.add_argument("--json", action="store_true", help="print the rows as protobuf JSON")
 
 
 async def list_sessions(args: argparse.Namespace) -> int:
+    scope = SCOPES[args.scope] if args.scope else None
     async with RecorderClient.connect(args.target) as client:
-        page = await client.list_sessions(agent_id=args.agent, page_size=args.limit)
+        if args.all:
+            found = [
+                s
+                async for s in client.iter_sessions(
+                    agent_id=args.agent, page_size=args.limit, scope=scope, since=args.since
+                )
+            ]
+            console.print(sessions_table(found))
+            return 0
+        page = await client.list_sessions(
+            agent_id=args.agent,
+            page_size=args.limit,
+            page_token=args.page,
+            scope=scope,
+            since=args.since,
+        )
     console.print(sessions_table(page.sessions))
+    if page.next_page_token:
+        console.print(f"more: agent-recorder ls --page {page.next_page_token}", style="dim")
+    return 0
+
+
+async def tail_session(args: argparse.Namespace) -> int:
+    async with RecorderClient.connect(args.target) as client:
+        async for item in client.stream_events(session_id=args.session_id, follow=args.follow):
+            console.print(event_line(item.loop_id, item.event))
+    return 0
+
+
+async def show_usage(args: argparse.Namespace) -> int:
+    async with RecorderClient.connect(args.target) as client:
+        rows = await client.get_usage(agent_id=args.agent, since=args.since, until=args.until)
+    if args.json:
+        print(json_format.MessageToJson(api.GetUsageResponse(rows=rows)))
+        return 0
+    span = f"{args.since:%Y-%m-%d %H:%M} .. " if args.since else "all time .. "
+    span += f"{args.until:%Y-%m-%d %H:%M}" if args.until else "now"
+    console.print(usage_table(rows, f"token usage ({span}, UTC)"))
     return 0
 
 

@@ -100,6 +100,16 @@ class RecorderServiceStub:
                 request_serializer=agent__recorder_dot_v1_dot_recorder__service__pb2.WatchSessionsRequest.SerializeToString,
                 response_deserializer=agent__recorder_dot_v1_dot_recorder__service__pb2.WatchSessionsResponse.FromString,
                 _registered_method=True)
+        self.ImportSession = channel.unary_unary(
+                '/agent_recorder.v1.RecorderService/ImportSession',
+                request_serializer=agent__recorder_dot_v1_dot_recorder__service__pb2.ImportSessionRequest.SerializeToString,
+                response_deserializer=agent__recorder_dot_v1_dot_recorder__service__pb2.ImportSessionResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/agent_recorder.v1.RecorderService/GetUsage',
+                request_serializer=agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class RecorderServiceServicer:
@@ -196,6 +206,22 @@ class RecorderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportSession(self, request, context):
+        """Stores a whole session as given (e.g. a session file of the seed runtime):
+        loops, turns and events keep their ids and sequences. Not idempotent unless
+        replace is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """Token usage summed per agent and model over loops started in a time range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecorderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +289,16 @@ def add_RecorderServiceServicer_to_server(servicer, server):
                     servicer.WatchSessions,
                     request_deserializer=agent__recorder_dot_v1_dot_recorder__service__pb2.WatchSessionsRequest.FromString,
                     response_serializer=agent__recorder_dot_v1_dot_recorder__service__pb2.WatchSessionsResponse.SerializeToString,
+            ),
+            'ImportSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportSession,
+                    request_deserializer=agent__recorder_dot_v1_dot_recorder__service__pb2.ImportSessionRequest.FromString,
+                    response_serializer=agent__recorder_dot_v1_dot_recorder__service__pb2.ImportSessionResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -617,6 +653,60 @@ class RecorderService:
             '/agent_recorder.v1.RecorderService/WatchSessions',
             agent__recorder_dot_v1_dot_recorder__service__pb2.WatchSessionsRequest.SerializeToString,
             agent__recorder_dot_v1_dot_recorder__service__pb2.WatchSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agent_recorder.v1.RecorderService/ImportSession',
+            agent__recorder_dot_v1_dot_recorder__service__pb2.ImportSessionRequest.SerializeToString,
+            agent__recorder_dot_v1_dot_recorder__service__pb2.ImportSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agent_recorder.v1.RecorderService/GetUsage',
+            agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageRequest.SerializeToString,
+            agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,13 @@ class RecorderServiceStub:
     """Deletes finalized EPHEMERAL sessions idle since before a time (retention)."""
     WatchSessions: _grpc.UnaryStreamMultiCallable[_recorder_service_pb2.WatchSessionsRequest, _recorder_service_pb2.WatchSessionsResponse]
     """Session admissions and finalizations as they happen (before_task / after_task)."""
+    ImportSession: _grpc.UnaryUnaryMultiCallable[_recorder_service_pb2.ImportSessionRequest, _recorder_service_pb2.ImportSessionResponse]
+    """Stores a whole session as given (e.g. a session file of the seed runtime):
+    loops, turns and events keep their ids and sequences. Not idempotent unless
+    replace is set.
+    """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_recorder_service_pb2.GetUsageRequest, _recorder_service_pb2.GetUsageResponse]
+    """Token usage summed per agent and model over loops started in a time range."""
 
 @_typing.type_check_only
 class RecorderServiceAsyncStub(RecorderServiceStub):
@@ -91,6 +98,13 @@ class RecorderServiceAsyncStub(RecorderServiceStub):
     """Deletes finalized EPHEMERAL sessions idle since before a time (retention)."""
     WatchSessions: _aio.UnaryStreamMultiCallable[_recorder_service_pb2.WatchSessionsRequest, _recorder_service_pb2.WatchSessionsResponse]  # type: ignore[assignment]
     """Session admissions and finalizations as they happen (before_task / after_task)."""
+    ImportSession: _aio.UnaryUnaryMultiCallable[_recorder_service_pb2.ImportSessionRequest, _recorder_service_pb2.ImportSessionResponse]  # type: ignore[assignment]
+    """Stores a whole session as given (e.g. a session file of the seed runtime):
+    loops, turns and events keep their ids and sequences. Not idempotent unless
+    replace is set.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_recorder_service_pb2.GetUsageRequest, _recorder_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """Token usage summed per agent and model over loops started in a time range."""
 
 class RecorderServiceServicer(metaclass=_abc_1.ABCMeta):
     """The recording sidecar: agents stream events in, tools read sessions out."""
@@ -198,5 +212,24 @@ class RecorderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_recorder_service_pb2.WatchSessionsResponse], _abc.AsyncIterator[_recorder_service_pb2.WatchSessionsResponse]]:
         """Session admissions and finalizations as they happen (before_task / after_task)."""
+
+    @_abc_1.abstractmethod
+    def ImportSession(
+        self,
+        request: _recorder_service_pb2.ImportSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recorder_service_pb2.ImportSessionResponse, _abc.Awaitable[_recorder_service_pb2.ImportSessionResponse]]:
+        """Stores a whole session as given (e.g. a session file of the seed runtime):
+        loops, turns and events keep their ids and sequences. Not idempotent unless
+        replace is set.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _recorder_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recorder_service_pb2.GetUsageResponse, _abc.Awaitable[_recorder_service_pb2.GetUsageResponse]]:
+        """Token usage summed per agent and model over loops started in a time range."""
 
 def add_RecorderServiceServicer_to_server(servicer: RecorderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
