@@ -1,0 +1,74 @@
+"""The two ceilings the sidecar's ingest is judged against, from the same run.
+
+- Storage: the very events the clients send (same generator, same seeds),
+  serialized as the server stores them, inserted straight into a database made
+  by the project's own WriteStore (schema and writer pragmas), in transactions
+  of one client batch each: what SQLite alone allows, with no gRPC, no rules and
+  no asyncio in the way.
+- Transport: the same clients and client library against bench/sink.py, which
+  acknowledges every batch at once: what gRPC and protobuf alone allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from bench import ingest, sidecar
+from bench.ingest import Stream, Throughput
+from bench.workload import Event
+from recorder_server.storage import COMMON_PRAGMAS, WRITER_PRAGMAS, WriteStore
+
+# The statement WriteStore.persist appends events with.
+INSERT_EVENT = (
+    "INSERT INTO events (loop_id, sequence, session_id, kind, body) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _rows(events: Iterable[Event]) -> list[tuple[str, int, str, str, bytes]]:
+    """Event rows as the server writes them: per-loop sequence, deterministic bytes."""
+    rows: list[tuple[str, int, str, str, bytes]] = []
+    next_sequence: dict[str, int] = {}
+    for event in events:
+        kind = event.WhichOneof("event")
+        assert kind is not None
+        loop_id: str = getattr(event, kind).loop_id
+        sequence = next_sequence.get(loop_id, 0)
+        next_sequence[loop_id] = sequence + 1
+        body = event.SerializeToString(deterministic=True)
+        rows.append((loop_id, sequence, loop_id.split(".", 1)[0], kind, body))
+    return rows
+
+
+async def _create(path: Path) -> None:
+    store = await WriteStore.open(path)
+    await store.close()
+
+
+def storage(workdir: Path, stream: Stream, clients: int, batch: int) -> Throughput:
+    """Insert every client's events in batched transactions; time only the inserts."""
+    rows = [row for index in range(clients) for row in _rows(stream.events(stream.seed + index))]
+    path = workdir / "ceiling.db"
+    asyncio.run(_create(path))
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for pragma in (*COMMON_PRAGMAS, *WRITER_PRAGMAS):
+            conn.execute(pragma.format(synchronous="NORMAL"))
+        started = time.perf_counter()
+        for first in range(0, len(rows), batch):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(INSERT_EVENT, rows[first : first + batch])
+            conn.execute("COMMIT")
+        seconds = time.perf_counter() - started
+    finally:
+        conn.close()
+    return Throughput(len(rows), sum(len(row[4]) for row in rows), seconds)
+
+
+def transport(workdir: Path, stream: Stream, clients: int, timeout: float) -> Throughput:
+    """The same clients and events against the discarding sink."""
+    with sidecar.sink(workdir, "sink") as sink:
+        return ingest.throughput(sink.target, clients, stream, timeout)

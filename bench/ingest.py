@@ -1,0 +1,202 @@
+"""What an agent sees when it records: durable throughput, ack latency, emit cost.
+
+All three go through the client library's EventSender, in client processes of
+their own (bench/fleet.py), against a server process (bench/sidecar.py).
+
+- Throughput: each client emits its events as fast as the sender takes them
+  (yielding to the event loop once per batch, as an agent's own awaits would)
+  and then flushes; the clock runs from the common start until the last flush
+  returns, i.e. until every event is acknowledged as committed.
+- Ack latency: one client emits at a steady rate; each event's latency is from
+  emit() until a flush() issued right after it returns (the proof that it is
+  committed). A pending flush makes the sender send at once rather than linger
+  for a fuller batch, so this is the latency of a caller that asks for proof.
+- Emit cost: the wall time of each emit() call, while the sender's background
+  task delivers on the same event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from grpc import aio
+
+from bench.fleet import Start, run_clients
+from bench.workload import Event, mix_stream
+from recorder_client import DeliveryConfig, EventSender, QueueFull, RecorderClient
+
+# The sender's default batch size: yield to the loop once per batch's worth.
+YIELD_EVERY = 500
+FLUSH_TIMEOUT_S = 600.0
+# Whole sessions can exceed gRPC's default 4 MiB receive limit (reads use this too).
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 1024 * 1024 * 1024)]
+
+
+async def connect(target: str) -> RecorderClient:
+    """A client whose channel is already connected, so no timing includes the dial."""
+    channel = aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    await channel.channel_ready()
+    return RecorderClient(channel)
+
+
+async def emit(sender: EventSender, event: Event) -> None:
+    """emit(), waiting for room when the sender's pending bound is reached."""
+    try:
+        sender.emit(event)
+    except QueueFull:
+        await sender.emit_wait(event)
+
+
+def _sender(client: RecorderClient) -> EventSender:
+    return client.sender(config=DeliveryConfig(on_full="block", flush_timeout=FLUSH_TIMEOUT_S))
+
+
+# -- throughput -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stream:
+    """What each client sends: `events(seed + index)`, built before the start or lazily."""
+
+    events: Callable[[int], Iterable[Event]]
+    seed: int
+    pregenerate: bool = True
+
+
+@dataclass(frozen=True)
+class Delivered:
+    events: int
+    nbytes: int
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True)
+class Throughput:
+    events: int
+    nbytes: int
+    seconds: float
+
+    @property
+    def eps(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.nbytes / self.seconds / 1e6
+
+
+async def _deliver(target: str, index: int, stream: Stream, start: Start) -> Delivered:
+    events = stream.events(stream.seed + index)
+    count = nbytes = 0
+    if stream.pregenerate:
+        events = list(events)
+        nbytes = sum(event.ByteSize() for event in events)
+    client = await connect(target)
+    async with client:
+        sender = _sender(client)
+        await start()
+        started = time.monotonic()
+        for event in events:
+            await emit(sender, event)
+            count += 1
+            if not stream.pregenerate:
+                nbytes += event.ByteSize()
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+        await sender.flush()
+        finished = time.monotonic()
+        await sender.close()
+    return Delivered(count, nbytes, started, finished)
+
+
+def throughput(target: str, clients: int, stream: Stream, timeout: float) -> Throughput:
+    """Events per second from the common start until every client's flush returned."""
+    done = run_clients(_deliver, target, clients, stream, timeout)
+    seconds = max(d.finished for d in done) - min(d.started for d in done)
+    return Throughput(sum(d.events for d in done), sum(d.nbytes for d in done), seconds)
+
+
+# -- ack latency ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Paced:
+    rate: float
+    seconds: float
+    warmup: int
+    seed: int
+
+
+async def _paced(target: str, index: int, paced: Paced, start: Start) -> list[float]:
+    events = mix_stream(paced.seed, int(paced.rate * paced.seconds) + paced.warmup)
+    latencies: list[float] = []
+    client = await connect(target)
+    async with client:
+        sender = _sender(client)
+
+        async def confirm(emitted: float, keep: bool) -> None:
+            await sender.flush()
+            if keep:
+                latencies.append(time.perf_counter() - emitted)
+
+        await start()
+        confirmations = []
+        began = time.perf_counter()
+        for i, event in enumerate(events):
+            delay = began + i / paced.rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            emitted = time.perf_counter()
+            sender.emit(event)
+            confirmations.append(asyncio.create_task(confirm(emitted, i >= paced.warmup)))
+        await asyncio.gather(*confirmations)
+        await sender.close()
+    return latencies
+
+
+def ack_latency(target: str, paced: Paced, timeout: float) -> tuple[float, float]:
+    """(p50, p99) in milliseconds."""
+    [latencies] = run_clients(_paced, target, 1, paced, timeout)
+    cuts = statistics.quantiles(latencies, n=100)
+    return cuts[49] * 1e3, cuts[98] * 1e3
+
+
+# -- emit cost --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Emits:
+    count: int
+    seed: int
+
+
+async def _emits(target: str, index: int, emits: Emits, start: Start) -> list[int]:
+    events = mix_stream(emits.seed, emits.count)
+    samples: list[int] = []
+    client = await connect(target)
+    async with client:
+        sender = _sender(client)
+        await start()
+        for i, event in enumerate(events):
+            began = time.perf_counter_ns()
+            try:
+                sender.emit(event)
+            except QueueFull:
+                await sender.emit_wait(event)  # not a sample: the agent waited for room
+                continue
+            samples.append(time.perf_counter_ns() - began)
+            if i % 100 == 99:
+                await asyncio.sleep(0)
+        await sender.close()
+    return samples
+
+
+def emit_cost(target: str, emits: Emits, timeout: float) -> float:
+    """Median wall time of one emit() call, in microseconds."""
+    [samples] = run_clients(_emits, target, 1, emits, timeout)
+    return statistics.median(samples) / 1e3
