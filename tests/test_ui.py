@@ -1,0 +1,141 @@
+"""The web view in a real headless Chromium against a real sidecar.
+
+Set AGENT_RECORDER_UI_SCREENSHOTS=docs to write the README's screenshots.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from agent_recorder.v1 import events_pb2
+from conftest import RunningRecorder
+from playwright.async_api import Page, async_playwright, expect
+
+from recorder_client import events as ev
+from recorder_client.client import RecorderClient
+from recorder_server import demo
+from recorder_server.ui.app import RunningUi, start_ui
+from recorder_server.ui.measure import CHROMIUM, SESSION_READY, launch_chromium, session_url
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} is missing (apt-get install chromium failed or was not possible)",
+        allow_module_level=True,
+    )
+
+SCREENSHOTS = os.environ.get("AGENT_RECORDER_UI_SCREENSHOTS")
+
+
+@pytest.fixture
+async def ui(recorder: RunningRecorder) -> AsyncIterator[RunningUi]:
+    running = await start_ui(lambda: RecorderClient.connect(recorder.target))
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Page]:
+    async with async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        try:
+            yield await browser.new_page(viewport={"width": 1500, "height": 860})
+        finally:
+            await browser.close()
+
+
+async def screenshot(page: Page, name: str) -> None:
+    """Playwright makes the directory; the README's pictures come from here."""
+    if SCREENSHOTS:
+        await page.screenshot(path=str(Path(SCREENSHOTS) / name))
+
+
+async def test_sessions_list_shows_recorded_sessions(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    earlier, _ = await demo.record(recorder.target)
+    session, sub_session = await demo.record(recorder.target)
+    await page.goto(ui.url, wait_until="load")
+    rows = page.locator("tr.session-row")
+    await expect(rows).to_have_count(4)
+    row = page.locator(f'tr.session-row[data-session="{session}"]')
+    await expect(row).to_contain_text(demo.AGENT)
+    await expect(row).to_contain_text("2,560")
+    sub_row = page.locator(f'tr.session-row[data-session="{sub_session}"]')
+    await expect(sub_row).to_contain_text("summarizer")
+    await expect(sub_row).to_contain_text("↑ delegate")
+    await expect(rows.last).to_have_attribute("data-session", earlier)
+    await screenshot(page, "ui-sessions.png")
+
+
+async def test_session_page_shows_tree_timeline_and_winner(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    session, sub_session = await demo.record(recorder.target)
+    await page.goto(session_url(ui.url, session), wait_until="load")
+    await page.wait_for_selector(SESSION_READY)
+    await expect(page.locator("#tree .node")).to_have_count(8)
+    await expect(page.locator("#timeline .row.loop")).to_have_count(8)
+    winner = page.locator("#tree .node:has(.badge.winner)")
+    await expect(winner).to_have_count(1)
+    await expect(winner).to_have_attribute("data-loop", f"{session}.cfg-deep.4")
+    await expect(page.locator("#tree .node:has-text('parallel')")).to_have_count(2)
+    await expect(
+        page.locator(f'#tree .node[data-loop="{session}.{demo.PROVIDER}-{demo.MODEL}.6"] .dot')
+    ).to_have_class("dot s-rejected")
+
+    await page.locator("#timeline .row.tool .bar[data-tool='call-1']").click()
+    await expect(page.locator("#tool-arguments")).to_contain_text("sqlite wal synchronous normal")
+    await screenshot(page, "ui-session.png")
+
+    await page.locator("#tree a.badge.sub").click()
+    await expect(page.locator("#tree .node")).to_have_count(1)
+    await expect(page.locator("#tree .node")).to_have_attribute(
+        "data-loop", f"{sub_session}.openai-gpt.0"
+    )
+
+
+async def test_clicking_a_tool_call_shows_its_arguments(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    session, _ = await demo.record(recorder.target)
+    await page.goto(session_url(ui.url, session), wait_until="load")
+    await page.locator("#timeline .row.tool .label", has_text="delegate").click()
+    await expect(page.locator("#details h2")).to_have_text("Tool call delegate")
+    await expect(page.locator("#tool-arguments")).to_contain_text('"task": "summarize results"')
+    await expect(page.locator("#details")).to_contain_text("session ")
+
+
+def start(session: str, loop_id: str, parent: str | None = None) -> events_pb2.AgentEvent:
+    return ev.agent_start(
+        agent_id="live-agent", session_id=session, loop_id=loop_id, parent_loop_id=parent
+    )
+
+
+async def test_a_loop_recorded_while_the_page_is_open_appears_without_reload(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    async with RecorderClient.connect(recorder.target) as client:
+        sender = client.sender()
+        sender.emit(start("live", "live.cfg.0"))
+        await sender.flush(timeout=10)
+        await page.goto(session_url(ui.url, "live"), wait_until="load")
+        await expect(page.locator("#tree .node")).to_have_count(1)
+        await expect(page.locator("#live")).to_be_visible()
+        await page.evaluate("window.__notReloaded = true")
+
+        sender.emit(ev.agent_end("live.cfg.0", tokens=ev.usage(input=10, output=5)))
+        sender.emit(start("live", "live.cfg.1", parent="live.cfg.0"))
+        await sender.flush(timeout=10)
+        new_node = page.locator('#tree .node[data-loop="live.cfg.1"]')
+        await expect(new_node).to_be_visible()
+        await expect(new_node.locator(".dot")).to_have_class("dot s-running")
+        await expect(page.locator('#tree .node[data-loop="live.cfg.0"] .dot')).to_have_class(
+            "dot s-completed"
+        )
+        assert await page.evaluate("window.__notReloaded") is True
+        await sender.close()
