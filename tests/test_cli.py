@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
@@ -24,6 +25,7 @@ from google.protobuf import json_format
 from recorder_client.client import RecorderClient
 from recorder_server.cli import build_parser, main
 from recorder_server.cli.common import parse_when
+from recorder_server.cli.serve import config_from
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -240,3 +242,32 @@ async def test_a_refused_call_exits_two_with_the_reason(
     code, out, err = await cli(capsys, "export", "--target", recorder.target, "nope")
     assert (code, out) == (2, "")
     assert err == "agent-recorder export: NOT_FOUND: session 'nope' not found [NOT_FOUND]\n"
+
+
+def test_serve_sends_spans_where_otlp_endpoint_says() -> None:
+    args = build_parser().parse_args(["serve", "--otlp-endpoint", "https://collector:4317"])
+    assert config_from(args).otlp_endpoint == "https://collector:4317"
+    assert config_from(build_parser().parse_args(["serve"])).otlp_endpoint is None
+
+
+async def test_commands_find_the_default_sidecar_without_flags(short_tmp: Path) -> None:
+    """`serve` and `ls` with no address agree on the default socket (from the XDG dirs)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_RECORDER_")}
+    env |= {"XDG_RUNTIME_DIR": str(short_tmp / "run"), "XDG_DATA_HOME": str(short_tmp / "data")}
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "recorder_server.cli", "serve", stdout=subprocess.PIPE, env=env
+    )
+    try:
+        assert server.stdout is not None
+        ready = await asyncio.wait_for(server.stdout.readline(), timeout=60)
+        assert ready.startswith(b"agent-recorder listening on unix://")
+        ls = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "recorder_server.cli", "ls", stdout=subprocess.PIPE, env=env
+        )
+        out, _ = await asyncio.wait_for(ls.communicate(), timeout=60)
+        assert ls.returncode == 0
+        assert b"sessions (newest first)" in out
+    finally:
+        server.terminate()
+        await server.wait()
+    assert server.returncode == 0

@@ -42,6 +42,12 @@ def register(commands: Commands) -> None:
         default="normal",
         help="normal survives a crash of the process; full also survives power loss",
     )
+    serve.add_argument(
+        "--otlp-endpoint",
+        metavar="ADDRESS",
+        help="send finished loops as OTLP/gRPC spans to this collector (host:port is "
+        "plaintext, https://host:port uses TLS; OTEL_EXPORTER_OTLP_* variables apply)",
+    )
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
@@ -53,6 +59,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
             capture_turn_requests=args.capture_turn_requests,
         ),
         synchronous=args.synchronous.upper(),
+        otlp_endpoint=args.otlp_endpoint,
     )
 
 
