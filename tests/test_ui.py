@@ -90,6 +90,8 @@ async def test_session_page_shows_tree_timeline_and_winner(
 
     await page.locator("#timeline .row.tool .bar[data-tool='call-1']").click()
     await expect(page.locator("#tool-arguments")).to_contain_text("sqlite wal synchronous normal")
+    await page.locator("#timeline button[data-zoom='4']").click()
+    await expect(page.locator("#timeline")).to_have_attribute("style", "--zoom: 4;")
     await screenshot(page, "ui-session.png")
 
     await page.locator("#tree a.badge.sub").click()

@@ -314,7 +314,7 @@ function markSelection(state) {
 function onPaneClick(state, event) {
   if (event.target.closest("a")) return;
   const zoom = event.target.closest("[data-zoom]");
-  if (zoom) { state.zoom = Number(zoom.dataset.zoom); state.timeline.style.setProperty("--zoom", zoom.dataset.zoom); return; }
+  if (zoom) { state.zoom = Number(zoom.dataset.zoom); render(state); return; }
   const toggle = event.target.closest("[data-toggle]");
   if (toggle) {
     const id = toggle.dataset.toggle;
@@ -391,9 +391,11 @@ function renderTimeline(state, order) {
     return `left:${left.toFixed(3)}%;width:${Math.max(right - left, 0.2).toFixed(3)}%`;
   };
   const axis = h("div", { class: "axis" });
-  for (let i = 0; i <= 4; i++) {
-    const shift = i === 0 ? "0" : i === 4 ? "-100%" : "-50%"; // the ends stay inside the pane
-    axis.append(h("span", { style: `left:${i * 25}%;transform:translateX(${shift})` }, `+${fmtSpan((span * i) / 4)}`));
+  const ticks = 4 * state.zoom;
+  for (let i = 0; i <= ticks; i++) {
+    const shift = i === 0 ? "0" : i === ticks ? "-100%" : "-50%"; // the ends stay inside the pane
+    axis.append(h("span", { style: `left:${(i * 100) / ticks}%;transform:translateX(${shift})` },
+      `+${fmtSpan((span * i) / ticks)}`));
   }
   const rows = document.createDocumentFragment();
   for (const loop of order) {
@@ -417,7 +419,7 @@ function renderTimeline(state, order) {
       }
     }
   }
-  const zoom = (factor) => h("button", { type: "button", class: "zoom", dataset: { zoom: factor } },
+  const zoom = (factor) => h("button", { type: "button", class: factor === state.zoom ? "zoom on" : "zoom", dataset: { zoom: factor } },
     factor === 1 ? "fit" : `${factor}×`);
   state.timeline.style.setProperty("--zoom", String(state.zoom));
   state.timeline.replaceChildren(h("h2", {}, "Timeline ", [1, 4, 16, 64].map(zoom)),
