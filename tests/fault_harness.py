@@ -442,7 +442,7 @@ async def run_scenario(
 
 
 def events_per_client(default: int) -> int:
-    """AGENT_RECORDER_FAULT_EVENTS overrides the suite's size (the issue's size is 50000)."""
+    """Events per client of the suite's kill -9 test; AGENT_RECORDER_FAULT_EVENTS overrides."""
     return int(os.environ.get("AGENT_RECORDER_FAULT_EVENTS", default))
 
 
