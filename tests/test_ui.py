@@ -18,7 +18,13 @@ from recorder_client import events as ev
 from recorder_client.client import RecorderClient
 from recorder_server import demo
 from recorder_server.ui.app import RunningUi, start_ui
-from recorder_server.ui.measure import CHROMIUM, SESSION_READY, launch_chromium, session_url
+from recorder_server.ui.measure import (
+    CHROMIUM,
+    SESSION_READY,
+    launch_chromium,
+    measure_ui_open,
+    session_url,
+)
 
 if not CHROMIUM.exists():
     pytest.skip(
@@ -129,6 +135,9 @@ async def test_a_loop_recorded_while_the_page_is_open_appears_without_reload(
         await expect(page.locator("#tree .node")).to_have_count(1)
         await expect(page.locator("#live")).to_be_visible()
         await page.evaluate("window.__notReloaded = true")
+        await page.locator('#tree .node[data-loop="live.cfg.0"]').click()
+        await expect(page.locator("#details dl.kv").first).to_contain_text("running")
+        await expect(page.locator("#details table.events tr.ev")).to_have_count(1)
 
         sender.emit(ev.agent_end("live.cfg.0", tokens=ev.usage(input=10, output=5)))
         sender.emit(start("live", "live.cfg.1", parent="live.cfg.0"))
@@ -139,5 +148,16 @@ async def test_a_loop_recorded_while_the_page_is_open_appears_without_reload(
         await expect(page.locator('#tree .node[data-loop="live.cfg.0"] .dot')).to_have_class(
             "dot s-completed"
         )
+        await expect(page.locator("#details dl.kv").first).to_contain_text("completed")
+        await expect(page.locator("#details table.events tr.ev")).to_have_count(2)
         assert await page.evaluate("window.__notReloaded") is True
         await sender.close()
+
+
+async def test_measure_ui_open_times_a_drawn_page_and_names_a_failure(
+    recorder: RunningRecorder,
+) -> None:
+    session, _ = await demo.record(recorder.target)
+    assert await measure_ui_open(recorder.target, session) > 0
+    with pytest.raises(RuntimeError, match="not found"):
+        await measure_ui_open(recorder.target, "no-such-session")

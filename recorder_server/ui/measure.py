@@ -28,8 +28,10 @@ CHROMIUM_ARGS: Final = [
     "--disable-sync",
     "--no-first-run",
 ]
-# The page marks itself ready once the tree and the timeline are drawn.
+# The page marks itself ready once the tree and the timeline are drawn, and shows
+# a failure (the sidecar is down, the session unknown) in the tree pane.
 SESSION_READY: Final = '#view[data-ready="session"]'
+SESSION_FAILED: Final = "#tree .error"
 
 
 async def launch_chromium(playwright: Playwright) -> Browser:
@@ -43,6 +45,7 @@ def session_url(base_url: str, session_id: str) -> str:
 async def measure_ui_open(target: str, session_id: str, *, timeout_s: float = 60.0) -> float:
     """Seconds from navigating to a session's page until its tree and timeline are drawn.
 
+    Raises RuntimeError with the page's message when it cannot show the session.
     Serves the view on a free loopback port against the sidecar at target; the
     static files are fetched once beforehand, as a browser's cache would have them.
     """
@@ -58,8 +61,14 @@ async def measure_ui_open(target: str, session_id: str, *, timeout_s: float = 60
                 await page.goto("about:blank")
                 started = time.perf_counter()
                 await page.goto(session_url(ui.url, session_id), wait_until="load")
-                await page.wait_for_selector(SESSION_READY, timeout=timeout_s * 1000)
-                return time.perf_counter() - started
+                await page.wait_for_selector(
+                    f"{SESSION_READY}, {SESSION_FAILED}", timeout=timeout_s * 1000
+                )
+                elapsed = time.perf_counter() - started
+                failure = await page.query_selector(SESSION_FAILED)
+                if failure is not None:
+                    raise RuntimeError(f"the session page failed: {await failure.inner_text()}")
+                return elapsed
             finally:
                 await browser.close()
     finally:

@@ -182,7 +182,7 @@ function sessionsTable(sessions) {
 
 function sessionPage(sessionId, params) {
   const state = {
-    sessionId, outline: null, byId: new Map(), selected: null, expanded: new Set(), zoom: 1,
+    sessionId, outline: null, byId: new Map(), selected: null, expanded: new Set(), zoom: 1, changed: new Set(),
     loopCache: new Map(), eventsView: null, source: null, stopped: false,
   };
   crumbs.replaceChildren(h("a", { href: "#/" }, "sessions"), " / ", h("span", { class: "mono" }, sessionId));
@@ -197,9 +197,12 @@ function sessionPage(sessionId, params) {
   const refresh = debounce(() => load(false), 300);
 
   async function load(first) {
+    const changed = new Set(state.changed);
+    state.changed.clear();
     try {
       const outline = await getJson(`/api/sessions/${encodeURIComponent(sessionId)}`);
       if (state.stopped) return;
+      const before = state.selected && state.byId.get(state.selected.loop);
       setOutline(state, outline);
       if (first) {
         const many = outline.loops.length > 40;
@@ -209,6 +212,12 @@ function sessionPage(sessionId, params) {
       }
       render(state);
       if (first && state.selected) showDetails(state);
+      else if (state.selected && changed.has(state.selected.loop)) {
+        // A turn or tool shown is redrawn; a loop's details only when its status
+        // moved, so its live event list is not reset under the reader.
+        const after = state.byId.get(state.selected.loop);
+        if (state.selected.kind !== "loop" || !before || !after || before.status !== after.status) showDetails(state);
+      }
       view.dataset.ready = "session";
     } catch (error) { showError(tree, error); }
   }
@@ -220,6 +229,7 @@ function sessionPage(sessionId, params) {
     source.onmessage = (message) => {
       const item = JSON.parse(message.data);
       state.loopCache.delete(item.loopId);
+      state.changed.add(item.loopId);
       if (state.eventsView && state.eventsView.loopId === item.loopId) state.eventsView.live(item);
       refresh();
     };
