@@ -14,6 +14,7 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Final, TypeVar, cast
 
@@ -94,17 +95,29 @@ class RecorderClient:
         default_timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
         channel_options: Sequence[tuple[str, int | str]] = (),
+        tls: bool | None = None,
+        tls_ca: Path | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
     ) -> RecorderClient:
         """Dial the sidecar lazily: nothing fails here if it is not up yet.
 
         target defaults to $AGENT_RECORDER_TARGET or the default Unix socket; token to
-        $AGENT_RECORDER_TOKEN. Call it in the event loop that will use the client
-        (gRPC's asyncio channels belong to one loop).
+        $AGENT_RECORDER_TOKEN (or the file $AGENT_RECORDER_TOKEN_FILE names). TLS is
+        used when tls is True or any TLS file is given: tls_ca (the CA that signed the
+        server; the system's roots when absent), tls_cert and tls_key (mTLS), each
+        defaulting to $AGENT_RECORDER_TLS_CA/_CERT/_KEY. Call it in the event loop that
+        will use the client (gRPC's asyncio channels belong to one loop).
         """
         address = defaults.normalize_target(target or defaults.default_target())
-        channel = aio.insecure_channel(address, options=[*_CHANNEL_OPTIONS, *channel_options])
+        options = [*_CHANNEL_OPTIONS, *channel_options]
+        credentials = _tls_credentials(tls, tls_ca, tls_cert, tls_key)
+        if credentials is None:
+            channel = aio.insecure_channel(address, options=options)
+        else:
+            channel = aio.secure_channel(address, credentials, options=options)
         if token is None:
-            token = os.environ.get(defaults.TOKEN_ENV) or None
+            token = defaults.default_token()
         return cls(channel, token=token, default_timeout=default_timeout, retry=retry)
 
     async def __aenter__(self) -> RecorderClient:
@@ -514,6 +527,32 @@ class RecorderClient:
                     raise RecorderRpcError.from_rpc_error(error) from error
         finally:
             call.cancel()
+
+
+def _tls_credentials(
+    tls: bool | None, ca: Path | None, cert: Path | None, key: Path | None
+) -> grpc.ChannelCredentials | None:
+    """Channel credentials from arguments, else the environment; None for plaintext."""
+    ca = ca or _env_path(defaults.TLS_CA_ENV)
+    cert = cert or _env_path(defaults.TLS_CERT_ENV)
+    key = key or _env_path(defaults.TLS_KEY_ENV)
+    if (cert is None) != (key is None):
+        raise ValueError("tls_cert and tls_key go together (mTLS needs both)")
+    files_given = ca is not None or cert is not None
+    if tls is False and files_given:
+        raise ValueError("tls=False contradicts the TLS files given")
+    if not (tls or files_given):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes() if ca is not None else None,
+        private_key=key.read_bytes() if key is not None else None,
+        certificate_chain=cert.read_bytes() if cert is not None else None,
+    )
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 def _is_unavailable(error: BaseException) -> bool:

@@ -12,6 +12,12 @@ from pathlib import Path
 TARGET_ENV = "AGENT_RECORDER_TARGET"
 DB_ENV = "AGENT_RECORDER_DB"
 TOKEN_ENV = "AGENT_RECORDER_TOKEN"
+TOKEN_FILE_ENV = "AGENT_RECORDER_TOKEN_FILE"
+# PEM files of a TLS connection: the CA that signed the server, and for mTLS the
+# client's own certificate and key.
+TLS_CA_ENV = "AGENT_RECORDER_TLS_CA"
+TLS_CERT_ENV = "AGENT_RECORDER_TLS_CERT"
+TLS_KEY_ENV = "AGENT_RECORDER_TLS_KEY"
 
 
 def data_dir() -> Path:
@@ -44,3 +50,21 @@ def normalize_target(address: str) -> str:
     if address.startswith("/") or address.startswith("."):
         return f"unix://{Path(address).resolve()}"
     return address
+
+
+def read_token_file(path: Path) -> str:
+    """The file holds the token alone: surrounding whitespace (a final newline) is not in it."""
+    return path.read_text(encoding="utf-8").strip()
+
+
+def default_token() -> str | None:
+    """$AGENT_RECORDER_TOKEN, else the file $AGENT_RECORDER_TOKEN_FILE names, else none.
+
+    A file keeps the secret out of the process environment (visible in /proc to the
+    same user, and inherited by every child process).
+    """
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        return token
+    path = os.environ.get(TOKEN_FILE_ENV)
+    return read_token_file(Path(path)) if path else None

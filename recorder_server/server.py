@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
@@ -23,9 +23,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recorder_client.defaults import default_db_path, default_target, normalize_target
+from recorder_server.decoding import DecodeGuard
 from recorder_server.otel import OtlpExporter
 from recorder_server.reads import ReadPool, Reads
 from recorder_server.recording import RecordingOptions
+from recorder_server.security import (
+    TokenInterceptor,
+    check_transport,
+    server_credentials,
+    tls_files,
+)
 from recorder_server.service import RecorderServicer
 from recorder_server.storage import WriteStore
 from recorder_server.validation import Limits
@@ -33,6 +40,11 @@ from recorder_server.writer import Writer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["RecorderService"].full_name
+# Probes and generic tools reach these without the token: liveness and the public schema.
+OPEN_SERVICES = (
+    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+    reflection.SERVICE_NAME,
+)
 
 
 class DatabaseInUse(RuntimeError):
@@ -51,6 +63,14 @@ class ServerConfig:
     # OTLP/gRPC collector for finished loops as spans ("host:port" is plaintext,
     # "https://host:port" TLS); no export when None.
     otlp_endpoint: str | None = None
+    # TLS identity (PEM files); tls_client_ca also requires client certificates (mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Accept plaintext on a non-loopback address; without it such a listen is refused.
+    insecure: bool = False
+    # Bearer token every RecorderService call must carry; None leaves calls open.
+    token: str | None = None
 
 
 def _lock_database(db_path: Path) -> IO[str]:
@@ -109,6 +129,9 @@ class RecorderServer:
 
     async def _start(self) -> None:
         config = self.config
+        tls = tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
+        check_transport(normalize_target(config.listen), tls, config.insecure)
+        credentials = None if tls is None else server_credentials(tls)
         config.db_path.parent.mkdir(parents=True, exist_ok=True)
         lock = _lock_database(config.db_path)
         self._stack.callback(lock.close)
@@ -127,30 +150,33 @@ class RecorderServer:
             self._stack.push_async_callback(exporter.stop)
             writer.listeners.append(exporter.on_commit)
             self._stack.callback(writer.listeners.remove, exporter.on_commit)
-        await self._serve(RecorderServicer(writer, Reads(pool), config.limits))
+        await self._serve(RecorderServicer(writer, Reads(pool), config.limits), credentials)
 
-    async def _serve(self, servicer: RecorderServicer) -> None:
-        max_bytes = self.config.limits.max_request_bytes
+    async def _serve(
+        self, servicer: RecorderServicer, credentials: grpc.ServerCredentials | None
+    ) -> None:
+        config = self.config
+        max_bytes = config.limits.max_request_bytes
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [DecodeGuard()]
+        if config.token is not None:
+            interceptors.insert(0, TokenInterceptor(config.token, OPEN_SERVICES))
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", 512 * 1024 * 1024),
-            ]
+            ],
         )
         api_grpc.add_RecorderServiceServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
-        listen = normalize_target(self.config.listen)
+        reflection.enable_server_reflection((SERVICE_NAME, *OPEN_SERVICES), server)
+        listen = normalize_target(config.listen)
         socket_path = _prepare_unix_socket(listen) if listen.startswith("unix:") else None
-        port = server.add_insecure_port(listen)
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
         if socket_path is not None:
             self.address = f"unix://{socket_path}"
         else:

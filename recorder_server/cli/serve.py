@@ -8,10 +8,13 @@ import signal
 import sys
 from pathlib import Path
 
+from recorder_client import defaults
 from recorder_client.defaults import default_db_path, default_target
 from recorder_server.cli.common import Commands, add_command
 from recorder_server.recording import RecordingOptions
+from recorder_server.security import SecurityConfigError, check_token
 from recorder_server.server import DatabaseInUse, RecorderServer, ServerConfig
+from recorder_server.validation import Limits
 
 
 def register(commands: Commands) -> None:
@@ -48,6 +51,50 @@ def register(commands: Commands) -> None:
         help="send finished loops as OTLP/gRPC spans to this collector (host:port is "
         "plaintext, https://host:port uses TLS; OTEL_EXPORTER_OTLP_* variables apply)",
     )
+    _add_security_flags(serve)
+    _add_limit_flags(serve)
+
+
+def _add_security_flags(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)"
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext on a non-loopback address (refused without it)",
+    )
+    serve.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"file holding the bearer token every call must carry "
+        f"(default: ${defaults.TOKEN_ENV}, else the file ${defaults.TOKEN_FILE_ENV} names)",
+    )
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
+    limits = Limits()
+    for name, help_text in (
+        ("max_request_bytes", "largest request message; larger ones get RESOURCE_EXHAUSTED"),
+        ("max_events_per_batch", "events in one Record batch or Append"),
+        ("max_id_length", "characters in a session, loop or agent id"),
+        ("max_value_depth", "nesting of free-form JSON values"),
+    ):
+        serve.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=_positive_int,
+            default=getattr(limits, name),
+            help=f"{help_text} (default %(default)s)",
+        )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
@@ -60,16 +107,36 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         ),
         synchronous=args.synchronous.upper(),
         otlp_endpoint=args.otlp_endpoint,
+        limits=Limits(
+            max_request_bytes=args.max_request_bytes,
+            max_events_per_batch=args.max_events_per_batch,
+            max_id_length=args.max_id_length,
+            max_value_depth=args.max_value_depth,
+        ),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure=args.insecure,
+        token=_token(args.token_file),
     )
 
 
+def _token(token_file: Path | None) -> str | None:
+    """The --token-file, else what clients would read from their environment."""
+    try:
+        token = defaults.read_token_file(token_file) if token_file else defaults.default_token()
+    except OSError as exc:
+        raise SecurityConfigError(f"cannot read the token file: {exc}") from exc
+    return None if token is None else check_token(token)
+
+
 async def run(args: argparse.Namespace) -> int:
-    config = config_from(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        config = config_from(args)
         async with RecorderServer(config) as server:
             print(
                 f"agent-recorder listening on {server.address} (database {config.db_path})",
@@ -77,7 +144,7 @@ async def run(args: argparse.Namespace) -> int:
             )
             await stop.wait()
             print("agent-recorder: stopping (draining writes)", flush=True)
-    except DatabaseInUse as exc:
+    except (DatabaseInUse, SecurityConfigError) as exc:
         print(f"agent-recorder: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,132 @@
+"""Request bytes the protobuf decoder refuses become INVALID_ARGUMENT, not UNKNOWN.
+
+grpc.aio runs a method's request deserializer outside the handler (unary requests)
+or inside the request iterator (streams), so a DecodeError there — corrupt wire
+format, invalid UTF-8 in a string, messages nested past the decoder's depth cap of
+100 — bypasses every handler's error mapping and leaves as UNKNOWN "Unexpected
+<class DecodeError>". `DecodeGuard` swaps each deserializer for one that returns an
+`_Undecodable` marker instead of raising, and wraps the behaviour so that a marker
+aborts the call with INVALID_ARGUMENT carrying the decoder's reason.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+from google.protobuf.message import DecodeError
+
+if TYPE_CHECKING:
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    Interceptor: TypeAlias = grpc.aio.ServerInterceptor[Any, Any]
+else:  # grpc's classes are not subscriptable at run time
+    Interceptor = grpc.aio.ServerInterceptor
+Behaviour: TypeAlias = "Callable[[Any, Context], Any]"
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]"
+
+
+class _Undecodable:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return decode
+
+
+async def _refuse_if_undecodable(request: Any, context: Context) -> None:
+    if isinstance(request, _Undecodable):
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"request could not be decoded: {request.reason}"
+        )
+
+
+async def _checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+    async for request in requests:
+        await _refuse_if_undecodable(request, context)
+        yield request
+
+
+def _guard_behaviour(behaviour: Behaviour, request_streaming: bool) -> Behaviour:
+    """The same kind of callable (coroutine or async generator) with the check in front."""
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            if request_streaming:
+                request = _checked(request, context)
+            else:
+                await _refuse_if_undecodable(request, context)
+            async for response in behaviour(request, context):
+                yield response
+
+        return stream
+
+    async def unary(request: Any, context: Context) -> Any:
+        if request_streaming:
+            request = _checked(request, context)
+        else:
+            await _refuse_if_undecodable(request, context)
+        return await behaviour(request, context)
+
+    return unary
+
+
+_FACTORIES = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def guard_handler(handler: Handler) -> Handler:
+    """The handler with a tolerant deserializer, or itself when there is nothing to guard.
+
+    Sync behaviours (none in this server) and raw-bytes handlers are left as they are.
+    """
+    attribute, factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    behaviour = getattr(handler, attribute)
+    deserializer = handler.request_deserializer
+    if deserializer is None or not (
+        inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
+    ):
+        return handler
+    return factory(
+        _guard_behaviour(behaviour, handler.request_streaming),
+        _tolerant(deserializer),
+        handler.response_serializer,
+    )
+
+
+class DecodeGuard(Interceptor):
+    """Apply `guard_handler` to every method, building each guarded handler once."""
+
+    def __init__(self) -> None:
+        # Keyed by method path; only registered methods resolve to a handler, so the
+        # cache is bounded by the server's method count, not by what clients send.
+        self._cache: dict[str, tuple[Any, Any]] = {}
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = (handler, guard_handler(handler))
+            self._cache[method] = cached
+        guarded: Handler = cached[1]
+        return guarded
