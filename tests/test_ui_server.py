@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from conftest import RunningRecorder
 from recorder_client.client import RecorderClient
 from recorder_server import demo
 from recorder_server.cli import main as cli_main
+from recorder_server.server import RecorderServer, ServerConfig
 from recorder_server.ui.app import RunningUi, start_ui
 
 
@@ -119,3 +121,25 @@ async def test_ui_command_prints_its_url_and_serves_the_page(recorder: RunningRe
     finally:
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_ui_reads_a_token_protected_sidecar_with_the_sidecars_token(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = f"unix://{short_tmp / 'r.sock'}"
+    config = ServerConfig(db_path=short_tmp / "r.db", listen=target, token="s3cret")
+    async with RecorderServer(config):
+        monkeypatch.delenv("AGENT_RECORDER_TOKEN", raising=False)
+        monkeypatch.delenv("AGENT_RECORDER_TOKEN_FILE", raising=False)
+        without = await start_ui(lambda: RecorderClient.connect(target))
+        try:
+            status, error = await fetch(without.url, "/api/sessions")
+            assert (status, error["code"]) == (502, "UNAUTHENTICATED")
+        finally:
+            await without.stop()
+        monkeypatch.setenv("AGENT_RECORDER_TOKEN", "s3cret")
+        with_token = await start_ui(lambda: RecorderClient.connect(target))
+        try:
+            assert await fetch(with_token.url, "/api/sessions") == (200, {})
+        finally:
+            await with_token.stop()
