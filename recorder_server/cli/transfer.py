@@ -14,7 +14,7 @@ import json
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from recorder_client.client import RecorderClient
-from recorder_client.delivery import DeliveryConfig
+from recorder_client.delivery import DeliveryConfig, EventSender
 from recorder_client.errors import DeliveryError, RecorderRpcError
 from recorder_client.phi_json import (
     PhiJsonError,
@@ -99,40 +99,65 @@ async def ingest_events(args: argparse.Namespace) -> int:
     size = os.fstat(source.fileno())
     total = size.st_size if stat.S_ISREG(size.st_mode) else None
     lines: dict[tuple[str, bytes], int] = {}
+    problems: list[str] = []
     try:
         async with RecorderClient.connect(args.target) as client:
             sender = client.sender(config=DeliveryConfig(on_full="block", block_timeout=120.0))
             with progress() as bar:
                 task = bar.add_task("ingesting", total=total)
-                lineno = 0
-                # Read in a thread: a pipe may be slow, and delivery must go on meanwhile.
-                while text := await asyncio.to_thread(source.readline):
-                    lineno += 1
-                    bar.advance(task, len(text.encode()))
-                    if not text.strip():
-                        continue
-                    try:
-                        event = event_from_json(json.loads(text))
-                    except (json.JSONDecodeError, PhiJsonError) as exc:
-                        await sender.close()
-                        err.print(
-                            f"agent-recorder ingest: line {lineno}: {exc}",
-                            markup=False,
-                            soft_wrap=True,
-                        )
-                        return 1
-                    lines.setdefault(_event_key(event), lineno)
-                    await sender.emit_wait(event)
+                problems += await _emit_lines(sender, source, lines, lambda n: bar.advance(task, n))
+            # Closing flushes: it returns only once every emitted event is stored.
             await sender.close(timeout=120.0)
             stats = sender.stats()
     except DeliveryError as exc:
-        err.print(f"agent-recorder ingest: {_refusal(exc, lines)}", markup=False, soft_wrap=True)
-        return 1
+        problems.insert(0, _refusal(exc, lines))
     finally:
         if source is not sys.stdin:
             source.close()
+    for problem in problems:
+        err.print(f"agent-recorder ingest: {problem}", markup=False, soft_wrap=True)
+    if problems:
+        return 1
     print(f"ingested {stats.acknowledged} events ({stats.skipped} streaming deltas not stored)")
     return 0
+
+
+async def _read_lines(source: IO[str]) -> AsyncIterator[list[str]]:
+    """Chunks of lines, read in a thread so that delivery goes on meanwhile.
+
+    A regular file is read 64 KiB at a time; a pipe a line at a time, so each line
+    is sent as soon as it arrives rather than when a chunk fills.
+    """
+    regular = stat.S_ISREG(os.fstat(source.fileno()).st_mode)
+
+    def read() -> list[str]:
+        return source.readlines(1 << 16) if regular else [source.readline()]
+
+    while chunk := [line for line in await asyncio.to_thread(read) if line]:
+        yield chunk
+
+
+async def _emit_lines(
+    sender: EventSender,
+    source: IO[str],
+    lines: dict[tuple[str, bytes], int],
+    advance: Callable[[int], None],
+) -> list[str]:
+    """Emit each line's event, noting its line; stops at a line it cannot read."""
+    lineno = 0
+    async for chunk in _read_lines(source):
+        for text in chunk:
+            lineno += 1
+            if not text.strip():
+                continue
+            try:
+                event = event_from_json(json.loads(text))
+            except (json.JSONDecodeError, PhiJsonError) as exc:
+                return [f"line {lineno}: {exc}"]
+            lines.setdefault(_event_key(event), lineno)
+            await sender.emit_wait(event)
+        advance(sum(len(text.encode()) for text in chunk))
+    return []
 
 
 def _refusal(error: DeliveryError, lines: dict[tuple[str, bytes], int]) -> str:
@@ -140,12 +165,13 @@ def _refusal(error: DeliveryError, lines: dict[tuple[str, bytes], int]) -> str:
     rejection = error.rejection
     if rejection is None:
         return f"not every event was stored: {error}"
-    loop = rejection.metadata.get("loop_id") or ", ".join(rejection.loop_ids) or "-"
-    where = f"loop {loop}"
-    if rejection.event is not None:
+    if rejection.event is None:  # the server did not say which event: name the batch's loops
+        loops = [loop for loop in rejection.loop_ids if loop]
+        where = f"loop {rejection.metadata.get('loop_id') or ', '.join(loops) or '(none)'}"
+    else:
+        where = f"loop {event_loop_id(rejection.event) or '(none)'}"
         line = lines.get(_event_key(rejection.event))
-        loop = event_loop_id(rejection.event) or loop
-        where = f"loop {loop}, line {line}" if line is not None else f"loop {loop}"
+        where += f", line {line}" if line is not None else ""
     more = len(error.rejections) - 1
     tail = f" (and {more} later batch(es) refused)" if more > 0 else ""
     return (
