@@ -332,7 +332,7 @@ async def test_hostile_requests_get_statuses_and_leave_the_server_whole(
         await assert_serving(channel)
         assert await keeper_snapshot(channel) == before
     growth = rss_bytes() - rss_before
-    assert growth < 400 * MiB, f"RSS grew by {growth / MiB:.0f} MiB"
+    assert growth < 200 * MiB, f"RSS grew by {growth / MiB:.0f} MiB"  # ~16 MiB seen
 
 
 # -- sizes ----------------------------------------------------------------------------
