@@ -700,6 +700,22 @@ async def test_rule10_watch_sessions_sees_admission_and_finalization(
         assert queue.empty()
 
 
+async def test_rule10_a_followed_session_tail_ends_when_the_session_is_flushed(
+    recorder: RunningRecorder,
+) -> None:
+    stub = aio(recorder.stub())
+    await append(stub, [agent_start("f", "f.main.0", at=1)])
+    tail = stub.StreamEvents(api.StreamEventsRequest(session_id="f", follow=True), timeout=DEADLINE)
+    seen: list[str] = []
+    async for item in tail:
+        seen.append(str(item.event.event.WhichOneof("event")))
+        if len(seen) == 1:  # replayed; now write and flush while following
+            await append(stub, [progress("f.main.0", "c", "t", "x")])
+            await stub.Flush(api.FlushRequest(session_id="f"), timeout=DEADLINE)
+    assert seen == ["agent_start", "progress_message"]
+    assert await tail.code() == grpc.StatusCode.OK
+
+
 # -- rule 11: queries ------------------------------------------------------------------------
 
 
