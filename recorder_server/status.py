@@ -15,8 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, status_pb2
-from google.rpc import error_details_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from recorder_server import errors

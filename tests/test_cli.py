@@ -124,10 +124,14 @@ async def test_ls_pages(two_agents: RunningRecorder, capsys: pytest.CaptureFixtu
     target = ("--target", two_agents.target)
     _, out, _ = await cli(capsys, "ls", *target, "--limit", "1")
     assert "s-new" in out and "s-old" not in out
-    more = out.splitlines()[-1]
-    assert more.startswith("more: agent-recorder ls --page ")
-    _, out, _ = await cli(capsys, "ls", *target, "--limit", "1", "--page", more.split()[-1])
+    more = out.splitlines()[-1].split()
+    assert more[:6] == ["more:", "agent-recorder", "ls", *target, "--limit"]
+    assert more[6:8] == ["1", "--page"]
+    _, out, _ = await cli(capsys, *more[2:])
     assert "s-old" in out and "s-new" not in out and "more:" not in out
+    _, out, _ = await cli(capsys, "ls", *target, "--limit", "1", "--since", iso(-10))
+    more = out.splitlines()[-1].split()
+    assert more[5:7] == ["--since", iso(-10)]
     _, out, _ = await cli(capsys, "ls", *target, "--limit", "1", "--all")
     assert "s-old" in out and "s-new" in out and "more:" not in out
 
@@ -200,7 +204,7 @@ async def test_tail_prints_stored_events_then_follows_live_ones(
         ["#2", "turn_end"],
         ["#3", "agent_end"],
     ]
-    env = {**os.environ, "AGENT_RECORDER_TARGET": two_agents.target, "COLUMNS": "200"}
+    env = {**os.environ, "AGENT_RECORDER_TARGET": two_agents.target}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

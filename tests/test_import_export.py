@@ -177,6 +177,22 @@ async def test_imported_open_loops_stay_open_for_the_rules(recorder: RunningReco
     assert list(flushed.finalized_session_ids) == [SID]
 
 
+async def test_replacing_a_session_refreshes_what_the_rules_know_of_it(
+    recorder: RunningRecorder,
+) -> None:
+    """After a replace, the next event continues the imported loop, not the replaced one."""
+    session = session_from_json(full())
+    running = next(loop for loop in session.loops if loop.status == session_pb2.LOOP_STATUS_RUNNING)
+    envelope = api.EventEnvelope(event=turn_start(running.loop_id, 1))
+    async with RecorderClient.connect(recorder.target) as client:
+        await client.import_session(session)
+        assert await client.append([envelope]) == [len(running.events)]
+        await client.import_session(session, replace=True)
+        assert await client.append([envelope]) == [len(running.events)]
+        loop = await client.get_loop(running.loop_id)
+    assert len(loop.events) == len(running.events) + 1
+
+
 # -- ingest ---------------------------------------------------------------------------
 
 

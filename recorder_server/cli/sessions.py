@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
@@ -95,14 +96,30 @@ async def list_sessions(args: argparse.Namespace) -> int:
         )
     console.print(sessions_table(page.sessions))
     if page.next_page_token:
-        console.print(f"more: agent-recorder ls --page {page.next_page_token}", style="dim")
+        hint = f"more: {next_page_command(args, page.next_page_token)}"
+        console.print(hint, style="dim", soft_wrap=True, markup=False)
     return 0
+
+
+def next_page_command(args: argparse.Namespace, token: str) -> str:
+    """The ls that shows the next page: a token only continues the same filters."""
+    words = ["agent-recorder", "ls"]
+    if args.target:
+        words += ["--target", args.target]
+    if args.agent:
+        words += ["--agent", args.agent]
+    if args.scope:
+        words += ["--scope", args.scope]
+    if args.since:
+        words += ["--since", args.since.isoformat()]
+    words += ["--limit", str(args.limit), "--page", token]
+    return shlex.join(words)
 
 
 async def tail_session(args: argparse.Namespace) -> int:
     async with RecorderClient.connect(args.target) as client:
         async for item in client.stream_events(session_id=args.session_id, follow=args.follow):
-            console.print(event_line(item.loop_id, item.event))
+            console.print(event_line(item.loop_id, item.event), soft_wrap=True)
     return 0
 
 
