@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -143,3 +144,16 @@ async def test_ui_reads_a_token_protected_sidecar_with_the_sidecars_token(
             assert await fetch(with_token.url, "/api/sessions") == (200, {})
         finally:
             await with_token.stop()
+
+
+def test_ui_says_when_its_port_is_taken(
+    short_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before any call: the sidecar need not even exist."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        target = f"unix://{short_tmp / 'none.sock'}"
+        assert cli_main(["ui", "--target", target, "--http", f"127.0.0.1:{port}"]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

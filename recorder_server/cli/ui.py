@@ -78,7 +78,13 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    ui = await start_ui(lambda: client_factory(args), host, port, allow_remote=args.allow_remote)
+    try:
+        ui = await start_ui(
+            lambda: client_factory(args), host, port, allow_remote=args.allow_remote
+        )
+    except OSError as exc:
+        print(f"agent-recorder ui: cannot listen on {args.http}: {exc.strerror}", file=sys.stderr)
+        return 1
     try:
         print(
             f"agent-recorder web view at {ui.url} (reading {args.target or 'the default sidecar'})",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +21,7 @@ from typing import Any, Final, TypeVar
 import grpc
 from agent_recorder.v1 import session_pb2
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -45,11 +46,10 @@ T = TypeVar("T")
 CLIENT: Final = web.AppKey("client", RecorderClient)
 STREAMS: Final[web.AppKey[set[asyncio.Task[Any]]]] = web.AppKey("streams")
 
+# Anything else is the sidecar failing the view: 502, with the gRPC code in the body.
 _HTTP_STATUS: Final = {
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 502,
-    grpc.StatusCode.PERMISSION_DENIED: 502,
 }
 
 
@@ -86,7 +86,7 @@ def create_app(client_factory: ClientFactory, *, allow_remote: bool = False) -> 
     return app
 
 
-def _guard(allow_remote: bool) -> Any:
+def _guard(allow_remote: bool) -> Middleware:
     """Only GET, and (unless remote use was allowed) only under a loopback host name.
 
     The host check keeps a web page elsewhere from reading the recordings through
@@ -94,9 +94,7 @@ def _guard(allow_remote: bool) -> Any:
     """
 
     @web.middleware
-    async def guard(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(request.method, ["GET"])
         if not allow_remote and request.url.host not in LOOPBACK_HOSTS:
@@ -110,9 +108,7 @@ def _guard(allow_remote: bool) -> Any:
 
 
 @web.middleware
-async def _rpc_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+async def _rpc_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A sidecar error becomes JSON with the gRPC code, so the page can say what failed."""
     try:
         return await handler(request)
@@ -311,8 +307,11 @@ async def start_ui(
         access_log=None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     sockets = runner.addresses
     bound_port = sockets[0][1] if sockets else port
     shown = f"[{host}]" if ":" in host else host

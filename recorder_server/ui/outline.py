@@ -112,7 +112,6 @@ def loop_outline(loop: session_pb2.LoopRecord, *, with_turns: bool = True) -> Js
     return {
         "id": loop.loop_id,
         "parent": loop.parent_loop_id if loop.HasField("parent_loop_id") else None,
-        "children": list(loop.children_loop_ids),
         "status": _STATUS.get(loop.status, "unspecified"),
         "kind": continuation(loop.continuation_kind),
         "start": millis(loop.started_at),

@@ -415,7 +415,8 @@ function renderTimeline(state, order) {
       [h("span", { class: "toggle" }, loop.turnCount ? (open ? "▾" : "▸") : ""), shortLoop(loop.id)],
       { title: loop.id, dataset: { toggle: loop.id } },
       h("div", { class: `bar s-${loop.status}`, style: pos(loop.start, end), dataset: { loop: loop.id },
-        title: `${loop.id} · ${loop.status} · ${fmtSpan(loop.end && loop.start ? loop.end - loop.start : null)}` })));
+        title: [loop.id, loop.status, loop.model, fmtSpan(loop.end && loop.start ? loop.end - loop.start : null)]
+          .filter(Boolean).join(" · ") })));
     if (!open) continue;
     if (!loop.turns) { fetchTurns(state, loop); continue; }
     for (const turn of loop.turns) {
