@@ -43,7 +43,10 @@ function fmtNum(value) {
 
 function fmtSpan(ms) {
   if (ms === null || ms === undefined) return "";
-  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 120000) return `${(ms / 1000).toFixed(ms < 10000 ? 2 : 1)} s`;
+  const minutes = Math.round(ms / 60000);
+  return minutes < 120 ? `${minutes} min` : `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
 }
 
 function shortLoop(id) {
@@ -433,7 +436,7 @@ function renderTimeline(state, order) {
   const zoom = (factor) => h("button", { type: "button", class: factor === state.zoom ? "zoom on" : "zoom", dataset: { zoom: factor } },
     factor === 1 ? "fit" : `${factor}×`);
   state.timeline.style.setProperty("--zoom", String(state.zoom));
-  state.timeline.replaceChildren(h("h2", {}, "Timeline ", [1, 4, 16, 64].map(zoom)),
+  state.timeline.replaceChildren(h("h2", {}, "Timeline ", [1, 4, 16, 64, 256].map(zoom)),
     h("div", { class: "tl-body" }, axis, rows));
   state.timeline.dataset.ready = "1";
 }
