@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from agent_recorder.v1 import events_pb2
+from agent_recorder.v1 import events_pb2, types_pb2
 from conftest import RunningRecorder
 from playwright.async_api import Page, async_playwright, expect
 
@@ -161,3 +161,30 @@ async def test_measure_ui_open_times_a_drawn_page_and_names_a_failure(
     assert await measure_ui_open(recorder.target, session) > 0
     with pytest.raises(RuntimeError, match="not found"):
         await measure_ui_open(recorder.target, "no-such-session")
+
+
+# A 1x1 transparent PNG: the page shows image blocks inline, from the recorded bytes.
+PIXEL = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+)
+
+
+async def test_a_loops_messages_show_thinking_and_image_blocks(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    answer = ev.assistant_message("Here is the chart.", model="m", provider="p")
+    answer.content.add().thinking.thinking = "the user wants a picture"
+    answer.content.add().image.CopyFrom(types_pb2.ImageContent(data=PIXEL, mime_type="image/png"))
+    async with RecorderClient.connect(recorder.target) as client:
+        sender = client.sender()
+        sender.emit(start("pics", "pics.cfg.0"))
+        sender.emit(ev.agent_end("pics.cfg.0", messages=[answer]))
+        await sender.close()
+    await page.goto(session_url(ui.url, "pics"), wait_until="load")
+    await page.locator('#tree .node[data-loop="pics.cfg.0"]').click()
+    message = page.locator("#details .msg.role-assistant")
+    await expect(message.locator(".block-text")).to_have_text("Here is the chart.")
+    await expect(message.locator(".block-thinking")).to_have_text("the user wants a picture")
+    image = message.locator(".block-image img")
+    await expect(image).to_have_attribute("src", f"data:image/png;base64,{PIXEL}")
+    assert await image.evaluate("img => img.complete && img.naturalWidth") == 1
