@@ -238,14 +238,15 @@ def check_store(db_path: Path, expected: dict[str, list[str]]) -> Verdict:
             rows += 1
     finally:
         conn.close()
-    missing = doubled = 0
+    # Rows sharing a (loop_id, sequence), should the unique index ever fail.
+    doubled = rows - sum(len(have) for have in stored.values())
+    missing = 0
     wrong = []
     for loop_id in expected.keys() | stored.keys():
         want = expected.get(loop_id, [])
         have = stored.get(loop_id, {})
         missing += sum(1 for seq in range(len(want)) if seq not in have)
-        # The unique (loop_id, sequence) index leaves one way to store an event
-        # twice: under a later sequence, beyond the plan's end.
+        # Otherwise an event stored twice sits under a later sequence, past the plan's end.
         doubled += sum(1 for seq in have if not 0 <= seq < len(want))
         if any(have[seq] != kind for seq, kind in enumerate(want) if seq in have):
             wrong.append(loop_id)

@@ -107,6 +107,24 @@ async def test_import_refuses_an_existing_session_unless_replace(
     assert [loop.agent_id for loop in stored.loops] == ["agent-2"] * 5
 
 
+async def test_import_names_the_file_and_path_of_what_it_cannot_read(
+    recorder: RunningRecorder, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    broken = full()
+    del broken["loops"][1]["status"]
+    (tmp_path / "a.json").write_text(json.dumps(broken), encoding="utf-8")
+    (tmp_path / "b.json").write_text("{", encoding="utf-8")
+    code, out, err = await cli(capsys, "import", "--target", recorder.target, str(tmp_path))
+    assert (code, out) == (1, "")
+    assert err.splitlines()[0].startswith(f"agent-recorder import: {tmp_path / 'a.json'}: ")
+    assert "loops[1].status" in err.splitlines()[0]
+    assert err.splitlines()[1].startswith(f"agent-recorder import: {tmp_path / 'b.json'}: ")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = await cli(capsys, "import", "--target", recorder.target, str(empty))
+    assert (code, out, err) == (1, "", f"agent-recorder import: no *.json files in {empty}\n")
+
+
 async def test_import_refuses_loops_of_another_session(recorder: RunningRecorder) -> None:
     async with RecorderClient.connect(recorder.target) as client:
         await client.import_session(session_from_json(full()))

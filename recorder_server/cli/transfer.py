@@ -226,6 +226,13 @@ def parse_session(path: Path, fmt: str) -> session_pb2.Session:
 
 async def import_sessions(args: argparse.Namespace) -> int:
     files = session_files(args.paths)
+    if not files:
+        err.print(
+            f"agent-recorder import: no *.json files in {' '.join(args.paths)}",
+            markup=False,
+            soft_wrap=True,
+        )
+        return 1
     failed = 0
     async with RecorderClient.connect(args.target) as client:
         with progress() as bar:
