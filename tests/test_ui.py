@@ -188,3 +188,27 @@ async def test_a_loops_messages_show_thinking_and_image_blocks(
     image = message.locator(".block-image img")
     await expect(image).to_have_attribute("src", f"data:image/png;base64,{PIXEL}")
     assert await image.evaluate("img => img.complete && img.naturalWidth") == 1
+
+
+async def test_a_loops_raw_events_come_a_page_at_a_time(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    async with RecorderClient.connect(recorder.target) as client:
+        sender = client.sender()
+        sender.emit(start("long", "long.cfg.0"))
+        for index in range(125):
+            sender.emit(ev.turn_start("long.cfg.0", index))
+            sender.emit(
+                ev.turn_end("long.cfg.0", ev.assistant_message("ok", model="m", provider="p"))
+            )
+        sender.emit(ev.agent_end("long.cfg.0"))
+        await sender.close()
+    await page.goto(session_url(ui.url, "long"), wait_until="load")
+    await page.locator('#tree .node[data-loop="long.cfg.0"]').click()
+    rows = page.locator("#details table.events tr.ev")
+    await expect(rows).to_have_count(200)
+    await page.locator("#details button", has_text="load more").click()
+    await expect(rows).to_have_count(252)
+    await expect(page.locator("#details button", has_text="load more")).to_be_hidden()
+    await rows.last.click()
+    await expect(page.locator("#details table.events tr:not(.ev)").last).to_contain_text("agentEnd")
