@@ -105,7 +105,11 @@ class Writer:
         store: WriteStore,
         options: RecordingOptions,
         *,
-        max_queue: int = 4096,
+        # Jobs accepted but not committed, each holding a parsed batch (~1 MB from a
+        # client library). A deeper queue does not feed group commit (a group takes
+        # what is queued anyway) but holds memory; when full, Record streams stop
+        # reading and HTTP/2 flow control pushes back on the clients.
+        max_queue: int = 16,
         max_group: int = 512,
     ) -> None:
         self.store = store
