@@ -52,7 +52,14 @@ async def emit(sender: EventSender, event: Event) -> None:
 
 
 def _sender(client: RecorderClient) -> EventSender:
-    return client.sender(config=DeliveryConfig(on_full="block", flush_timeout=FLUSH_TIMEOUT_S))
+    """The library's defaults, except that a full sender is waited on (within the
+    phase's own time bound) instead of refusing: a benchmark client has nothing
+    better to do than wait for the server."""
+    return client.sender(
+        config=DeliveryConfig(
+            on_full="block", block_timeout=FLUSH_TIMEOUT_S, flush_timeout=FLUSH_TIMEOUT_S
+        )
+    )
 
 
 # -- throughput -------------------------------------------------------------------
