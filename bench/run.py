@@ -58,7 +58,7 @@ class Sizes:
     roots: int = 125  # 125 roots x (1 + 7 sub-agents) = 1,000 loops ...
     children: int = 7
     loop_events: int = 100  # ... of 100 events: 100,000 events in one session
-    get_repeats: int = 3
+    get_repeats: int = 2
     list_sessions: int = 100_000  # one-loop sessions ...
     list_loop_events: int = 10  # ... of 10 events: the 1,000,000-event run
     list_repeats: int = 50
