@@ -7,14 +7,17 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recorder_client import defaults
 from recorder_client.defaults import default_db_path, default_target
 from recorder_server.cli.common import Commands, add_command
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import SecurityConfigError, check_token
-from recorder_server.server import DatabaseInUse, RecorderServer, ServerConfig
 from recorder_server.validation import Limits
+
+if TYPE_CHECKING:
+    from recorder_server.server import ServerConfig
 
 
 def register(commands: Commands) -> None:
@@ -98,6 +101,8 @@ def _positive_int(text: str) -> int:
 
 
 def config_from(args: argparse.Namespace) -> ServerConfig:
+    from recorder_server.server import ServerConfig  # the server stack: only for `serve`
+
     return ServerConfig(
         db_path=args.db or default_db_path(),
         listen=args.listen or default_target(),
@@ -131,6 +136,8 @@ def _token(token_file: Path | None) -> str | None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from recorder_server.server import DatabaseInUse, RecorderServer
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,7 +10,6 @@ import sys
 
 from recorder_client.client import RecorderClient
 from recorder_server.cli.common import Commands, add_command, add_target
-from recorder_server.ui.app import start_ui
 
 DEFAULT_HTTP = "127.0.0.1:8765"
 
@@ -79,6 +78,8 @@ async def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        from recorder_server.ui.app import start_ui  # aiohttp: loaded only for `ui`
+
         ui = await start_ui(
             lambda: client_factory(args), host, port, allow_remote=args.allow_remote
         )
