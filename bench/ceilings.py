@@ -65,10 +65,10 @@ def storage(workdir: Path, stream: Stream, clients: int, batch: int) -> Throughp
         seconds = time.perf_counter() - started
     finally:
         conn.close()
-    return Throughput(len(rows), sum(len(row[4]) for row in rows), seconds)
+    return Throughput(len(rows), sum(len(row[4]) for row in rows), seconds, 0.0, 0.0)
 
 
 def transport(workdir: Path, stream: Stream, clients: int, timeout: float) -> Throughput:
     """The same clients and events against the discarding sink."""
     with sidecar.sink(workdir, "sink") as sink:
-        return ingest.throughput(sink.target, clients, stream, timeout)
+        return ingest.throughput(sink, clients, stream, timeout)

@@ -7,10 +7,12 @@ their own (bench/fleet.py), against a server process (bench/sidecar.py).
   (yielding to the event loop once per batch, as an agent's own awaits would)
   and then flushes; the clock runs from the common start until the last flush
   returns, i.e. until every event is acknowledged as committed.
-- Ack latency: one client emits at a steady rate; each event's latency is from
-  emit() until a flush() issued right after it returns (the proof that it is
-  committed). A pending flush makes the sender send at once rather than linger
-  for a fuller batch, so this is the latency of a caller that asks for proof.
+- Ack latency: one client emits at a steady rate with the library's default
+  batching; every `probe_every`-th event is followed by a flush(), and its
+  latency is from emit() until that flush returns (the proof it is committed).
+  A pending flush makes the sender send at once instead of lingering, so this is
+  the latency of a caller who asks for proof. With probe_every=1 every event is
+  its own batch, which measures the server's cost per batch instead.
 - Emit cost: the wall time of each emit() call, while the sender's background
   task delivers on the same event loop.
 """
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from grpc import aio
 
 from bench.fleet import Start, run_clients
+from bench.sidecar import ServerProcess
 from bench.workload import Event, mix_stream
 from recorder_client import DeliveryConfig, EventSender, QueueFull, RecorderClient
 
@@ -80,6 +83,7 @@ class Delivered:
     nbytes: int
     started: float
     finished: float
+    cpu_seconds: float
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,9 @@ class Throughput:
     events: int
     nbytes: int
     seconds: float
+    # CPU used while delivering: the server process, and all clients together.
+    server_cpu_seconds: float
+    client_cpu_seconds: float
 
     @property
     def eps(self) -> float:
@@ -95,6 +102,13 @@ class Throughput:
     @property
     def mb_per_s(self) -> float:
         return self.nbytes / self.seconds / 1e6
+
+    def cpu_note(self) -> str:
+        """CPU per event on each side: on 2 cores, their sum bounds throughput."""
+        server, clients = (
+            1e6 * cpu / self.events for cpu in (self.server_cpu_seconds, self.client_cpu_seconds)
+        )
+        return f"CPU per event: server {server:.0f} us, clients {clients:.0f} us"
 
 
 async def _deliver(target: str, index: int, stream: Stream, start: Start) -> Delivered:
@@ -108,6 +122,7 @@ async def _deliver(target: str, index: int, stream: Stream, start: Start) -> Del
         sender = _sender(client)
         await start()
         started = time.monotonic()
+        cpu_started = time.process_time()
         for event in events:
             await emit(sender, event)
             count += 1
@@ -117,15 +132,27 @@ async def _deliver(target: str, index: int, stream: Stream, start: Start) -> Del
                 await asyncio.sleep(0)
         await sender.flush()
         finished = time.monotonic()
+        cpu_seconds = time.process_time() - cpu_started
         await sender.close()
-    return Delivered(count, nbytes, started, finished)
+    return Delivered(count, nbytes, started, finished, cpu_seconds)
 
 
-def throughput(target: str, clients: int, stream: Stream, timeout: float) -> Throughput:
-    """Events per second from the common start until every client's flush returned."""
-    done = run_clients(_deliver, target, clients, stream, timeout)
+def throughput(server: ServerProcess, clients: int, stream: Stream, timeout: float) -> Throughput:
+    """Events per second from the common start until every client's flush returned.
+
+    The server's CPU is read around the whole client run (their preparation
+    included, during which the server idles).
+    """
+    cpu_before = server.cpu_seconds()
+    done = run_clients(_deliver, server.target, clients, stream, timeout)
     seconds = max(d.finished for d in done) - min(d.started for d in done)
-    return Throughput(sum(d.events for d in done), sum(d.nbytes for d in done), seconds)
+    return Throughput(
+        sum(d.events for d in done),
+        sum(d.nbytes for d in done),
+        seconds,
+        server.cpu_seconds() - cpu_before,
+        sum(d.cpu_seconds for d in done),
+    )
 
 
 # -- ack latency ------------------------------------------------------------------
@@ -137,6 +164,7 @@ class Paced:
     seconds: float
     warmup: int
     seed: int
+    probe_every: int
 
 
 async def _paced(target: str, index: int, paced: Paced, start: Start) -> list[float]:
@@ -160,7 +188,8 @@ async def _paced(target: str, index: int, paced: Paced, start: Start) -> list[fl
                 await asyncio.sleep(delay)
             emitted = time.perf_counter()
             sender.emit(event)
-            confirmations.append(asyncio.create_task(confirm(emitted, i >= paced.warmup)))
+            if i % paced.probe_every == 0:
+                confirmations.append(asyncio.create_task(confirm(emitted, i >= paced.warmup)))
         await asyncio.gather(*confirmations)
         await sender.close()
     return latencies

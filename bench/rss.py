@@ -83,7 +83,7 @@ def long_run(
         pregenerate=False,
     )
     with sidecar.recorder(workdir, "long") as server, RssSampler(server.pid) as sampler:
-        done = ingest.throughput(server.target, clients, stream, timeout)
+        done = ingest.throughput(server, clients, stream, timeout)
         peak = status_mb(server.pid, "VmHWM")
         list_ms = reads.first_page_ms(server.target, list_repeats)
     return LongRun(done, peak, list_ms, sampler.samples)

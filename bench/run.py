@@ -9,6 +9,7 @@ nothing); `--scale` multiplies the event counts of a full run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -54,6 +55,7 @@ class Sizes:
     ack_rate: float = 1000.0
     ack_seconds: float = 10.0
     ack_warmup: int = 500
+    probe_every: int = 10  # every 10th event's emit -> flush latency is a sample
     emits: int = 20_000
     roots: int = 125  # 125 roots x (1 + 7 sub-agents) = 1,000 loops ...
     children: int = 7
@@ -139,31 +141,29 @@ class Bench:
     def ingest_one(self) -> None:
         stream = Stream(partial(mix_stream, total=self.sizes.ingest_1), self.seed)
         with sidecar.recorder(self.workdir, "ingest1") as server:
-            done = ingest.throughput(server.target, 1, stream, _timeout(self.sizes.ingest_1))
+            done = ingest.throughput(server, 1, stream, _timeout(self.sizes.ingest_1))
         self.results["ingest_eps_1"] = done.eps
         self.notes.append(
             f"ingest, 1 client: {done.events:,} events ({done.nbytes / done.events:,.0f} B "
-            f"mean) in {done.seconds:.1f} s, {done.mb_per_s:.1f} MB/s"
+            f"mean) in {done.seconds:.1f} s, {done.mb_per_s:.1f} MB/s; {done.cpu_note()}"
         )
 
     def ingest_many(self) -> None:
         s = self.sizes
-        with sidecar.recorder(self.workdir, "ingest4") as server:
-            if self.profile_dir is None:
-                done = ingest.throughput(
-                    server.target, s.clients, self._mix(), _timeout(s.clients * s.ingest_4)
-                )
-            else:
-                raw = self.profile_dir / "server-ingest.txt"
-                with profile.spy(server.pid, raw):
-                    done = ingest.throughput(
-                        server.target, s.clients, self._mix(), _timeout(s.clients * s.ingest_4)
-                    )
-                (self.profile_dir / "server-ingest-summary.txt").write_text(profile.summarize(raw))
+        raw = None if self.profile_dir is None else self.profile_dir / "server-ingest.txt"
+        with (
+            sidecar.recorder(self.workdir, "ingest4") as server,
+            contextlib.nullcontext() if raw is None else profile.spy(server.pid, raw),
+        ):
+            done = ingest.throughput(
+                server, s.clients, self._mix(), _timeout(s.clients * s.ingest_4)
+            )
+        if raw is not None:
+            raw.with_name("server-ingest-summary.txt").write_text(profile.summarize(raw))
         self.results["ingest_eps_4"] = done.eps
         self.notes.append(
             f"ingest, {s.clients} clients: {done.events:,} events in {done.seconds:.1f} s, "
-            f"{done.mb_per_s:.1f} MB/s"
+            f"{done.mb_per_s:.1f} MB/s; {done.cpu_note()}"
         )
 
     def storage_ceiling(self) -> None:
@@ -182,19 +182,26 @@ class Bench:
         )
         self.results["grpc_ceiling_eps"] = done.eps
         self.notes.append(
-            f"transport ceiling: {s.clients} clients to a discarding sink, {done.mb_per_s:.1f} MB/s"
+            f"transport ceiling: {s.clients} clients to a discarding sink, {done.mb_per_s:.1f} "
+            f"MB/s; {done.cpu_note()}"
         )
 
     def latency(self) -> None:
         s = self.sizes
-        paced = Paced(s.ack_rate, s.ack_seconds, s.ack_warmup, self.seed)
+        paced = Paced(s.ack_rate, s.ack_seconds, s.ack_warmup, self.seed, s.probe_every)
+        bound = _timeout(0) + s.ack_seconds
         with sidecar.recorder(self.workdir, "latency") as server:
-            p50, p99 = ingest.ack_latency(server.target, paced, _timeout(0) + s.ack_seconds)
+            p50, p99 = ingest.ack_latency(server.target, paced, bound)
             emit_us = ingest.emit_cost(server.target, Emits(s.emits, self.seed), _timeout(s.emits))
+        with sidecar.recorder(self.workdir, "latency1") as server:
+            each50, each99 = ingest.ack_latency(server.target, replace(paced, probe_every=1), bound)
         self.results.update(ack_p50_ms=p50, ack_p99_ms=p99, emit_us=emit_us)
         self.notes.append(
-            f"ack latency: {int(s.ack_rate * s.ack_seconds):,} events at {s.ack_rate:,.0f}/s, "
-            f"emit() until flush() returns; emit cost: median of {s.emits:,} emit() calls"
+            f"ack latency: {int(s.ack_rate * s.ack_seconds):,} events at {s.ack_rate:,.0f}/s "
+            f"with default batching, every {s.probe_every}th emit() timed until its flush() "
+            f"returns. Flushing after every event instead (so {s.ack_rate:,.0f} one-event "
+            f"batches/s): p50 {each50:.1f} ms, p99 {each99:.1f} ms. emit cost: median of "
+            f"{s.emits:,} emit() calls"
         )
 
     def session_reads(self) -> None:
@@ -207,7 +214,7 @@ class Bench:
             self.seed,
         )
         with sidecar.recorder(self.workdir, "reads") as server:
-            filled = ingest.throughput(server.target, 1, stream, _timeout(loops * s.loop_events))
+            filled = ingest.throughput(server, 1, stream, _timeout(loops * s.loop_events))
             got = reads.session_reads(server.target, s.get_repeats)
         self.results.update(
             get_session_ms=got.get_session_ms, stream_events_eps=got.stream_events_eps
