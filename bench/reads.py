@@ -11,6 +11,7 @@ sidecar itself filled (bench/workload.py's exact-size fixtures).
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from dataclasses import dataclass
@@ -60,6 +61,23 @@ async def _session_reads(target: str, index: int, repeats: Repeats, start: Start
         response_mb=session.ByteSize() / 1e6,
         stream_events_eps=streamed / stream_s,
     )
+
+
+def ui_open_seconds(target: str) -> float | None:
+    """Seconds until the web view has drawn the database's only session (tree and
+    timeline), in headless Chromium; None where Debian's chromium is not installed."""
+    from recorder_server.ui.measure import CHROMIUM, measure_ui_open
+
+    if not CHROMIUM.exists():
+        return None
+
+    async def measure() -> float:
+        client = await connect(target)
+        async with client:
+            [summary] = (await client.list_sessions(page_size=1)).sessions
+        return await measure_ui_open(target, summary.session_id, timeout_s=READ_TIMEOUT_S)
+
+    return asyncio.run(measure())
 
 
 def session_reads(target: str, repeats: int) -> SessionReads:
