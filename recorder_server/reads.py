@@ -102,7 +102,9 @@ class Reads:
             )
         return session_pb2.Session.FromString(bytes(rows[0][0])) if rows else None
 
-    async def get_session(self, session_id: str, skip_events: bool) -> session_pb2.Session:
+    async def get_session(
+        self, session_id: str, skip_events: bool, skip_turns: bool = False
+    ) -> session_pb2.Session:
         async with self.pool.connection() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT head FROM sessions WHERE session_id = ?", (session_id,)
@@ -114,11 +116,16 @@ class Reads:
                 "SELECT loop_id, record FROM loops WHERE session_id = ? ORDER BY position",
                 (session_id,),
             )
-            turns = await conn.execute_fetchall(
-                "SELECT t.loop_id, t.body FROM loops l JOIN turns t ON t.loop_id = l.loop_id "
-                "WHERE l.session_id = ? ORDER BY t.loop_id, t.turn_no",
-                (session_id,),
-            )
+            turns: list[tuple[str, bytes]] = []
+            if not skip_turns:
+                turns = list(
+                    await conn.execute_fetchall(  # type: ignore[arg-type]
+                        "SELECT t.loop_id, t.body FROM loops l "
+                        "JOIN turns t ON t.loop_id = l.loop_id "
+                        "WHERE l.session_id = ? ORDER BY t.loop_id, t.turn_no",
+                        (session_id,),
+                    )
+                )
             events: list[tuple[str, int, bytes]] = []
             if not skip_events:
                 events = list(

@@ -173,7 +173,9 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         self, request: api.GetSessionRequest, context: Context
     ) -> api.GetSessionResponse:
         validate_request(request, self.limits)
-        session = await self.reads.get_session(request.session_id, request.skip_events)
+        session = await self.reads.get_session(
+            request.session_id, request.skip_events, request.skip_turns
+        )
         return api.GetSessionResponse(session=session)
 
     @unary

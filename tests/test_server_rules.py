@@ -445,6 +445,25 @@ async def test_rule6_turns_are_materialized_with_inputs_and_stamped_tool_results
     assert loop.config == config()
 
 
+async def test_get_session_skip_turns_leaves_out_only_the_turns(
+    recorder: RunningRecorder,
+) -> None:
+    """The outline view: loops and events as stored, turns left for GetLoop."""
+    stub = aio(recorder.stub())
+    first, turn0 = _turn("s.main.0", 0, 10)
+    await append(stub, [agent_start("s", "s.main.0", config=config(), at=1), *first])
+    full = await get_session(stub, "s")
+    request = api.GetSessionRequest(session_id="s", skip_turns=True)
+    outline = (await stub.GetSession(request, timeout=DEADLINE)).session
+    assert list(full.loops[0].turns) == [turn0]
+    assert list(outline.loops[0].turns) == []
+    without_turns = session_pb2.LoopRecord()
+    without_turns.CopyFrom(full.loops[0])
+    del without_turns.turns[:]
+    assert outline.loops[0] == without_turns
+    assert outline.session_id == full.session_id and len(outline.loops) == 1
+
+
 async def test_rule6_request_payload_is_kept_with_capture_on(recorder: RunningRecorder) -> None:
     stub = await restart_with(recorder, RecordingOptions(capture_turn_requests=True))
     events, turn = _turn("s.main.0", 0, 10)

@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 
 from recorder_client.client import RecorderClient
 from recorder_client.errors import RecorderRpcError
-from recorder_server.ui.outline import loop_outline, session_outline
+from recorder_server.ui.outline import TURNS_UP_TO, loop_outline, session_outline
 
 log = logging.getLogger(__name__)
 
@@ -161,13 +161,17 @@ async def _session(request: web.Request) -> web.StreamResponse:
     """
     client = request.app[CLIENT]
     session_id = request.match_info["session_id"]
-    session = await client.get_session(session_id, skip_events=True)
+    session = await client.get_session(session_id, skip_events=True, skip_turns=True)
     cursor = None
     started = [loop.loop_id for loop in session.loops if loop.HasField("started_at")]
     if not session.HasField("finalized_at"):
         cursor = await _last_cursor(client, started[-1]) if started else 0
-        session = await client.get_session(session_id, skip_events=True)
-    outline = session_outline(session)
+    if not session.HasField("finalized_at") or len(session.loops) <= TURNS_UP_TO:
+        # Turns only where the outline draws them; a big session's loop rows
+        # fetch theirs when expanded.
+        skip = len(session.loops) > TURNS_UP_TO
+        session = await client.get_session(session_id, skip_events=True, skip_turns=skip)
+    outline = session_outline(session, turns_up_to=TURNS_UP_TO)
     outline["cursor"] = cursor
     return web.json_response(outline)
 

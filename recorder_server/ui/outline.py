@@ -132,7 +132,11 @@ def loop_outline(loop: session_pb2.LoopRecord, *, with_turns: bool = True) -> Js
     }
 
 
-def session_outline(session: session_pb2.Session, *, turns_up_to: int = 200) -> JsonDict:
+# A session with more loops than this opens with its loops alone.
+TURNS_UP_TO = 200
+
+
+def session_outline(session: session_pb2.Session, *, turns_up_to: int = TURNS_UP_TO) -> JsonDict:
     """The session's header, its loops in recorded order and its total usage.
 
     Turns are included when the session has at most turns_up_to loops: a big
