@@ -187,11 +187,11 @@ class RecorderClient:
         session_id: str,
         *,
         skip_events: bool = False,
-        skip_turns: bool = False,
+        skip_messages: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> session_pb2.Session:
         request = service_pb2.GetSessionRequest(
-            session_id=session_id, skip_events=skip_events, skip_turns=skip_turns
+            session_id=session_id, skip_events=skip_events, skip_messages=skip_messages
         )
         response = await self._call(
             lambda t, md: self._stub.GetSession(request, timeout=t, metadata=md),

@@ -103,7 +103,7 @@ class Reads:
         return session_pb2.Session.FromString(bytes(rows[0][0])) if rows else None
 
     async def get_session(
-        self, session_id: str, skip_events: bool, skip_turns: bool = False
+        self, session_id: str, skip_events: bool, skip_messages: bool = False
     ) -> session_pb2.Session:
         async with self.pool.connection() as conn:
             rows = await conn.execute_fetchall(
@@ -117,7 +117,7 @@ class Reads:
                 (session_id,),
             )
             turns: list[tuple[str, bytes]] = []
-            if not skip_turns:
+            if not skip_messages:
                 turns = list(
                     await conn.execute_fetchall(  # type: ignore[arg-type]
                         "SELECT t.loop_id, t.body FROM loops l "
@@ -142,6 +142,8 @@ class Reads:
             extra[loop_id].append(_field(LOOP_EVENTS_FIELD, loop_event_bytes(sequence, body)))
         parts = [head]
         for loop_id, record in loops:
+            if skip_messages:
+                record = _without_messages(record)
             parts.append(_field(SESSION_LOOPS_FIELD, b"".join([record, *extra[loop_id]])))
         return session_pb2.Session.FromString(b"".join(parts))
 
@@ -304,6 +306,12 @@ class Reads:
                 )
             )
         return (bool(rows), bool(rows) and rows[0][0] is not None)
+
+
+def _without_messages(record: bytes) -> bytes:
+    loop = session_pb2.LoopRecord.FromString(record)
+    loop.ClearField("messages")
+    return loop.SerializeToString()
 
 
 def _summary(head: bytes) -> api.SessionSummary:

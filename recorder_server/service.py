@@ -174,7 +174,7 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     ) -> api.GetSessionResponse:
         validate_request(request, self.limits)
         session = await self.reads.get_session(
-            request.session_id, request.skip_events, request.skip_turns
+            request.session_id, request.skip_events, request.skip_messages
         )
         return api.GetSessionResponse(session=session)
 

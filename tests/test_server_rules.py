@@ -445,22 +445,33 @@ async def test_rule6_turns_are_materialized_with_inputs_and_stamped_tool_results
     assert loop.config == config()
 
 
-async def test_get_session_skip_turns_leaves_out_only_the_turns(
+async def test_get_session_skip_messages_leaves_out_only_messages_and_turns(
     recorder: RunningRecorder,
 ) -> None:
-    """The outline view: loops and events as stored, turns left for GetLoop."""
+    """The outline view: loops and events as stored, messages and turns left for GetLoop."""
     stub = aio(recorder.stub())
     first, turn0 = _turn("s.main.0", 0, 10)
-    await append(stub, [agent_start("s", "s.main.0", config=config(), at=1), *first])
+    said = user("bye", at=30)
+    await append(
+        stub,
+        [
+            agent_start("s", "s.main.0", config=config(), at=1),
+            *first,
+            agent_end("s.main.0", [said], at=31),
+        ],
+    )
     full = await get_session(stub, "s")
-    request = api.GetSessionRequest(session_id="s", skip_turns=True)
+    request = api.GetSessionRequest(session_id="s", skip_messages=True)
     outline = (await stub.GetSession(request, timeout=DEADLINE)).session
     assert list(full.loops[0].turns) == [turn0]
+    assert list(full.loops[0].messages) == [said]
     assert list(outline.loops[0].turns) == []
-    without_turns = session_pb2.LoopRecord()
-    without_turns.CopyFrom(full.loops[0])
-    del without_turns.turns[:]
-    assert outline.loops[0] == without_turns
+    assert list(outline.loops[0].messages) == []
+    expected = session_pb2.LoopRecord()
+    expected.CopyFrom(full.loops[0])
+    del expected.turns[:]
+    del expected.messages[:]
+    assert outline.loops[0] == expected
     assert outline.session_id == full.session_id and len(outline.loops) == 1
 
 

@@ -161,7 +161,7 @@ async def _session(request: web.Request) -> web.StreamResponse:
     """
     client = request.app[CLIENT]
     session_id = request.match_info["session_id"]
-    session = await client.get_session(session_id, skip_events=True, skip_turns=True)
+    session = await client.get_session(session_id, skip_events=True, skip_messages=True)
     cursor = None
     started = [loop.loop_id for loop in session.loops if loop.HasField("started_at")]
     if not session.HasField("finalized_at"):
@@ -170,7 +170,7 @@ async def _session(request: web.Request) -> web.StreamResponse:
         # Turns only where the outline draws them; a big session's loop rows
         # fetch theirs when expanded.
         skip = len(session.loops) > TURNS_UP_TO
-        session = await client.get_session(session_id, skip_events=True, skip_turns=skip)
+        session = await client.get_session(session_id, skip_events=True, skip_messages=skip)
     outline = session_outline(session, turns_up_to=TURNS_UP_TO)
     outline["cursor"] = cursor
     return web.json_response(outline)

@@ -314,24 +314,24 @@ class GetSessionRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SKIP_EVENTS_FIELD_NUMBER: _builtins.int
-    SKIP_TURNS_FIELD_NUMBER: _builtins.int
+    SKIP_MESSAGES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     skip_events: _builtins.bool
     """Leave out each loop's events (the rest of the tree is unchanged)."""
-    skip_turns: _builtins.bool
-    """Leave out each loop's turns, whose messages dominate a large session (an
-    outline); GetLoop returns them loop by loop.
+    skip_messages: _builtins.bool
+    """Leave out each loop's messages and turns, which dominate a large session:
+    an outline of the tree. GetLoop returns them loop by loop.
     """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         skip_events: _builtins.bool = ...,
-        skip_turns: _builtins.bool = ...,
+        skip_messages: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "skip_events", b"skip_events", "skip_turns", b"skip_turns"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "skip_events", b"skip_events", "skip_messages", b"skip_messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
