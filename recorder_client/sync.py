@@ -21,7 +21,7 @@ from agent_recorder.v1 import events_pb2, session_pb2
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 
 from recorder_client.client import DEFAULT_TIMEOUT, RecorderClient
-from recorder_client.delivery import DeliveryConfig, EventSender, SenderStats
+from recorder_client.delivery import DeliveryConfig, EventSender, SenderStats, envelope_of
 from recorder_client.errors import QueueFull
 from recorder_client.queries import event_loop_id
 
@@ -79,7 +79,7 @@ class SyncRecorder:
         if (refusal := self._sender._refusal) is not None:
             raise RuntimeError(refusal)
         loop_id = event_loop_id(event)
-        envelope = service_pb2.EventEnvelope(event=event)
+        envelope = envelope_of(event)
         nbytes = envelope.ByteSize()
         budget = self._sender._budget
         if not budget.try_take(nbytes) and (
