@@ -98,16 +98,16 @@ def run_turn(
     )
 
 
-def simple_loop(
+def start_loop(
     sender: EventSender,
     clock: Clock,
     session: str,
     loop_id: str,
     parent: str,
-    kind: str,
+    kind: str = "default",
     tag: str = "",
-    prompt: str = "go on",
 ) -> None:
+    """AgentStart of a loop that continues `parent` in the same session."""
     sender.emit(
         ev.agent_start(
             agent_id=AGENT,
@@ -120,6 +120,19 @@ def simple_loop(
             at=clock.tick(),
         )
     )
+
+
+def simple_loop(
+    sender: EventSender,
+    clock: Clock,
+    session: str,
+    loop_id: str,
+    parent: str,
+    kind: str,
+    tag: str = "",
+    prompt: str = "go on",
+) -> None:
+    start_loop(sender, clock, session, loop_id, parent, kind, tag)
     run_turn(sender, clock, loop_id, 0, prompt, f"done with {loop_id.rsplit('.', 1)[1]}")
     sender.emit(ev.agent_end(loop_id, tokens=ev.usage(input=200, output=80), at=clock.tick()))
 
@@ -208,27 +221,11 @@ async def record(target: str) -> tuple[str, str]:
         simple_loop(sender, clock, session, rerun, origin, "rerun", "retry-1")
         winner = record_parallel(sender, clock, session, rerun)
         rejected = f"{session}.{PROVIDER}-{MODEL}.6"
-        sender.emit(
-            ev.agent_start(
-                agent_id=AGENT,
-                session_id=session,
-                loop_id=rejected,
-                parent_loop_id=winner,
-                at=clock.tick(),
-            )
-        )
+        start_loop(sender, clock, session, rejected, winner)
         sender.emit(ev.input_rejected(rejected, "prompt asks for credentials"))
         sender.emit(ev.agent_end(rejected, rejection="input rejected by policy", at=clock.tick()))
         open_loop = f"{session}.{PROVIDER}-{MODEL}.7"
-        sender.emit(
-            ev.agent_start(
-                agent_id=AGENT,
-                session_id=session,
-                loop_id=open_loop,
-                parent_loop_id=winner,
-                at=clock.tick(),
-            )
-        )
+        start_loop(sender, clock, session, open_loop, winner)
         sender.emit(ev.turn_start(open_loop, 0, at=clock.tick()))
         await sender.flush(timeout=30)
         flushed = await client.flush_sessions(session_id=session)
