@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from agent_recorder.v1 import events_pb2, types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from recorder_client.queries import sum_usage
+
 Event = events_pb2.AgentEvent
 # 2026-01-01T00:00:00Z: sessions start here plus a per-seed offset.
 EPOCH_US = 1_767_225_600_000_000
@@ -188,7 +190,7 @@ class Workload:
         end.usage.CopyFrom(assistant.usage)
         end.tool_results.extend(results)
         self._stamp(end.timestamp)
-        _add_usage(loop.usage, assistant.usage)
+        loop.usage.CopyFrom(sum_usage([loop.usage, assistant.usage]))
 
     def _tool_call_count(self, exact: int | None) -> int:
         if exact is not None:
@@ -328,15 +330,6 @@ class Workload:
         self._now_us += self._rng.randint(2_000, 2_000_000)
         ts.seconds, ts.nanos = divmod(self._now_us, 1_000_000)
         ts.nanos *= 1000
-
-
-def _add_usage(total: types_pb2.Usage, usage: types_pb2.Usage) -> None:
-    total.input += usage.input
-    total.output += usage.output
-    total.reasoning += usage.reasoning
-    total.cache_read += usage.cache_read
-    total.cache_write += usage.cache_write
-    total.total_tokens += usage.total_tokens
 
 
 def mix_stream(seed: int, total: int) -> list[Event]:

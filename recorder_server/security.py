@@ -69,7 +69,11 @@ def is_local_address(address: str) -> bool:
     if address.startswith(("unix:", "unix-abstract:")):
         return True
     host = address.rsplit(":", 1)[0] if ":" in address else address
-    host = host.removeprefix("[").removesuffix("]")
+    return is_loopback_host(host.removeprefix("[").removesuffix("]"))
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost` or a loopback IP literal (names are not resolved; see above)."""
     if host == "localhost":
         return True
     try:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import signal
 import sys
 
 from recorder_client.client import RecorderClient
 from recorder_server.cli.common import Commands, add_command, add_target
+from recorder_server.security import is_loopback_host
 
 DEFAULT_HTTP = "127.0.0.1:8765"
 
@@ -43,15 +43,6 @@ def split_http(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def client_factory(args: argparse.Namespace) -> RecorderClient:
     """The sidecar connection the view reads through; token and transport settings go here.
 
@@ -66,7 +57,7 @@ async def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"agent-recorder ui: {exc}", file=sys.stderr)
         return 2
-    if not is_loopback(host) and not args.allow_remote:
+    if not is_loopback_host(host) and not args.allow_remote:
         print(
             f"agent-recorder ui: {host} is not a loopback address; "
             "pass --allow-remote to serve the recordings beyond this machine",
