@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -92,6 +93,9 @@ class Snapshot:
     sessions: dict[str, SessionState | None] = field(default_factory=dict)
     pending_refs: dict[str, session_pb2.SpawnRef | None] = field(default_factory=dict)
     stored_events: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    # Events applied but not yet handed to the store: re-sends are checked here
+    # until a read of the store would find them.
+    unwritten: dict[tuple[str, int], bytes] = field(default_factory=dict)
     next_group_id: int = 1
 
 
@@ -192,7 +196,7 @@ def needed(
         # that does not exist has none (this is not a query per new event).
         if sequence is not None and state is not None and sequence < state.next_seq:
             key = (loop_id, sequence)
-            if key not in snapshot.stored_events:
+            if key not in snapshot.stored_events and key not in snapshot.unwritten:
                 keys.add(key)
         if kind == "agent_start":
             start = event.agent_start
@@ -296,15 +300,18 @@ class Batch:
             self._check_open(event.message_update.loop_id)
             return 0
         assert kind is not None
-        loop_id = loop_id_of(event)
+        payload = getattr(event, kind)
+        loop_id: str = payload.loop_id
         body = event.SerializeToString(deterministic=True)
         if sequence is not None and self._is_resend(loop_id, sequence, body):
             return sequence
         if kind == "agent_start":
-            state = self._agent_start(event.agent_start)
+            state = self._agent_start(payload)
         else:
             state = self._open_loop(loop_id)
-            getattr(self, f"_on_{kind}", _ignore)(state, getattr(event, kind))
+            handler = _HANDLERS.get(kind)
+            if handler is not None:
+                handler(self, state, payload)
         seq = state.next_seq
         if sequence is not None and sequence != seq:
             raise SequenceGap(loop_id, sequence, seq)
@@ -318,9 +325,10 @@ class Batch:
         state = self.peek_loop(loop_id)
         if state is not None and sequence >= state.next_seq:
             return False
-        stored = self._new_events.get((loop_id, sequence))
+        key = (loop_id, sequence)
+        stored = self._new_events.get(key) or self.base.unwritten.get(key)
         if stored is None:
-            stored = self.base.stored_events.get((loop_id, sequence))
+            stored = self.base.stored_events.get(key)
         if stored is None:
             return False
         if stored != body:
@@ -602,11 +610,37 @@ def merge(snapshot: Snapshot, batch: Batch) -> None:
     snapshot.loops.update(changes.loops)
     snapshot.sessions.update(changes.sessions)
     snapshot.pending_refs.update(changes.pending_refs)
+    snapshot.unwritten.update(batch._new_events)
     snapshot.next_group_id = batch.next_group_id
 
 
-def _ignore(state: LoopState, payload: object) -> None:
-    """Events that are appended but change no derived state."""
+def combine(changesets: Sequence[ChangeSet]) -> ChangeSet:
+    """One ChangeSet with the final state of everything a group of them changed.
+
+    Each one was made on top of the ones before it, so a later state of a loop,
+    session, group or spawn ref replaces an earlier one; appends are kept in order.
+    """
+    combined = ChangeSet()
+    for changes in changesets:
+        combined.events += changes.events
+        combined.turns += changes.turns
+        combined.loops.update(changes.loops)
+        combined.sessions.update(changes.sessions)
+        combined.groups.update(changes.groups)
+        combined.pending_refs.update(changes.pending_refs)
+    return combined
+
+
+# What each kind of loop event changes beyond being appended (the others change
+# nothing else).
+_HANDLERS: dict[str, Callable[[Batch, LoopState, Any], None]] = {
+    "agent_end": Batch._on_agent_end,
+    "turn_start": Batch._on_turn_start,
+    "message_end": Batch._on_message_end,
+    "turn_request": Batch._on_turn_request,
+    "turn_end": Batch._on_turn_end,
+    "tool_execution_end": Batch._on_tool_execution_end,
+}
 
 
 def _config_from_message(record: session_pb2.LoopRecord, message: types_pb2.AgentMessage) -> None:

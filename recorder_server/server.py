@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recorder_client.defaults import default_db_path, default_target, normalize_target
+from recorder_server.checkpoints import Checkpointer
 from recorder_server.decoding import DecodeGuard
 from recorder_server.otel import OtlpExporter
 from recorder_server.reads import ReadPool, Reads
@@ -137,7 +138,11 @@ class RecorderServer:
         self._stack.callback(lock.close)
         store = await WriteStore.open(config.db_path, config.synchronous)
         self._stack.push_async_callback(store.close)
+        checkpointer = Checkpointer(config.db_path)
+        await checkpointer.start()
+        self._stack.push_async_callback(checkpointer.stop)
         writer = Writer(store, config.options)
+        writer.checkpointer = checkpointer
         await writer.start()
         self._stack.push_async_callback(writer.stop)
         self.writer = writer

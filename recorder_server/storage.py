@@ -9,9 +9,13 @@ large session is decoded once, in C, instead of event by event in Python.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 from agent_recorder.v1 import events_pb2, session_pb2
@@ -27,6 +31,7 @@ from recorder_server.recording import (
 )
 
 SCHEMA_VERSION = 2
+T = TypeVar("T")
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -103,7 +108,7 @@ MIGRATIONS: dict[int, str] = {
 }
 
 # Steps a migration needs beyond SQL, run inside the same transaction after it.
-Backfill = Callable[[aiosqlite.Connection], Awaitable[None]]
+Backfill = Callable[[sqlite3.Connection], None]
 
 LOOP_COLUMNS = (
     "loop_id, session_id, position, status, usage_input, usage_output, usage_reasoning, "
@@ -128,9 +133,12 @@ WRITER_PRAGMAS = (
     "PRAGMA synchronous = {synchronous}",
     # A 64 MiB page cache keeps hot index pages of the append path in memory.
     "PRAGMA cache_size = -65536",
-    # Checkpoint the WAL into the database after ~16 MiB of pages, not 4 MiB,
-    # so steady ingest does fewer, larger checkpoints.
-    "PRAGMA wal_autocheckpoint = 4000",
+    # The background Checkpointer (checkpoints.py) copies the WAL into the
+    # database, so commits do not. A commit checkpoints itself only as a backstop,
+    # past ~64 MiB of WAL; by then the background one has copied nearly all of it.
+    "PRAGMA wal_autocheckpoint = 16384",
+    # A WAL that grew under a burst is cut back to 64 MiB when it restarts.
+    "PRAGMA journal_size_limit = 67108864",
     # Foreign keys are not used; integrity is kept by the writer.
     "PRAGMA foreign_keys = OFF",
 )
@@ -172,37 +180,34 @@ async def configure(conn: aiosqlite.Connection, pragmas: Iterable[str]) -> None:
         await conn.execute(pragma)
 
 
-async def migrate(conn: aiosqlite.Connection) -> None:
+def migrate(conn: sqlite3.Connection) -> None:
     """Bring the schema to SCHEMA_VERSION, one transaction per step."""
-    async with conn.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    version = int(row[0]) if row else 0
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
         raise RuntimeError(
             f"database schema version {version} is newer than this server ({SCHEMA_VERSION})"
         )
     for step in range(version + 1, SCHEMA_VERSION + 1):
-        await conn.executescript(f"BEGIN; {MIGRATIONS[step]};")
+        conn.executescript(f"BEGIN; {MIGRATIONS[step]};")
         try:
             backfill = BACKFILLS.get(step)
             if backfill is not None:
-                await backfill(conn)
-            await conn.execute(f"PRAGMA user_version = {step}")
-            await conn.execute("COMMIT")
+                backfill(conn)
+            conn.execute(f"PRAGMA user_version = {step}")
+            conn.execute("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
 
 
-async def _backfill_v2(conn: aiosqlite.Connection) -> None:
+def _backfill_v2(conn: sqlite3.Connection) -> None:
     """Model and times of loops stored before v2, decoded from their records."""
-    rows = await conn.execute_fetchall("SELECT record FROM loops")
     updates = []
-    for (blob,) in rows:
+    for (blob,) in conn.execute("SELECT record FROM loops").fetchall():
         record = session_pb2.LoopRecord.FromString(blob)
         model, started, ended = _loop_facts(record)
         updates.append((model, started, ended, record.loop_id))
-    await conn.executemany(
+    conn.executemany(
         "UPDATE loops SET model = ?, started_us = ?, ended_us = ? WHERE loop_id = ?", updates
     )
 
@@ -210,189 +215,108 @@ async def _backfill_v2(conn: aiosqlite.Connection) -> None:
 BACKFILLS: dict[int, Backfill] = {2: _backfill_v2}
 
 
-class WriteStore:
-    """The write side: owned by the writer task alone."""
+# SQL statements with their parameter rows, built on the event loop, run on the
+# store's thread.
+Statements = list[tuple[str, list[tuple[object, ...]]]]
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self.conn = conn
-        self._position = 0
+
+class WriteStore:
+    """The write side: one connection on one thread of its own, used by the writer alone.
+
+    Every call runs on that thread, in the order the calls were made, so a read sees
+    every write requested before it (committed or not). The writer relies on this to
+    apply the rules of the next group while the previous one commits. sqlite3 lets go
+    of the GIL while SQLite works, so the event loop keeps running meanwhile.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor, position: int) -> None:
+        self._conn = conn
+        self._thread = thread
+        self._position = position
 
     @classmethod
     async def open(cls, path: Path, synchronous: str = "NORMAL") -> WriteStore:
-        conn = await aiosqlite.connect(path, isolation_level=None)
-        await configure(conn, COMMON_PRAGMAS)
-        await configure(conn, (p.format(synchronous=synchronous) for p in WRITER_PRAGMAS))
-        await migrate(conn)
-        store = cls(conn)
-        async with conn.execute("SELECT COALESCE(MAX(position), 0) FROM loops") as cur:
-            row = await cur.fetchone()
-        store._position = int(row[0]) if row else 0
-        return store
+        thread = ThreadPoolExecutor(1, thread_name_prefix="recorder-store")
+        try:
+            future = asyncio.get_running_loop().run_in_executor(thread, _connect, path, synchronous)
+            conn, position = await future
+        except BaseException:
+            thread.shutdown()
+            raise
+        return cls(conn, thread, position)
+
+    def _run(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def close(self) -> None:
-        await self.conn.close()
+        await self._run(self._conn.close)
+        self._thread.shutdown()
 
     async def begin(self) -> None:
-        await self.conn.execute("BEGIN IMMEDIATE")
+        await self._run(_execute, self._conn, "BEGIN IMMEDIATE")
 
     async def commit(self) -> None:
-        await self.conn.execute("COMMIT")
+        await self._run(_execute, self._conn, "COMMIT")
 
     async def rollback(self) -> None:
-        if self.conn.in_transaction:
-            await self.conn.execute("ROLLBACK")
+        await self._run(_rollback, self._conn)
 
     # -- loading state for the rules ------------------------------------------
 
     async def load_open(self) -> Snapshot:
         """Every open loop and its session: the state the rules always need."""
-        snapshot = Snapshot()
-        rows = await self.conn.execute_fetchall("SELECT loop_id FROM loops WHERE status IN (1, 2)")
-        await self.fetch(snapshot, Needed(frozenset(r[0] for r in rows), frozenset(), frozenset()))
-        sessions = {s.record.session_id for s in snapshot.loops.values() if s is not None}
-        await self.fetch(snapshot, Needed(frozenset(), frozenset(sessions), frozenset()))
-        async with self.conn.execute(
-            "SELECT COALESCE(MAX(group_id), 0) FROM parallel_groups"
-        ) as cur:
-            row = await cur.fetchone()
-        snapshot.next_group_id = (int(row[0]) if row else 0) + 1
-        return snapshot
+        return await self._run(_load_open, self._conn)
 
     async def fetch(self, snapshot: Snapshot, needed: Needed) -> None:
         """Load what `needed` names into the snapshot (None where it does not exist)."""
-        for chunk in _chunks(sorted(needed.loop_ids)):
-            await self._fetch_loops(snapshot, chunk)
-        for chunk in _chunks(sorted(needed.session_ids)):
-            await self._fetch_sessions(snapshot, chunk)
-        for loop_id, sequence in needed.event_keys:
-            async with self.conn.execute(
-                "SELECT body FROM events WHERE loop_id = ? AND sequence = ?", (loop_id, sequence)
-            ) as cur:
-                row = await cur.fetchone()
-            if row is not None:
-                snapshot.stored_events[(loop_id, sequence)] = bytes(row[0])
-
-    async def _fetch_loops(self, snapshot: Snapshot, loop_ids: Sequence[str]) -> None:
-        marks = ",".join("?" * len(loop_ids))
-        rows = await self.conn.execute_fetchall(
-            f"SELECT l.loop_id, l.record, l.partial_turn, "
-            f"(SELECT MAX(sequence) FROM events e WHERE e.loop_id = l.loop_id) "
-            f"FROM loops l WHERE l.loop_id IN ({marks})",
-            loop_ids,
-        )
-        found = set()
-        for loop_id, record, partial, last in rows:
-            state = LoopState(session_pb2.LoopRecord.FromString(record))
-            state.next_seq = 0 if last is None else int(last) + 1
-            if partial is not None:
-                state.partial = session_pb2.Turn.FromString(partial)
-            snapshot.loops[loop_id] = state
-            found.add(loop_id)
-        for loop_id in loop_ids:
-            if loop_id not in found:
-                snapshot.loops[loop_id] = None
-
-    async def _fetch_sessions(self, snapshot: Snapshot, session_ids: Sequence[str]) -> None:
-        marks = ",".join("?" * len(session_ids))
-        rows = await self.conn.execute_fetchall(
-            f"SELECT session_id, head FROM sessions WHERE session_id IN ({marks})", session_ids
-        )
-        states = {sid: SessionState(session_pb2.Session.FromString(head)) for sid, head in rows}
-        groups = await self.conn.execute_fetchall(
-            f"SELECT group_id, session_id, loop_ids, start_event, end_event FROM parallel_groups "
-            f"WHERE session_id IN ({marks}) ORDER BY group_id",
-            session_ids,
-        )
-        for group_id, sid, loop_ids, start, end in groups:
-            states[sid].groups.append(
-                ParallelGroup(
-                    group_id,
-                    json.loads(loop_ids),
-                    events_pb2.ParallelLoopStart.FromString(start),
-                    None if end is None else events_pb2.ParallelLoopEnd.FromString(end),
-                )
-            )
-        refs = await self.conn.execute_fetchall(
-            f"SELECT child_session_id, ref FROM pending_spawn_refs "
-            f"WHERE child_session_id IN ({marks})",
-            session_ids,
-        )
-        pending = {sid: session_pb2.SpawnRef.FromString(ref) for sid, ref in refs}
-        for sid in session_ids:
-            snapshot.sessions[sid] = states.get(sid)
-            snapshot.pending_refs[sid] = pending.get(sid)
+        found = await self._run(_fetch, self._conn, needed)
+        snapshot.loops.update(found.loops)
+        snapshot.sessions.update(found.sessions)
+        snapshot.pending_refs.update(found.pending_refs)
+        snapshot.stored_events.update(found.stored_events)
 
     # -- persisting -----------------------------------------------------------
 
+    def write(self, changes: ChangeSet) -> tuple[asyncio.Future[None], int]:
+        """Persist a ChangeSet in a transaction of its own (resolves once committed).
+
+        Also returns the bytes of the events written (most of what a group writes),
+        for the background checkpointer.
+        """
+        statements = self._statements(changes)
+        nbytes = sum(len(row[4]) for row in changes.events)
+        return self._run(_transaction, self._conn, statements), nbytes
+
     async def persist(self, changes: ChangeSet) -> None:
-        """Write one ChangeSet inside the open transaction."""
-        conn = self.conn
+        """Write one ChangeSet inside the transaction the caller opened."""
+        await self._run(_execute_all, self._conn, self._statements(changes))
+
+    def _statements(self, changes: ChangeSet) -> Statements:
+        """The rows of a ChangeSet, serialized here so the store thread only runs SQL."""
+        statements: Statements = []
         if changes.sessions:
-            await conn.executemany(
-                "INSERT INTO sessions (session_id, agent_id, created_us, last_active_us, scope, "
-                "finalized_us, head) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO "
-                "UPDATE SET last_active_us = excluded.last_active_us, scope = excluded.scope, "
-                "finalized_us = excluded.finalized_us, head = excluded.head",
-                [_session_row(s.session) for s in changes.sessions.values()],
-            )
+            rows = [_session_row(s.session) for s in changes.sessions.values()]
+            statements.append((UPSERT_SESSION, rows))
         if changes.loops:
             rows = []
             for state in changes.loops.values():
                 self._position += 1
                 rows.append(_loop_row(state, self._position))
-            await conn.executemany(
-                f"INSERT INTO loops ({LOOP_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (loop_id) DO UPDATE SET status = excluded.status, "
-                "usage_input = excluded.usage_input, usage_output = excluded.usage_output, "
-                "usage_reasoning = excluded.usage_reasoning, "
-                "usage_cache_read = excluded.usage_cache_read, "
-                "usage_cache_write = excluded.usage_cache_write, "
-                "usage_total = excluded.usage_total, record = excluded.record, "
-                "partial_turn = excluded.partial_turn, model = excluded.model, "
-                "started_us = excluded.started_us, ended_us = excluded.ended_us",
-                rows,
-            )
+            statements.append((UPSERT_LOOP, rows))
         if changes.events:
-            await conn.executemany(
-                "INSERT INTO events (loop_id, sequence, session_id, kind, body) "
-                "VALUES (?, ?, ?, ?, ?)",
-                changes.events,
-            )
+            statements.append((INSERT_EVENT, list(changes.events)))
         if changes.turns:
-            await conn.executemany(
-                "INSERT INTO turns (loop_id, turn_no, body) VALUES (?, "
-                "(SELECT COUNT(*) FROM turns WHERE loop_id = ?), ?)",
-                [(lid, lid, t.SerializeToString()) for lid, t in changes.turns],
-            )
-        await self._persist_groups_and_refs(changes)
-
-    async def _persist_groups_and_refs(self, changes: ChangeSet) -> None:
+            rows = [(lid, lid, t.SerializeToString()) for lid, t in changes.turns]
+            statements.append((APPEND_TURN, rows))
         if changes.groups:
-            await self.conn.executemany(
-                "INSERT INTO parallel_groups VALUES (?, ?, ?, ?, ?) ON CONFLICT (group_id) "
-                "DO UPDATE SET end_event = excluded.end_event",
-                [
-                    (
-                        gid,
-                        sid,
-                        json.dumps(g.loop_ids),
-                        g.start.SerializeToString(),
-                        None if g.end is None else g.end.SerializeToString(),
-                    )
-                    for gid, (sid, g) in changes.groups.items()
-                ],
-            )
+            rows = [_group_row(gid, sid, g) for gid, (sid, g) in changes.groups.items()]
+            statements.append((UPSERT_GROUP, rows))
         for sid, ref in changes.pending_refs.items():
             if ref is None:
-                await self.conn.execute(
-                    "DELETE FROM pending_spawn_refs WHERE child_session_id = ?", (sid,)
-                )
+                statements.append((DELETE_REF, [(sid,)]))
             else:
-                await self.conn.execute(
-                    "INSERT OR REPLACE INTO pending_spawn_refs VALUES (?, ?)",
-                    (sid, ref.SerializeToString()),
-                )
+                statements.append((UPSERT_REF, [(sid, ref.SerializeToString())]))
+        return statements
 
     # -- importing ------------------------------------------------------------
 
@@ -406,9 +330,8 @@ class WriteStore:
         head = session_pb2.Session()
         head.CopyFrom(session)
         del head.loops[:]
-        await self.persist(ChangeSet(sessions={session.session_id: SessionState(head)}))
         loops: dict[str, LoopState] = {}
-        turns: list[tuple[str, int, bytes]] = []
+        turns: list[tuple[object, ...]] = []
         events: list[tuple[str, int, str, str, bytes]] = []
         for loop in session.loops:
             record = session_pb2.LoopRecord()
@@ -421,72 +344,227 @@ class WriteStore:
                 kind = item.event.WhichOneof("event") or ""
                 body = item.event.SerializeToString(deterministic=True)
                 events.append((loop.loop_id, item.sequence, session.session_id, kind, body))
-        await self.persist(ChangeSet(loops=loops, events=events))
-        await self.conn.executemany(
-            "INSERT INTO turns (loop_id, turn_no, body) VALUES (?, ?, ?)", turns
+        changes = ChangeSet(
+            sessions={session.session_id: SessionState(head)}, loops=loops, events=events
         )
+        statements = self._statements(changes)
+        statements.append(("INSERT INTO turns (loop_id, turn_no, body) VALUES (?, ?, ?)", turns))
+        await self._run(_execute_all, self._conn, statements)
         return len(events)
 
     async def loops_elsewhere(self, session_id: str, loop_ids: Sequence[str]) -> list[str]:
         """Which of these loop ids are stored under another session."""
-        found: list[str] = []
-        for chunk in _chunks(sorted(loop_ids)):
-            marks = ",".join("?" * len(chunk))
-            rows = await self.conn.execute_fetchall(
-                f"SELECT loop_id FROM loops WHERE loop_id IN ({marks}) AND session_id != ?",
-                [*chunk, session_id],
-            )
-            found += [str(r[0]) for r in rows]
-        return found
+        return await self._run(_loops_elsewhere, self._conn, session_id, loop_ids)
 
     # -- control queries ------------------------------------------------------
 
     async def unfinalized_sessions(self, session_id: str | None) -> list[str]:
-        if session_id is not None:
-            sql = "SELECT session_id FROM sessions WHERE finalized_us IS NULL AND session_id = ?"
-            rows = await self.conn.execute_fetchall(sql, (session_id,))
-        else:
-            sql = "SELECT session_id FROM sessions WHERE finalized_us IS NULL"
-            rows = await self.conn.execute_fetchall(sql)
-        return [r[0] for r in rows]
+        sql = "SELECT session_id FROM sessions WHERE finalized_us IS NULL"
+        if session_id is None:
+            return await self._run(_column, self._conn, sql, ())
+        return await self._run(_column, self._conn, sql + " AND session_id = ?", (session_id,))
 
     async def session_exists(self, session_id: str) -> bool:
-        async with self.conn.execute(
-            "SELECT 1 FROM sessions WHERE session_id = ?", (session_id,)
-        ) as cur:
-            return await cur.fetchone() is not None
+        sql = "SELECT 1 FROM sessions WHERE session_id = ?"
+        return bool(await self._run(_column, self._conn, sql, (session_id,)))
 
     async def latest_session_id(self, agent_id: str) -> str | None:
-        async with self.conn.execute(
+        sql = (
             "SELECT session_id FROM sessions WHERE agent_id = ? "
-            "ORDER BY created_us DESC, session_id DESC LIMIT 1",
-            (agent_id,),
-        ) as cur:
-            row = await cur.fetchone()
-        return None if row is None else str(row[0])
+            "ORDER BY created_us DESC, session_id DESC LIMIT 1"
+        )
+        ids = await self._run(_column, self._conn, sql, (agent_id,))
+        return str(ids[0]) if ids else None
 
     async def delete_sessions(self, session_ids: Sequence[str]) -> None:
-        for sid in session_ids:
-            for sql in (
-                "DELETE FROM events WHERE session_id = ?",
-                "DELETE FROM turns WHERE loop_id IN "
-                "(SELECT loop_id FROM loops WHERE session_id = ?)",
-                "DELETE FROM loops WHERE session_id = ?",
-                "DELETE FROM parallel_groups WHERE session_id = ?",
-                "DELETE FROM pending_spawn_refs WHERE child_session_id = ?",
-                "DELETE FROM sessions WHERE session_id = ?",
-            ):
-                await self.conn.execute(sql, (sid,))
+        statements: Statements = [(sql, [(sid,) for sid in session_ids]) for sql in DELETE_SESSION]
+        await self._run(_execute_all, self._conn, statements)
 
     async def prunable(self, older_than_us: int) -> list[str]:
         """Finalized ephemeral sessions idle since before the cut-off with no open loop."""
-        rows = await self.conn.execute_fetchall(
+        sql = (
             "SELECT s.session_id FROM sessions s WHERE s.scope = ? AND s.last_active_us < ? "
             "AND s.finalized_us IS NOT NULL AND NOT EXISTS (SELECT 1 FROM loops l "
-            "WHERE l.session_id = s.session_id AND l.status IN (1, 2))",
-            (session_pb2.SESSION_SCOPE_EPHEMERAL, older_than_us),
+            "WHERE l.session_id = s.session_id AND l.status IN (1, 2))"
         )
-        return [r[0] for r in rows]
+        scope = session_pb2.SESSION_SCOPE_EPHEMERAL
+        return await self._run(_column, self._conn, sql, (scope, older_than_us))
+
+
+UPSERT_SESSION = (
+    "INSERT INTO sessions (session_id, agent_id, created_us, last_active_us, scope, "
+    "finalized_us, head) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (session_id) DO "
+    "UPDATE SET last_active_us = excluded.last_active_us, scope = excluded.scope, "
+    "finalized_us = excluded.finalized_us, head = excluded.head"
+)
+UPSERT_LOOP = (
+    f"INSERT INTO loops ({LOOP_COLUMNS}) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (loop_id) DO UPDATE SET status = excluded.status, "
+    "usage_input = excluded.usage_input, usage_output = excluded.usage_output, "
+    "usage_reasoning = excluded.usage_reasoning, "
+    "usage_cache_read = excluded.usage_cache_read, "
+    "usage_cache_write = excluded.usage_cache_write, "
+    "usage_total = excluded.usage_total, record = excluded.record, "
+    "partial_turn = excluded.partial_turn, model = excluded.model, "
+    "started_us = excluded.started_us, ended_us = excluded.ended_us"
+)
+INSERT_EVENT = (
+    "INSERT INTO events (loop_id, sequence, session_id, kind, body) VALUES (?, ?, ?, ?, ?)"
+)
+APPEND_TURN = (
+    "INSERT INTO turns (loop_id, turn_no, body) VALUES (?, "
+    "(SELECT COUNT(*) FROM turns WHERE loop_id = ?), ?)"
+)
+UPSERT_GROUP = (
+    "INSERT INTO parallel_groups VALUES (?, ?, ?, ?, ?) ON CONFLICT (group_id) "
+    "DO UPDATE SET end_event = excluded.end_event"
+)
+UPSERT_REF = "INSERT OR REPLACE INTO pending_spawn_refs VALUES (?, ?)"
+DELETE_REF = "DELETE FROM pending_spawn_refs WHERE child_session_id = ?"
+DELETE_SESSION = (
+    "DELETE FROM events WHERE session_id = ?",
+    "DELETE FROM turns WHERE loop_id IN (SELECT loop_id FROM loops WHERE session_id = ?)",
+    "DELETE FROM loops WHERE session_id = ?",
+    "DELETE FROM parallel_groups WHERE session_id = ?",
+    "DELETE FROM pending_spawn_refs WHERE child_session_id = ?",
+    "DELETE FROM sessions WHERE session_id = ?",
+)
+
+
+# -- on the store's thread ----------------------------------------------------
+
+
+def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, int]:
+    """The write connection, configured and migrated, and the last loop position."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        for pragma in (*COMMON_PRAGMAS, *WRITER_PRAGMAS):
+            conn.execute(pragma.format(synchronous=synchronous))
+        migrate(conn)
+        row = conn.execute("SELECT COALESCE(MAX(position), 0) FROM loops").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    return conn, int(row[0])
+
+
+def _execute(conn: sqlite3.Connection, sql: str) -> None:
+    conn.execute(sql)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _execute_all(conn: sqlite3.Connection, statements: Statements) -> None:
+    for sql, rows in statements:
+        conn.executemany(sql, rows)
+
+
+def _transaction(conn: sqlite3.Connection, statements: Statements) -> None:
+    """All of it or nothing: one thread hop for a whole group."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _execute_all(conn, statements)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _column(conn: sqlite3.Connection, sql: str, args: Sequence[object]) -> list[str]:
+    return [row[0] for row in conn.execute(sql, args).fetchall()]
+
+
+def _loops_elsewhere(
+    conn: sqlite3.Connection, session_id: str, loop_ids: Sequence[str]
+) -> list[str]:
+    found: list[str] = []
+    for chunk in _chunks(sorted(loop_ids)):
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT loop_id FROM loops WHERE loop_id IN ({marks}) AND session_id != ?"
+        found += _column(conn, sql, [*chunk, session_id])
+    return found
+
+
+def _load_open(conn: sqlite3.Connection) -> Snapshot:
+    snapshot = Snapshot()
+    open_ids = _column(conn, "SELECT loop_id FROM loops WHERE status IN (1, 2)", ())
+    loops = _fetch(conn, Needed(frozenset(open_ids), frozenset(), frozenset())).loops
+    sessions = {s.record.session_id for s in loops.values() if s is not None}
+    found = _fetch(conn, Needed(frozenset(), frozenset(sessions), frozenset()))
+    snapshot.loops.update(loops)
+    snapshot.sessions.update(found.sessions)
+    snapshot.pending_refs.update(found.pending_refs)
+    row = conn.execute("SELECT COALESCE(MAX(group_id), 0) FROM parallel_groups").fetchone()
+    snapshot.next_group_id = int(row[0]) + 1
+    return snapshot
+
+
+def _fetch(conn: sqlite3.Connection, needed: Needed) -> Snapshot:
+    """What `needed` names, as a partial snapshot (None where it does not exist)."""
+    found = Snapshot()
+    for chunk in _chunks(sorted(needed.loop_ids)):
+        _fetch_loops(conn, found, chunk)
+    for chunk in _chunks(sorted(needed.session_ids)):
+        _fetch_sessions(conn, found, chunk)
+    for loop_id, sequence in needed.event_keys:
+        row = conn.execute(
+            "SELECT body FROM events WHERE loop_id = ? AND sequence = ?", (loop_id, sequence)
+        ).fetchone()
+        if row is not None:
+            found.stored_events[(loop_id, sequence)] = bytes(row[0])
+    return found
+
+
+def _fetch_loops(conn: sqlite3.Connection, found: Snapshot, loop_ids: Sequence[str]) -> None:
+    marks = ",".join("?" * len(loop_ids))
+    rows = conn.execute(
+        f"SELECT l.loop_id, l.record, l.partial_turn, "
+        f"(SELECT MAX(sequence) FROM events e WHERE e.loop_id = l.loop_id) "
+        f"FROM loops l WHERE l.loop_id IN ({marks})",
+        loop_ids,
+    ).fetchall()
+    for loop_id in loop_ids:
+        found.loops[loop_id] = None
+    for loop_id, record, partial, last in rows:
+        state = LoopState(session_pb2.LoopRecord.FromString(record))
+        state.next_seq = 0 if last is None else int(last) + 1
+        if partial is not None:
+            state.partial = session_pb2.Turn.FromString(partial)
+        found.loops[loop_id] = state
+
+
+def _fetch_sessions(conn: sqlite3.Connection, found: Snapshot, session_ids: Sequence[str]) -> None:
+    marks = ",".join("?" * len(session_ids))
+    rows = conn.execute(
+        f"SELECT session_id, head FROM sessions WHERE session_id IN ({marks})", session_ids
+    ).fetchall()
+    states = {sid: SessionState(session_pb2.Session.FromString(head)) for sid, head in rows}
+    groups = conn.execute(
+        f"SELECT group_id, session_id, loop_ids, start_event, end_event FROM parallel_groups "
+        f"WHERE session_id IN ({marks}) ORDER BY group_id",
+        session_ids,
+    ).fetchall()
+    for group_id, sid, loop_ids, start, end in groups:
+        states[sid].groups.append(
+            ParallelGroup(
+                group_id,
+                json.loads(loop_ids),
+                events_pb2.ParallelLoopStart.FromString(start),
+                None if end is None else events_pb2.ParallelLoopEnd.FromString(end),
+            )
+        )
+    refs = conn.execute(
+        f"SELECT child_session_id, ref FROM pending_spawn_refs WHERE child_session_id IN ({marks})",
+        session_ids,
+    ).fetchall()
+    pending = {sid: session_pb2.SpawnRef.FromString(ref) for sid, ref in refs}
+    for sid in session_ids:
+        found.sessions[sid] = states.get(sid)
+        found.pending_refs[sid] = pending.get(sid)
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
@@ -504,6 +582,11 @@ def _session_row(session: session_pb2.Session) -> tuple[object, ...]:
         ts_us(session.finalized_at) if session.HasField("finalized_at") else None,
         session.SerializeToString(),
     )
+
+
+def _group_row(group_id: int, session_id: str, group: ParallelGroup) -> tuple[object, ...]:
+    end = None if group.end is None else group.end.SerializeToString()
+    return (group_id, session_id, json.dumps(group.loop_ids), group.start.SerializeToString(), end)
 
 
 def _loop_row(state: LoopState, position: int) -> tuple[object, ...]:

@@ -22,6 +22,7 @@ from agent_recorder.v1 import recorder_service_pb2 as api
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recorder_server import recording
+from recorder_server.checkpoints import Checkpointer
 from recorder_server.errors import (
     AlreadyExists,
     NotFound,
@@ -43,6 +44,18 @@ _STOP: Final = object()
 class _Job:
     run: Callable[[], Awaitable[tuple[Any, ChangeSet]]]
     future: asyncio.Future[Any]
+    # Record batches are pipelined: their rules run while the previous group
+    # commits. Every other job runs alone, in a transaction of its own.
+    pipelined: bool = False
+
+
+@dataclass
+class _Flight:
+    """A group whose write is on the store's thread; its jobs resolve when it lands."""
+
+    jobs: list[tuple[_Job, Any, ChangeSet]]
+    write: asyncio.Future[None]
+    nbytes: int
 
 
 @dataclass
@@ -91,6 +104,13 @@ class Broadcast:
         self._subscribers.clear()
 
 
+def _storage_error(exc: BaseException) -> RecorderError:
+    full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
+    if full:
+        return StorageFull(f"database disk is full: {exc}")
+    return StorageUnavailable(f"database write failed: {exc}")
+
+
 def now_timestamp() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
@@ -122,6 +142,7 @@ class Writer:
         self._max_group = max_group
         self._snapshot = recording.Snapshot()
         self._task: asyncio.Task[None] | None = None
+        self.checkpointer: Checkpointer | None = None
 
     async def start(self) -> None:
         self._snapshot = await self.store.load_open()
@@ -140,59 +161,132 @@ class Writer:
     # -- the loop -------------------------------------------------------------
 
     async def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            group: list[_Job] = []
-            item = await self._queue.get()
-            while True:
-                if item is _STOP:
-                    stopping = True
-                    break
-                assert isinstance(item, _Job)
-                group.append(item)
-                if len(group) >= self._max_group or self._queue.empty():
-                    break
-                item = self._queue.get_nowait()
-            if group:
-                await self._commit_group(group)
+        """Group, apply, hand the group to the store's thread, and go on with the next.
 
-    async def _commit_group(self, group: list[_Job]) -> None:
-        done: list[tuple[_Job, Any, ChangeSet]] = []
-        try:
-            await self.store.begin()
-            for job in group:
-                try:
-                    result, changes = await job.run()
-                except RecorderError as exc:
-                    job.future.set_exception(exc)
-                    continue
-                done.append((job, result, changes))
-            await self.store.commit()
-        except sqlite3.Error as exc:
-            await self._fail_group(group, exc)
+        At most one group is in flight: the rules of group N+1 run while group N
+        commits, which is why a failed write also fails the group built on it.
+        """
+        flight: _Flight | None = None
+        held: _Job | object | None = None
+        while True:
+            item = held if held is not None else await self._queue.get()
+            held = None
+            if flight is not None and flight.write.done():
+                await self._land(flight)
+                flight = None
+            if item is _STOP:
+                break
+            assert isinstance(item, _Job)
+            if not item.pipelined:
+                if flight is not None:
+                    await self._land(flight)
+                    flight = None
+                await self._commit_alone(item)
+                continue
+            group, held = self._take_group(item)
+            applied = await self._apply(group)
+            if flight is not None and not await self._land(flight):
+                self._fail(applied, StorageUnavailable("an earlier write of this group failed"))
+                applied = []
+            flight = self._take_off(applied)
+        if flight is not None:
+            await self._land(flight)
+
+    def _take_group(self, first: _Job) -> tuple[list[_Job], _Job | object | None]:
+        """Pipelined jobs already queued behind `first`, and the item that ended the run."""
+        group = [first]
+        while len(group) < self._max_group and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is _STOP or not isinstance(item, _Job) or not item.pipelined:
+                return group, item
+            group.append(item)
+        return group, None
+
+    async def _apply(self, group: list[_Job]) -> list[tuple[_Job, Any, ChangeSet]]:
+        """Run each job's rules; a refused job fails alone and changes nothing."""
+        applied: list[tuple[_Job, Any, ChangeSet]] = []
+        for job in group:
+            try:
+                result, changes = await job.run()
+            except RecorderError as exc:
+                job.future.set_exception(exc)
+                continue
+            except sqlite3.Error as exc:
+                job.future.set_exception(_storage_error(exc))
+                continue
+            applied.append((job, result, changes))
+        return applied
+
+    def _take_off(self, applied: list[tuple[_Job, Any, ChangeSet]]) -> _Flight | None:
+        """Hand the group's changes to the store; its jobs resolve when it commits."""
+        if not applied:
+            return None
+        changes = recording.combine([changes for _, _, changes in applied])
+        write, nbytes = self.store.write(changes)
+        flight = _Flight(applied, write, nbytes)
+        flight.write.add_done_callback(lambda _: self._landed(flight))
+        # Every change is now either committed or queued before any later read,
+        # so what the rules can look up again may leave the snapshot.
+        self._snapshot.unwritten.clear()
+        if len(self._snapshot.loops) > 4096 or len(self._snapshot.sessions) > 4096:
+            recording.evict(self._snapshot)
+        return flight
+
+    def _landed(self, flight: _Flight) -> None:
+        """Acknowledge a committed group at once (a callback: the loop may be busy)."""
+        exc = flight.write.exception()
+        if exc is not None:
+            log.error("write transaction failed: %s", exc)
+            error = _storage_error(exc)
+            self._fail(flight.jobs, error)
             return
-        for job, result, _ in done:
+        for job, result, _ in flight.jobs:
             if not job.future.done():
                 job.future.set_result(result)
-        self._after_commit([changes for _, _, changes in done])
+        self._after_commit([changes for _, _, changes in flight.jobs])
+        if self.checkpointer is not None:
+            self.checkpointer.wrote(flight.nbytes)
 
-    async def _fail_group(self, group: list[_Job], exc: sqlite3.Error) -> None:
-        """Nothing of the group is kept; the snapshot is rebuilt from the store."""
-        log.error("write transaction failed: %s", exc)
-        full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
-        error: RecorderError = (
-            StorageFull(f"database disk is full: {exc}")
-            if full
-            else StorageUnavailable(f"database write failed: {exc}")
-        )
+    async def _land(self, flight: _Flight) -> bool:
+        """Wait for a group's commit; after a failure, rebuild the snapshot from the store."""
         try:
+            await flight.write
+            return True
+        except Exception:
+            await self._reload()
+            return False
+
+    async def _commit_alone(self, job: _Job) -> None:
+        try:
+            await self.store.begin()
+            try:
+                result, changes = await job.run()
+            except RecorderError as exc:
+                await self.store.rollback()
+                job.future.set_exception(exc)
+                return
+            await self.store.commit()
+        except sqlite3.Error as exc:
+            log.error("write transaction failed: %s", exc)
             await self.store.rollback()
-            self._snapshot = await self.store.load_open()
-        except sqlite3.Error as reload_exc:
-            log.error("reloading state after a failed write: %s", reload_exc)
-        for job in group:
+            await self._reload()
+            job.future.set_exception(_storage_error(exc))
+            return
+        job.future.set_result(result)
+        self._after_commit([changes])
+
+    @staticmethod
+    def _fail(jobs: Sequence[tuple[_Job, Any, ChangeSet]], error: RecorderError) -> None:
+        for job, _, _ in jobs:
             if not job.future.done():
                 job.future.set_exception(error)
+
+    async def _reload(self) -> None:
+        """Nothing of a failed write is kept: the rules start again from the store."""
+        try:
+            self._snapshot = await self.store.load_open()
+        except sqlite3.Error as exc:
+            log.error("reloading state after a failed write: %s", exc)
 
     def _after_commit(self, changesets: Sequence[ChangeSet]) -> None:
         self.commits.fire()
@@ -205,8 +299,6 @@ class Writer:
                     self._publish(lifecycle, sid, changes)
             for listener in self.listeners:
                 listener(changes)
-        if len(self._snapshot.loops) > 4096 or len(self._snapshot.sessions) > 4096:
-            recording.evict(self._snapshot)
 
     def _publish(self, lifecycle: int, session_id: str, changes: ChangeSet) -> None:
         state = changes.sessions.get(session_id)
@@ -220,13 +312,13 @@ class Writer:
         self.lifecycle.publish(message)
 
     async def _enqueue(
-        self, run: Callable[[], Awaitable[tuple[Any, ChangeSet]]]
+        self, run: Callable[[], Awaitable[tuple[Any, ChangeSet]]], pipelined: bool = False
     ) -> asyncio.Future[Any]:
         """Queue a job (waiting while the queue is full) and return its future."""
         if self._task is None:
             raise StorageUnavailable("the recorder is shutting down")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(run, future))
+        await self._queue.put(_Job(run, future, pipelined))
         return future
 
     async def _submit(self, run: Callable[[], Awaitable[tuple[Any, ChangeSet]]]) -> Any:
@@ -263,10 +355,10 @@ class Writer:
             self.leases.claim(writer_id, touched)
             batch = Batch(self._snapshot, self.options)
             batch.apply(envelopes)
-            changes = await self._persist(batch)
-            return changes.sequences, changes
+            recording.merge(self._snapshot, batch)
+            return batch.changes.sequences, batch.changes
 
-        return await self._enqueue(run)
+        return await self._enqueue(run, pipelined=True)
 
     async def flush(self, session_id: str | None) -> api.FlushResponse:
         async def run() -> tuple[api.FlushResponse, ChangeSet]:

@@ -55,6 +55,7 @@ from recorder_server.recording import (
     SessionState,
     Snapshot,
     checkpoint,
+    combine,
     config_segment,
     flush,
     merge,
@@ -103,6 +104,7 @@ class Rules:
         merge(self.snapshot, batch)
         for loop_id, sequence, _session, _kind, body in changes.events:
             self.stored[(loop_id, sequence)] = body
+        self.snapshot.unwritten.clear()  # handed to the store, as the writer does
         return changes
 
     def refused(
@@ -829,6 +831,45 @@ def test_resend_with_same_content_is_acknowledged_without_storing_twice() -> Non
     assert [(e[1], e[3]) for e in changes.events] == [(2, "progress_message")]
     assert changes.admitted == []
     assert rules.loop("s.main.0").next_seq == 3
+
+
+def test_resend_of_events_not_yet_handed_to_the_store_needs_no_lookup() -> None:
+    """A group's later batch re-sends an earlier one's events before either is written."""
+    rules = Rules()
+    batch: list[Envelope] = [
+        (0, agent_start("s", "s.main.0", at=1)),
+        (1, progress("s.main.0", "c", "t", "p")),
+    ]
+    rules.load(batch)
+    first = Batch(rules.snapshot, rules.options)
+    first.apply(batch)
+    merge(rules.snapshot, first)
+    assert set(rules.snapshot.unwritten) == {("s.main.0", 0), ("s.main.0", 1)}
+    resent = [*batch, (2, progress("s.main.0", "c", "t", "new"))]
+    assert not needed(rules.snapshot, resent)
+    second = Batch(rules.snapshot, rules.options)
+    changes = second.apply(resent)
+    assert changes.sequences == [0, 1, 2]
+    assert [(e[1], e[3]) for e in changes.events] == [(2, "progress_message")]
+    conflicting = Batch(rules.snapshot, rules.options)
+    with pytest.raises(SequenceConflict):
+        conflicting.apply([(1, progress("s.main.0", "c", "t", "other"))])
+
+
+def test_combine_keeps_the_last_state_and_every_append_in_order() -> None:
+    rules = Rules()
+    first = rules.apply([agent_start("s", "s.main.0", at=1), progress("s.main.0", "c", "t", "a")])
+    second = rules.apply([progress("s.main.0", "c", "t", "b"), agent_end("s.main.0", at=2)])
+    combined = combine([first, second])
+    assert [(e[1], e[3]) for e in combined.events] == [
+        (0, "agent_start"),
+        (1, "progress_message"),
+        (2, "progress_message"),
+        (3, "agent_end"),
+    ]
+    assert combined.loops["s.main.0"] is second.loops["s.main.0"]
+    assert combined.loops["s.main.0"].record.status == COMPLETED
+    assert combined.sessions["s"] is first.sessions["s"]  # the second did not change it
 
 
 def test_resend_of_an_ended_loops_events_is_still_acknowledged() -> None:

@@ -1,0 +1,101 @@
+"""Background WAL checkpoints, so that no commit (and no acknowledgement) waits for one.
+
+In WAL mode every commit appends pages to the log; a checkpoint copies them into
+the database file and syncs it. SQLite's automatic checkpoint runs inside the
+commit that crosses the threshold, which is a ~100 ms stall in the ack path of
+whoever sent that batch. Here a connection of its own, on a thread of its own,
+runs PASSIVE checkpoints (they never block the writer or readers) once enough
+has been written since the last one. The writer reports what it wrote; nothing
+polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Final, TypeVar
+
+from recorder_server.storage import COMMON_PRAGMAS
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# About 2,000 pages: checkpoints stay short, and the WAL small enough to restart.
+DEFAULT_EVERY_BYTES: Final = 8 * 1024 * 1024
+
+
+class Checkpointer:
+    """Runs a PASSIVE checkpoint each time `every_bytes` more have been committed."""
+
+    def __init__(self, path: Path, every_bytes: int = DEFAULT_EVERY_BYTES) -> None:
+        self.path = path
+        self.every_bytes = every_bytes
+        self.checkpoints = 0
+        # Set after each checkpoint, for whoever waits on one (a waiter clears it).
+        self.completed = asyncio.Event()
+        self._written = 0
+        self._wanted = asyncio.Event()
+        self._stopping = False
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="recorder-checkpoint")
+        self._conn: sqlite3.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._conn = await self._call(_connect, self.path)
+        self._task = asyncio.create_task(self._run(), name="recorder-checkpointer")
+
+    async def stop(self) -> None:
+        """Ends after the checkpoint in progress, if any."""
+        if self._task is not None:
+            self._stopping = True
+            self._wanted.set()
+            await self._task
+            self._task = None
+        if self._conn is not None:
+            await self._call(self._conn.close)
+            self._conn = None
+        self._thread.shutdown()
+
+    def wrote(self, nbytes: int) -> None:
+        """Called by the writer after each commit with (about) the bytes it wrote."""
+        self._written += nbytes
+        if self._written >= self.every_bytes:
+            self._written = 0
+            self._wanted.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wanted.wait()
+            if self._stopping:
+                return
+            self._wanted.clear()
+            assert self._conn is not None
+            try:
+                busy, log_pages, copied = await self._call(_checkpoint, self._conn)
+            except sqlite3.Error as exc:
+                # The next commit's request retries; the backstop checkpoint of
+                # the writer connection still bounds the WAL meanwhile.
+                log.warning("background checkpoint failed: %s", exc)
+                continue
+            self.checkpoints += 1
+            self.completed.set()
+            log.debug("checkpoint: busy=%s wal=%s pages copied=%s", busy, log_pages, copied)
+
+    def _call(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    for pragma in COMMON_PRAGMAS:
+        conn.execute(pragma)
+    return conn
+
+
+def _checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    busy, log_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(busy), int(log_pages), int(copied)

@@ -1,0 +1,94 @@
+"""The write path under the rules: pipelined group commits and background checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sqlite3
+from pathlib import Path
+
+from agent_recorder.v1 import recorder_service_pb2 as api
+from conftest import RunningRecorder
+from events import agent_start, aio, append, progress
+
+from recorder_server.checkpoints import Checkpointer
+
+
+def events_in_database_file(db: Path, scratch: Path) -> int:
+    """Events in the main database file alone, as if its WAL were lost."""
+    copy = scratch / "only-the-db-file.db"
+    shutil.copyfile(db, copy)
+    conn = sqlite3.connect(copy)
+    try:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE name = 'events'").fetchall()
+        if not tables:  # not even the schema has been checkpointed yet
+            return 0
+        return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def checkpointer_of(recorder: RunningRecorder) -> Checkpointer:
+    assert recorder.server is not None and recorder.server.writer is not None
+    checkpointer = recorder.server.writer.checkpointer
+    assert checkpointer is not None
+    return checkpointer
+
+
+async def test_commits_leave_pages_in_the_wal_until_the_background_checkpoint(
+    recorder: RunningRecorder, short_tmp: Path
+) -> None:
+    checkpointer = checkpointer_of(recorder)
+    checkpointer.every_bytes = 1 << 40
+    stub = aio(recorder.stub())
+    big = "x" * 50_000
+    first = [agent_start("s", "s.main.0", at=1), progress("s.main.0", "c", "t", big)]
+    assert await append(stub, first) == [0, 1]
+    assert events_in_database_file(recorder.db_path, short_tmp) == 0
+    assert checkpointer.checkpoints == 0
+
+    checkpointer.every_bytes = 1
+    checkpointer.completed.clear()
+    assert await append(stub, [progress("s.main.0", "c", "t", big)]) == [2]
+    await asyncio.wait_for(checkpointer.completed.wait(), 10)
+    assert checkpointer.checkpoints == 1
+    assert events_in_database_file(recorder.db_path, short_tmp) == 3
+
+
+async def test_concurrent_batches_are_each_acknowledged_with_their_own_sequences(
+    recorder: RunningRecorder,
+) -> None:
+    """Many batches in flight at once: grouped, pipelined, none lost or mixed up."""
+    stub = aio(recorder.stub())
+    loops = [f"s{n}.main.0" for n in range(24)]
+
+    async def record(loop_id: str) -> list[list[int]]:
+        session = loop_id.split(".")[0]
+        acks = [await append(stub, [agent_start(session, loop_id, at=1)])]
+        for chunk in range(4):
+            batch = [progress(loop_id, "c", "t", f"{chunk}.{n}") for n in range(5)]
+            acks.append(await append(stub, batch))
+        return acks
+
+    results = await asyncio.gather(*(record(loop_id) for loop_id in loops))
+    expected = [[0], *[list(range(1 + 5 * c, 6 + 5 * c)) for c in range(4)]]
+    assert results == [expected] * len(loops)
+    for loop_id in loops:
+        got = await stub.GetLoop(api.GetLoopRequest(loop_id=loop_id))
+        texts = [e.event.progress_message.text for e in got.loop.events[1:]]
+        assert [e.sequence for e in got.loop.events] == list(range(21))
+        assert texts == [f"{c}.{n}" for c in range(4) for n in range(5)]
+
+
+async def test_a_resend_racing_its_original_is_stored_once(recorder: RunningRecorder) -> None:
+    """The same numbered batch twice at once: both acknowledged, stored once (the
+    same-group case, where the second finds the first not yet written, is pinned
+    down by test_recording_rules)."""
+    stub = aio(recorder.stub())
+    assert await append(stub, [(0, agent_start("s", "s.main.0", at=1))]) == [0]
+    batch = [(n, progress("s.main.0", "c", "t", f"p{n}")) for n in range(1, 40)]
+    for _ in range(5):
+        pairs = await asyncio.gather(append(stub, batch), append(stub, batch))
+        assert pairs[0] == pairs[1] == list(range(1, 40))
+    got = await stub.GetLoop(api.GetLoopRequest(loop_id="s.main.0"))
+    assert [e.sequence for e in got.loop.events] == list(range(40))
