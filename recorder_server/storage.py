@@ -131,8 +131,10 @@ WRITER_PRAGMAS = (
     # NORMAL in WAL mode: a commit survives a crash of this process (the kill -9
     # case); FULL would also survive power loss at an fsync per commit.
     "PRAGMA synchronous = {synchronous}",
-    # A 64 MiB page cache keeps hot index pages of the append path in memory.
-    "PRAGMA cache_size = -65536",
+    # A 16 MiB page cache holds the hot index pages of the append path; events
+    # are appended once and rarely read back by the writer, so more only costs
+    # memory (64 MiB measured ~50 MB more peak RSS and no faster ingest).
+    "PRAGMA cache_size = -16384",
     # The background Checkpointer (checkpoints.py) copies the WAL into the
     # database, so commits do not. A commit checkpoints itself only as a backstop,
     # past ~64 MiB of WAL; by then the background one has copied nearly all of it.
