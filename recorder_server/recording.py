@@ -138,11 +138,6 @@ def config_segment(loop_id: str) -> str | None:
     return loop_id[first + 1 : last] if 0 <= first < last else None
 
 
-def loop_id_of(event: events_pb2.AgentEvent) -> str:
-    kind = event.WhichOneof("event")
-    return "" if kind is None or kind in SESSION_LEVEL else getattr(event, kind).loop_id
-
-
 def _later(a: Timestamp, b: Timestamp) -> bool:
     return (a.seconds, a.nanos) > (b.seconds, b.nanos)
 
@@ -153,9 +148,23 @@ def _child_loop_id(end: events_pb2.ToolExecutionEnd) -> str | None:
     return end.child_loop_id if end.HasField("child_loop_id") and end.child_loop_id else None
 
 
-def needed(
-    snapshot: Snapshot, envelopes: Sequence[tuple[int | None, events_pb2.AgentEvent]]
-) -> Needed:
+# One event of a batch taken apart once, for needed(), sessions_touched() and
+# Batch.apply(): (sequence, event, kind, payload, loop_id). A session-level
+# event has an empty loop_id.
+Item = tuple[int | None, events_pb2.AgentEvent, str, Any, str]
+
+
+def prepare(envelopes: Iterable[tuple[int | None, events_pb2.AgentEvent]]) -> list[Item]:
+    items: list[Item] = []
+    for sequence, event in envelopes:
+        kind = event.WhichOneof("event") or ""
+        payload = getattr(event, kind) if kind else None
+        loop_id = "" if payload is None or kind in SESSION_LEVEL else payload.loop_id
+        items.append((sequence, event, kind, payload, loop_id))
+    return items
+
+
+def needed(snapshot: Snapshot, items: Sequence[Item]) -> Needed:
     """The ids the rules will consult for these events that are not loaded yet.
 
     Called repeatedly until empty: a loaded loop can name a parent or session
@@ -164,6 +173,7 @@ def needed(
     loops: set[str] = set()
     sessions: set[str] = set()
     keys: set[tuple[str, int]] = set()
+    seen: set[str] = set()
 
     def want_loop(loop_id: str) -> None:
         if loop_id not in snapshot.loops:
@@ -178,19 +188,20 @@ def needed(
         ):
             sessions.add(session_id)
 
-    for sequence, event in envelopes:
-        kind = event.WhichOneof("event")
+    for sequence, _, kind, payload, loop_id in items:
         if kind == "parallel_loop_start":
-            want_session(event.parallel_loop_start.session_id)
-            for loop_id in event.parallel_loop_start.loop_ids:
-                want_loop(loop_id)
+            want_session(payload.session_id)
+            for branch in payload.loop_ids:
+                want_loop(branch)
             continue
         if kind == "parallel_loop_end":
-            _want_group_loops(snapshot, event.parallel_loop_end, want_session, want_loop)
+            _want_group_loops(snapshot, payload, want_session, want_loop)
             continue
-        loop_id = loop_id_of(event)
-        want_loop(loop_id)
-        state = snapshot.loops.get(loop_id)
+        if loop_id not in seen:
+            seen.add(loop_id)
+            want_loop(loop_id)
+        consulted = sequence is not None or kind == "agent_end"
+        state = snapshot.loops.get(loop_id) if consulted else None
         # Only a loop already stored can hold a re-sent event. A loop not looked
         # up yet is fetched this round and its re-sends are known the next; one
         # that does not exist has none (this is not a query per new event).
@@ -199,14 +210,13 @@ def needed(
             if key not in snapshot.stored_events and key not in snapshot.unwritten:
                 keys.add(key)
         if kind == "agent_start":
-            start = event.agent_start
-            want_session(start.session_id)
-            if start.HasField("parent_loop_id"):
-                want_loop(start.parent_loop_id)
+            want_session(payload.session_id)
+            if payload.HasField("parent_loop_id"):
+                want_loop(payload.parent_loop_id)
         elif kind == "agent_end" and state is not None and state.record.HasField("parent_loop_id"):
             want_loop(state.record.parent_loop_id)
         elif kind == "tool_execution_end":
-            child = _child_loop_id(event.tool_execution_end)
+            child = _child_loop_id(payload)
             if child is not None:
                 want_loop(child)
     return Needed(frozenset(loops), frozenset(sessions), frozenset(keys))
@@ -273,22 +283,28 @@ class Batch:
 
     # -- events ---------------------------------------------------------------
 
-    def apply(self, envelopes: Iterable[tuple[int | None, events_pb2.AgentEvent]]) -> ChangeSet:
-        for index, (sequence, event) in enumerate(envelopes):
+    def apply(self, items: Iterable[Item]) -> ChangeSet:
+        for index, item in enumerate(items):
             try:
-                self.changes.sequences.append(self._apply_one(sequence, event))
+                self.changes.sequences.append(self._apply_one(*item))
             except RecorderError as exc:
                 exc.metadata.setdefault("index", str(index))
                 raise
         return self.changes
 
-    def _apply_one(self, sequence: int | None, event: events_pb2.AgentEvent) -> int:
-        kind = event.WhichOneof("event")
+    def _apply_one(
+        self,
+        sequence: int | None,
+        event: events_pb2.AgentEvent,
+        kind: str,
+        payload: Any,
+        loop_id: str,
+    ) -> int:
         if kind == "parallel_loop_start":
-            self._parallel_start(event.parallel_loop_start)
+            self._parallel_start(payload)
             return 0
         if kind == "parallel_loop_end":
-            self._parallel_end(event.parallel_loop_end)
+            self._parallel_end(payload)
             return 0
         if kind == "message_update" and not self.options.include_streaming_events:
             if sequence is not None:
@@ -297,11 +313,9 @@ class Batch:
                     "this server does not record streaming deltas; send MessageUpdate unnumbered",
                 )
             # Rule 4 still holds: a delta for a loop that is not open is an error.
-            self._check_open(event.message_update.loop_id)
+            self._check_open(loop_id)
             return 0
-        assert kind is not None
-        payload = getattr(event, kind)
-        loop_id: str = payload.loop_id
+        assert kind
         body = event.SerializeToString(deterministic=True)
         if sequence is not None and self._is_resend(loop_id, sequence, body):
             return sequence
@@ -570,17 +584,15 @@ class Batch:
             pg.is_selected = loop_id == end.selected_loop_id
 
 
-def sessions_touched(snapshot: Snapshot, events: Iterable[events_pb2.AgentEvent]) -> set[str]:
+def sessions_touched(snapshot: Snapshot, items: Iterable[Item]) -> set[str]:
     """The sessions a batch writes to (for the writer lease of rule 14)."""
     touched = set()
-    for event in events:
-        kind = event.WhichOneof("event")
-        if kind == "agent_start":
-            touched.add(event.agent_start.session_id)
-        elif kind in SESSION_LEVEL:
-            touched.add(getattr(event, kind).session_id)
-        elif kind is not None:
-            loop_id = getattr(event, kind).loop_id
+    seen: set[str] = set()
+    for _, _, kind, payload, loop_id in items:
+        if kind == "agent_start" or kind in SESSION_LEVEL:
+            touched.add(payload.session_id)
+        elif kind and loop_id not in seen:
+            seen.add(loop_id)
             state = snapshot.loops.get(loop_id)
             touched.add(state.record.session_id if state is not None else session_of(loop_id))
     return touched

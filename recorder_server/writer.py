@@ -350,12 +350,13 @@ class Writer:
     ) -> asyncio.Future[list[int]]:
         """Queue a batch in arrival order; the future resolves once it is committed."""
 
+        items = recording.prepare(envelopes)
+
         async def run() -> tuple[list[int], ChangeSet]:
-            await self._load(lambda: recording.needed(self._snapshot, envelopes))
-            touched = recording.sessions_touched(self._snapshot, (e for _, e in envelopes))
-            self.leases.claim(writer_id, touched)
+            await self._load(lambda: recording.needed(self._snapshot, items))
+            self.leases.claim(writer_id, recording.sessions_touched(self._snapshot, items))
             batch = Batch(self._snapshot, self.options)
-            batch.apply(envelopes)
+            batch.apply(items)
             recording.merge(self._snapshot, batch)
             return batch.changes.sequences, batch.changes
 

@@ -61,6 +61,7 @@ from recorder_server.recording import (
     merge,
     needed,
     open_session,
+    prepare,
     rotation_needed,
     session_of,
     sessions_touched,
@@ -84,7 +85,7 @@ class Rules:
     def load(self, envelopes: list[Envelope]) -> None:
         """Answer needed() as the store would: unknown ids load as None."""
         for _ in range(4):
-            missing = needed(self.snapshot, envelopes)
+            missing = needed(self.snapshot, prepare(envelopes))
             if not missing:
                 return
             for loop_id in missing.loop_ids:
@@ -100,7 +101,7 @@ class Rules:
         envelopes = [e if isinstance(e, tuple) else (None, e) for e in events]
         self.load(envelopes)
         batch = Batch(self.snapshot, self.options)
-        changes = batch.apply(envelopes)
+        changes = batch.apply(prepare(envelopes))
         merge(self.snapshot, batch)
         for loop_id, sequence, _session, _kind, body in changes.events:
             self.stored[(loop_id, sequence)] = body
@@ -824,7 +825,7 @@ def test_resend_with_same_content_is_acknowledged_without_storing_twice() -> Non
     rules.apply(batch)
     rules.snapshot.stored_events.clear()  # as after a restart: looked up in the store again
     resent = [*batch, (2, progress("s.main.0", "c", "t", "new"))]
-    missing = needed(rules.snapshot, resent)
+    missing = needed(rules.snapshot, prepare(resent))
     assert missing.event_keys == {("s.main.0", 0), ("s.main.0", 1)}
     changes = rules.apply(resent)
     assert changes.sequences == [0, 1, 2]
@@ -842,18 +843,18 @@ def test_resend_of_events_not_yet_handed_to_the_store_needs_no_lookup() -> None:
     ]
     rules.load(batch)
     first = Batch(rules.snapshot, rules.options)
-    first.apply(batch)
+    first.apply(prepare(batch))
     merge(rules.snapshot, first)
     assert set(rules.snapshot.unwritten) == {("s.main.0", 0), ("s.main.0", 1)}
     resent = [*batch, (2, progress("s.main.0", "c", "t", "new"))]
-    assert not needed(rules.snapshot, resent)
+    assert not needed(rules.snapshot, prepare(resent))
     second = Batch(rules.snapshot, rules.options)
-    changes = second.apply(resent)
+    changes = second.apply(prepare(resent))
     assert changes.sequences == [0, 1, 2]
     assert [(e[1], e[3]) for e in changes.events] == [(2, "progress_message")]
     conflicting = Batch(rules.snapshot, rules.options)
     with pytest.raises(SequenceConflict):
-        conflicting.apply([(1, progress("s.main.0", "c", "t", "other"))])
+        conflicting.apply(prepare([(1, progress("s.main.0", "c", "t", "other"))]))
 
 
 def test_combine_keeps_the_last_state_and_every_append_in_order() -> None:
@@ -907,4 +908,5 @@ def test_sessions_touched_names_every_session_a_batch_writes() -> None:
         parallel_start("c", ["c.x.0"]),
         progress("d.main.0", "c", "t", "unknown loop"),
     ]
-    assert sessions_touched(rules.snapshot, events) == {"a", "b", "c", "d"}
+    touched = sessions_touched(rules.snapshot, prepare([(None, e) for e in events]))
+    assert touched == {"a", "b", "c", "d"}
