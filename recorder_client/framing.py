@@ -1,11 +1,12 @@
 """RecordRequest bytes built from events encoded once, at emit time.
 
 `EventSender` keeps each event as the bytes of its `AgentEvent` and frames a
-batch by concatenation: re-encoding it as messages (a copy into an envelope, a
-copy into the batch, then serialization) cost the client about as much CPU per
-event as the server spends decoding it, on the cores both share. The bytes are
-exactly what `RecordRequest.SerializeToString()` gives for the same fields, in
-field-number order, so the server decodes an ordinary RecordRequest.
+batch by concatenation. Building the batch from messages instead (a copy into an
+envelope, another into the batch, then serialization) was about half of the
+client's CPU per event, on the cores it shares with the server (see
+docs/performance.md). Around each event's own bytes, the framing is what
+`RecordRequest.SerializeToString()` writes (fields in number order), so the
+server decodes an ordinary RecordRequest.
 
 Wire format (protos/agent_recorder/v1/recorder_service.proto):
 RecordRequest{hello = 1, batch = 2}, EventBatch{batch_id = 1, events = 2},
