@@ -34,7 +34,7 @@ from events import (
     user,
 )
 
-from recorder_client import DeliveryConfig, QueueFull, RecorderClient
+from recorder_client import DeliveryConfig, QueueFull, RecorderClient, SyncRecorder
 from recorder_client.framing import batch_request, envelope_head, hello_request, varint
 
 pytestmark = pytest.mark.timeout(60)
@@ -273,6 +273,28 @@ async def test_changing_an_event_after_emit_does_not_change_what_is_recorded(
     assert record.events[1].event.message_end.message.content[0].text.text == "first"
     assert record.events[2].event.message_end.message.content[0].text.text == "changed"
     assert record.events[0].event.agent_start.metadata.struct_value["task"] == "first"
+
+
+async def test_the_sync_facade_records_the_event_as_it_was_at_emit(
+    recorder: RunningRecorder,
+) -> None:
+    """The facade encodes in the caller's thread; it blocks, so it runs in a worker."""
+    event = progress("t5.main.0", "c", "t", "first")
+
+    def agent() -> None:
+        with SyncRecorder(recorder.target, config=DeliveryConfig(linger=0.001)) as facade:
+            facade.emit(agent_start("t5", "t5.main.0"))
+            facade.emit(event)
+            event.progress_message.text = "second"
+            facade.emit(event)
+            event.progress_message.text = "third"
+            facade.flush(10)
+
+    await asyncio.to_thread(agent)
+    async with RecorderClient.connect(recorder.target) as client:
+        record = await client.get_loop("t5.main.0")
+    texts = [e.event.progress_message.text for e in record.events[1:]]
+    assert texts == ["first", "second"]
 
 
 async def test_pending_bytes_are_the_encoded_sizes_and_bound_the_sender(
