@@ -3,7 +3,8 @@
 Every unary and server-streaming call goes through `RecorderClient._call`, so the
 deadline, the bearer token, retries and error translation are decided in one place
 and cannot drift between methods. Only calls that are safe to repeat are retried,
-and only on UNAVAILABLE (the request most likely never reached the server).
+and only on UNAVAILABLE (the request most likely never reached the server). The
+Record stream is the exception: `EventSender` owns its reconnects and re-sends.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ DEFAULT_TIMEOUT: Final = 30.0
 
 _EOF: Final[object] = aio.EOF  # type: ignore[attr-defined]
 
+_RECORD_METHOD: Final = (
+    f"/{service_pb2.DESCRIPTOR.services_by_name['RecorderService'].full_name}/Record"
+)
+
 # gRPC's own reconnect backoff starts at 1 s and grows to 120 s; a sidecar restart
 # should be noticed within a couple of seconds. Whole sessions can exceed gRPC's
 # 4 MiB default message limit, so reads allow far more.
@@ -79,6 +84,13 @@ class RecorderClient:
     ) -> None:
         self._channel = channel
         self._stub = service_grpc.RecorderServiceStub(channel)
+        # Record as the stub has it, except that requests are written as the bytes of a
+        # RecordRequest (no serializer): EventSender frames them from encoded events.
+        self._record_encoded = channel.stream_stream(
+            _RECORD_METHOD,
+            request_serializer=None,
+            response_deserializer=service_pb2.RecordResponse.FromString,
+        )
         self._metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._default_timeout = default_timeout
         self._retry = retry or RetryPolicy()
@@ -163,6 +175,14 @@ class RecorderClient:
         and `EventSender` owns reconnecting and re-sending. Most callers want `sender()`.
         """
         return self._stub.Record(None, metadata=self._metadata)
+
+    def record_encoded(self) -> aio.StreamStreamCall[bytes, service_pb2.RecordResponse]:
+        """`record()`, but each request written is an already encoded RecordRequest.
+
+        What EventSender uses (see recorder_client.framing); the server cannot tell
+        the two apart.
+        """
+        return self._record_encoded(None, metadata=self._metadata)
 
     async def append(
         self,

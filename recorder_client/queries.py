@@ -123,10 +123,15 @@ def event_loop_id(event: events_pb2.AgentEvent) -> str | None:
 
     Raises ValueError for an event with no kind set, which no server would accept.
     """
+    return event_kind_and_loop_id(event)[1]
+
+
+def event_kind_and_loop_id(event: events_pb2.AgentEvent) -> tuple[str, str | None]:
+    """The event's oneof kind and its loop (as event_loop_id), from one oneof look-up."""
     kind = event.WhichOneof("event")
     if kind is None:
         raise ValueError("AgentEvent has no event set")
     if kind in _SESSION_LEVEL_EVENTS:
-        return None
+        return kind, None
     loop_id: str = getattr(event, kind).loop_id
-    return loop_id
+    return kind, loop_id

@@ -21,9 +21,8 @@ from agent_recorder.v1 import events_pb2, session_pb2
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 
 from recorder_client.client import DEFAULT_TIMEOUT, RecorderClient
-from recorder_client.delivery import DeliveryConfig, EventSender, SenderStats, envelope_of
+from recorder_client.delivery import DeliveryConfig, Encoded, EventSender, SenderStats, encode_event
 from recorder_client.errors import QueueFull
-from recorder_client.queries import event_loop_id
 
 T = TypeVar("T")
 
@@ -46,7 +45,7 @@ class SyncRecorder:
             target=self._loop.run_forever, name="agent-recorder-client", daemon=True
         )
         self._thread.start()
-        self._inbox: deque[tuple[service_pb2.EventEnvelope, str | None, int]] = deque()
+        self._inbox: deque[Encoded] = deque()
         self._drain_scheduled = False
         self._closed = False
 
@@ -78,16 +77,15 @@ class SyncRecorder:
             raise RuntimeError("SyncRecorder is closed")
         if (refusal := self._sender._refusal) is not None:
             raise RuntimeError(refusal)
-        loop_id = event_loop_id(event)
-        envelope = envelope_of(event)
-        nbytes = envelope.ByteSize()
+        encoded = encode_event(event)
+        nbytes = len(encoded[0])
         budget = self._sender._budget
         if not budget.try_take(nbytes) and (
             self._config.on_full == "raise"
             or not budget.take_blocking(nbytes, self._config.block_timeout)
         ):
             raise QueueFull(f"event sender is full: {budget.describe()}")
-        self._inbox.append((envelope, loop_id, nbytes))
+        self._inbox.append(encoded)
         # Appending before reading the flag, and the drain clearing it before it pops,
         # means an event is never left in the inbox without a drain to come.
         if not self._drain_scheduled:
@@ -146,7 +144,7 @@ class SyncRecorder:
         inbox = self._inbox
         admit = self._sender._admit
         while inbox:
-            admit(*inbox.popleft())
+            admit(inbox.popleft())
 
     async def _flush(self, flush_timeout: float | None) -> None:
         self._drain()
