@@ -1,0 +1,137 @@
+"""Protobuf bytes of read answers, framed around stored bytes that are never decoded.
+
+The store keeps sessions, loops, turns and events as serialized protobuf (see
+storage.py), so a read can answer with those bytes wrapped in field headers.
+Decoding a 316 MB session only for gRPC to encode it again cost most of a
+GetSession; copying it at every nesting level cost most of the rest. `Pieces`
+keeps a message as a list of byte strings plus its length, so nesting costs a
+header of a few bytes and the answer is copied once, by `join`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import session_pb2
+
+_LOOP_EVENT = session_pb2.LoopEvent.DESCRIPTOR.fields_by_name
+_STREAMED = api.StreamedEvent.DESCRIPTOR.fields_by_name
+_SMALL = [bytes([value]) for value in range(128)]
+_LENGTH_DELIMITED = 2
+
+
+def varint(value: int) -> bytes:
+    if value < 128:  # sequences, tags and small lengths: most calls
+        return _SMALL[value]
+    out = bytearray()
+    while value >= 128:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _key(number: int, wire_type: int) -> bytes:
+    return varint(number << 3 | wire_type)
+
+
+_SEQUENCE_KEY = _key(_LOOP_EVENT["sequence"].number, 0)
+_EVENT_KEY = _key(_LOOP_EVENT["event"].number, _LENGTH_DELIMITED)
+_LOOP_ID_KEY = _key(_STREAMED["loop_id"].number, _LENGTH_DELIMITED)
+_STREAMED_EVENT_KEY = _key(_STREAMED["event"].number, _LENGTH_DELIMITED)
+_CURSOR_KEY = _key(_STREAMED["cursor"].number, 0)
+_PAGE_EVENTS_KEY = _key(
+    api.StreamEventsResponse.DESCRIPTOR.fields_by_name["events"].number, _LENGTH_DELIMITED
+)
+
+
+def _loop_event_head(sequence: int, body_size: int) -> bytes:
+    """LoopEvent{sequence, event} up to where the stored event's bytes follow."""
+    return _SEQUENCE_KEY + varint(sequence) + _EVENT_KEY + varint(body_size)
+
+
+class Pieces:
+    """One message's bytes as pieces in order, and their total length."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, first: bytes = b"") -> None:
+        self.parts: list[bytes] = [first]
+        self.size = len(first)
+
+    def add_field(self, number: int, payload: bytes) -> None:
+        """A length-delimited field whose payload is already encoded."""
+        head = _key(number, _LENGTH_DELIMITED) + varint(len(payload))
+        self.parts += (head, payload)
+        self.size += len(head) + len(payload)
+
+    def add_message(self, number: int, message: Pieces) -> None:
+        """A message field, without copying the message's pieces."""
+        head = _key(number, _LENGTH_DELIMITED) + varint(message.size)
+        self.parts.append(head)
+        self.parts += message.parts
+        self.size += len(head) + message.size
+
+    def add_loop_event(self, number: int, sequence: int, body: bytes) -> None:
+        """A LoopEvent field around a stored event."""
+        inner = _loop_event_head(sequence, len(body))
+        head = _key(number, _LENGTH_DELIMITED) + varint(len(inner) + len(body)) + inner
+        self.parts += (head, body)
+        self.size += len(head) + len(body)
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def response_of(number: int, message: Pieces) -> bytes:
+    """A response whose only field (`number`) is `message`."""
+    response = Pieces()
+    response.add_message(number, message)
+    return response.join()
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    cursor: int
+    loop_id: str
+    sequence: int
+    body: bytes
+
+
+def _streamed_event(event: StoredEvent) -> tuple[bytes, bytes]:
+    """A StreamEventsResponse.events entry as (everything before the body, the rest)."""
+    loop_id = event.loop_id.encode()
+    inner = _loop_event_head(event.sequence, len(event.body))
+    tail = _CURSOR_KEY + varint(event.cursor)
+    entry = (
+        _LOOP_ID_KEY
+        + varint(len(loop_id))
+        + loop_id
+        + _STREAMED_EVENT_KEY
+        + varint(len(inner) + len(event.body))
+        + inner
+    )
+    size = len(entry) + len(event.body) + len(tail)
+    return _PAGE_EVENTS_KEY + varint(size) + entry, tail
+
+
+def event_pages(events: Iterable[StoredEvent], page_size: int, page_bytes: int) -> Iterator[bytes]:
+    """StreamEventsResponse bytes of at most page_size events and page_bytes bytes each.
+
+    An event larger than page_bytes makes a page of its own.
+    """
+    parts: list[bytes] = []
+    count = size = 0
+    for event in events:
+        head, tail = _streamed_event(event)
+        added = len(head) + len(event.body) + len(tail)
+        if count and (count == page_size or size + added > page_bytes):
+            yield b"".join(parts)
+            parts, count, size = [], 0, 0
+        parts += (head, event.body, tail)
+        count += 1
+        size += added
+    if count:
+        yield b"".join(parts)
