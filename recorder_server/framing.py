@@ -18,19 +18,24 @@ from agent_recorder.v1 import session_pb2
 
 _LOOP_EVENT = session_pb2.LoopEvent.DESCRIPTOR.fields_by_name
 _STREAMED = api.StreamedEvent.DESCRIPTOR.fields_by_name
-_SMALL = [bytes([value]) for value in range(128)]
 _LENGTH_DELIMITED = 2
 
 
-def varint(value: int) -> bytes:
-    if value < 128:  # sequences, tags and small lengths: most calls
-        return _SMALL[value]
+def _encode(value: int) -> bytes:
     out = bytearray()
     while value >= 128:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+# Every varint of up to two bytes, looked up: sequences, tags and most event sizes.
+_VARINTS = [_encode(value) for value in range(1 << 14)]
+
+
+def varint(value: int) -> bytes:
+    return _VARINTS[value] if value < 16384 else _encode(value)
 
 
 def _key(number: int, wire_type: int) -> bytes:
@@ -76,10 +81,11 @@ class Pieces:
 
     def add_loop_event(self, number: int, sequence: int, body: bytes) -> None:
         """A LoopEvent field around a stored event."""
-        inner = _loop_event_head(sequence, len(body))
-        head = _key(number, _LENGTH_DELIMITED) + varint(len(inner) + len(body)) + inner
+        size = len(body)  # inlined: this runs once per event of a whole session
+        inner = _SEQUENCE_KEY + varint(sequence) + _EVENT_KEY + varint(size)
+        head = varint(number << 3 | _LENGTH_DELIMITED) + varint(len(inner) + size) + inner
         self.parts += (head, body)
-        self.size += len(head) + len(body)
+        self.size += len(head) + size
 
     def join(self) -> bytes:
         return b"".join(self.parts)
