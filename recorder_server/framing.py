@@ -11,7 +11,7 @@ header of a few bytes and the answer is copied once, by `join`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from typing import TypeAlias
 
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
@@ -35,7 +35,11 @@ _VARINTS = [_encode(value) for value in range(1 << 14)]
 
 
 def varint(value: int) -> bytes:
-    return _VARINTS[value] if value < 16384 else _encode(value)
+    if value < 16384:
+        return _VARINTS[value]
+    if value < 2097152:  # cursors and event sizes of three bytes
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
+    return _encode(value)
 
 
 def _key(number: int, wire_type: int) -> bytes:
@@ -50,11 +54,6 @@ _CURSOR_KEY = _key(_STREAMED["cursor"].number, 0)
 _PAGE_EVENTS_KEY = _key(
     api.StreamEventsResponse.DESCRIPTOR.fields_by_name["events"].number, _LENGTH_DELIMITED
 )
-
-
-def _loop_event_head(sequence: int, body_size: int) -> bytes:
-    """LoopEvent{sequence, event} up to where the stored event's bytes follow."""
-    return _SEQUENCE_KEY + varint(sequence) + _EVENT_KEY + varint(body_size)
 
 
 class Pieces:
@@ -98,45 +97,37 @@ def response_of(number: int, message: Pieces) -> bytes:
     return response.join()
 
 
-@dataclass(frozen=True)
-class StoredEvent:
-    cursor: int
-    loop_id: str
-    sequence: int
-    body: bytes
-
-
-def _streamed_event(event: StoredEvent) -> tuple[bytes, bytes]:
-    """A StreamEventsResponse.events entry as (everything before the body, the rest)."""
-    loop_id = event.loop_id.encode()
-    inner = _loop_event_head(event.sequence, len(event.body))
-    tail = _CURSOR_KEY + varint(event.cursor)
-    entry = (
-        _LOOP_ID_KEY
-        + varint(len(loop_id))
-        + loop_id
-        + _STREAMED_EVENT_KEY
-        + varint(len(inner) + len(event.body))
-        + inner
-    )
-    size = len(entry) + len(event.body) + len(tail)
-    return _PAGE_EVENTS_KEY + varint(size) + entry, tail
+# A stored event as its row comes: (cursor, loop_id, sequence, body).
+StoredEvent: TypeAlias = tuple[int, str, int, bytes]
 
 
 def event_pages(events: Iterable[StoredEvent], page_size: int, page_bytes: int) -> Iterator[bytes]:
     """StreamEventsResponse bytes of at most page_size events and page_bytes bytes each.
 
-    An event larger than page_bytes makes a page of its own.
+    An event larger than page_bytes makes a page of its own. Each event becomes a
+    StreamedEvent{loop_id, event: LoopEvent{sequence, event}, cursor} around its body.
     """
     parts: list[bytes] = []
     count = size = 0
-    for event in events:
-        head, tail = _streamed_event(event)
-        added = len(head) + len(event.body) + len(tail)
+    for cursor, loop_id, sequence, body in events:  # inlined: runs once per event
+        name = loop_id.encode()
+        inner = _SEQUENCE_KEY + varint(sequence) + _EVENT_KEY + varint(len(body))
+        head = (
+            _LOOP_ID_KEY
+            + varint(len(name))
+            + name
+            + _STREAMED_EVENT_KEY
+            + varint(len(inner) + len(body))
+            + inner
+        )
+        tail = _CURSOR_KEY + varint(cursor)
+        entry = len(head) + len(body) + len(tail)
+        head = _PAGE_EVENTS_KEY + varint(entry) + head
+        added = len(head) + len(body) + len(tail)
         if count and (count == page_size or size + added > page_bytes):
             yield b"".join(parts)
             parts, count, size = [], 0, 0
-        parts += (head, event.body, tail)
+        parts += (head, body, tail)
         count += 1
         size += added
     if count:

@@ -278,7 +278,7 @@ class Reads:
             key = session_id or ""
         async with self.pool.connection() as conn:
             rows = await conn.execute_fetchall(sql, (key, after_cursor, limit))
-        return [StoredEvent(int(c), str(lid), int(s), bytes(b)) for c, lid, s, b in rows]
+        return list(rows)  # type: ignore[arg-type]
 
     async def loop_status(self, loop_id: str) -> int | None:
         async with self.pool.connection() as conn:

@@ -228,7 +228,7 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
             for page in event_pages(stored, page_size, PAGE_BYTES):
                 yield page
             if stored:
-                cursor = max(cursor, max(event.cursor for event in stored))
+                cursor = max(cursor, *(event_cursor for event_cursor, *_ in stored))
             if len(stored) == EVENTS_PAGE:
                 continue
             if finished:
