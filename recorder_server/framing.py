@@ -107,19 +107,17 @@ def event_pages(events: Iterable[StoredEvent], page_size: int, page_bytes: int) 
     An event larger than page_bytes makes a page of its own. Each event becomes a
     StreamedEvent{loop_id, event: LoopEvent{sequence, event}, cursor} around its body.
     """
+    prefixes: dict[str, bytes] = {}  # per loop: its loop_id field and the event's key
     parts: list[bytes] = []
     count = size = 0
     for cursor, loop_id, sequence, body in events:  # inlined: runs once per event
-        name = loop_id.encode()
+        prefix = prefixes.get(loop_id)
+        if prefix is None:
+            name = loop_id.encode()
+            prefix = _LOOP_ID_KEY + varint(len(name)) + name + _STREAMED_EVENT_KEY
+            prefixes[loop_id] = prefix
         inner = _SEQUENCE_KEY + varint(sequence) + _EVENT_KEY + varint(len(body))
-        head = (
-            _LOOP_ID_KEY
-            + varint(len(name))
-            + name
-            + _STREAMED_EVENT_KEY
-            + varint(len(inner) + len(body))
-            + inner
-        )
+        head = prefix + varint(len(inner) + len(body)) + inner
         tail = _CURSOR_KEY + varint(cursor)
         entry = len(head) + len(body) + len(tail)
         head = _PAGE_EVENTS_KEY + varint(entry) + head

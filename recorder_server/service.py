@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import grpc
@@ -228,7 +229,7 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
             for page in event_pages(stored, page_size, PAGE_BYTES):
                 yield page
             if stored:
-                cursor = max(cursor, *(event_cursor for event_cursor, *_ in stored))
+                cursor = max(cursor, *map(itemgetter(0), stored))
             if len(stored) == EVENTS_PAGE:
                 continue
             if finished:
