@@ -268,7 +268,11 @@ def _as_is(response: bytes) -> bytes:
 
 def add_to_server(servicer: RecorderServicer, server: grpc.aio.Server) -> None:
     """Register the service: the generated handlers, but GetSession and StreamEvents
-    send the bytes their servicer methods assembled, instead of serializing a message."""
+    send the bytes their servicer methods assembled, instead of serializing a message.
+
+    Registering a method again replaces its generated handler; tests/test_read_pages.py
+    fails if it did not (the generated serializer cannot take bytes).
+    """
     api_grpc.add_RecorderServiceServicer_to_server(servicer, server)
     service = api.DESCRIPTOR.services_by_name["RecorderService"].full_name
     server.add_registered_method_handlers(  # type: ignore[attr-defined]
