@@ -4,7 +4,8 @@ sidecar itself filled (bench/workload.py's exact-size fixtures).
 - GetSession: one session of many loops with every event, timed end to end
   (request, server assembly, transfer, decoding in the client); the median of
   a few calls (the database was just written, so its pages are in the OS cache).
-- StreamEvents: every event of that session, in commit order, per second.
+- StreamEvents: every event of that session, in commit order, per second, as the
+  client library yields them one by one from the server's pages.
 - ListSessions: the first page (the server's default size) over many sessions;
   the median of many calls.
 """

@@ -13,6 +13,7 @@ import asyncio
 import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -53,12 +54,12 @@ _RECORD_METHOD: Final = (
 
 # gRPC's own reconnect backoff starts at 1 s and grows to 120 s; a sidecar restart
 # should be noticed within a couple of seconds. Whole sessions can exceed gRPC's
-# 4 MiB default message limit, so reads allow far more.
+# 4 MiB default message limit, so reads take as much as the server sends.
 _CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", defaults.MAX_RESPONSE_BYTES),
 )
 
 
@@ -292,16 +293,45 @@ class RecorderClient:
         loop_id: str | None = None,
         after_cursor: int = 0,
         follow: bool = False,
+        page_size: int = 0,
         timeout: float | None = None,
-    ) -> AsyncGenerator[service_pb2.StreamEventsResponse, None]:
+    ) -> AsyncGenerator[service_pb2.StreamedEvent, None]:
         """Stored events of one session or loop in commit order; with follow, a live tail.
 
-        No deadline unless timeout is given, since a followed stream is open-ended;
-        `aclose()` the generator to end it early.
+        One event at a time (loop_id, event, cursor), read from the server's pages
+        (see `stream_event_pages`). No deadline unless timeout is given, since a
+        followed stream is open-ended; `aclose()` the generator to end it early.
+        """
+        pages = self.stream_event_pages(
+            session_id=session_id,
+            loop_id=loop_id,
+            after_cursor=after_cursor,
+            follow=follow,
+            page_size=page_size,
+            timeout=timeout,
+        )
+        return _events_of(pages)
+
+    def stream_event_pages(
+        self,
+        *,
+        session_id: str | None = None,
+        loop_id: str | None = None,
+        after_cursor: int = 0,
+        follow: bool = False,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncGenerator[service_pb2.StreamEventsResponse, None]:
+        """`stream_events` as the server sends it: pages of events (`page.events`).
+
+        A page holds at most page_size events (0: the server's default, 1000) and
+        about 1 MiB; it is sent as soon as there are events, never held back to fill.
         """
         if (session_id is None) == (loop_id is None):
             raise ValueError("stream_events needs exactly one of session_id or loop_id")
-        request = service_pb2.StreamEventsRequest(after_cursor=after_cursor, follow=follow)
+        request = service_pb2.StreamEventsRequest(
+            after_cursor=after_cursor, follow=follow, page_size=page_size
+        )
         if session_id is not None:
             request.session_id = session_id
         else:
@@ -550,6 +580,15 @@ class RecorderClient:
                     raise RecorderRpcError.from_rpc_error(error) from error
         finally:
             call.cancel()
+
+
+async def _events_of(
+    pages: AsyncGenerator[service_pb2.StreamEventsResponse, None],
+) -> AsyncGenerator[service_pb2.StreamedEvent, None]:
+    async with aclosing(pages):
+        async for page in pages:
+            for event in page.events:
+                yield event
 
 
 def _tls_credentials(

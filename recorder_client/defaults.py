@@ -18,6 +18,9 @@ TOKEN_FILE_ENV = "AGENT_RECORDER_TOKEN_FILE"
 TLS_CA_ENV = "AGENT_RECORDER_TLS_CA"
 TLS_CERT_ENV = "AGENT_RECORDER_TLS_CERT"
 TLS_KEY_ENV = "AGENT_RECORDER_TLS_KEY"
+# The largest response: a whole session with every event can run to hundreds of MB
+# (gRPC's default limit is 4 MiB). The server sends up to it, the client takes it.
+MAX_RESPONSE_BYTES = 512 * 1024 * 1024
 
 
 def data_dir() -> Path:

@@ -1,18 +1,16 @@
 """Queries over the store on read-only connections that never wait for the writer.
 
 WAL mode lets each read see the last committed state while the writer appends.
-Sessions and loops are assembled from stored bytes (see storage.py) and decoded
-once.
+Sessions and loops are assembled from stored bytes (see storage.py and
+framing.py); a whole session is answered without ever being decoded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
@@ -20,14 +18,13 @@ from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2, types_pb2
 
 from recorder_server.errors import InvalidArgument, NotFound
+from recorder_server.framing import Pieces, StoredEvent
 from recorder_server.storage import (
     COMMON_PRAGMAS,
     LOOP_EVENTS_FIELD,
     LOOP_TURNS_FIELD,
     SESSION_LOOPS_FIELD,
-    _field,
     configure,
-    loop_event_bytes,
     ts_us,
 )
 
@@ -36,6 +33,9 @@ READER_PRAGMAS = (
     "PRAGMA query_only = ON",
     # 16 MiB page cache per reader for repeated reads of the same session.
     "PRAGMA cache_size = -16384",
+    # Read the file through a shared memory map: a whole session's event bodies
+    # (overflow pages) come 2.5x faster than through read() into the page cache.
+    "PRAGMA mmap_size = 1073741824",
 )
 
 STATUS_FIELDS = {
@@ -45,14 +45,6 @@ STATUS_FIELDS = {
     session_pb2.LOOP_STATUS_REJECTED: "rejected",
     session_pb2.LOOP_STATUS_ABORTED: "aborted",
 }
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    cursor: int
-    loop_id: str
-    sequence: int
-    body: bytes
 
 
 class ReadPool:
@@ -102,9 +94,10 @@ class Reads:
             )
         return session_pb2.Session.FromString(bytes(rows[0][0])) if rows else None
 
-    async def get_session(
+    async def session_bytes(
         self, session_id: str, skip_events: bool, skip_messages: bool = False
-    ) -> session_pb2.Session:
+    ) -> Pieces:
+        """The Session's bytes, assembled from stored bytes without decoding them."""
         async with self.pool.connection() as conn:
             rows = await conn.execute_fetchall(
                 "SELECT head FROM sessions WHERE session_id = ?", (session_id,)
@@ -116,36 +109,35 @@ class Reads:
                 "SELECT loop_id, record FROM loops WHERE session_id = ? ORDER BY position",
                 (session_id,),
             )
-            turns: list[tuple[str, bytes]] = []
+            turns: Iterable[tuple[str, bytes]] = ()
             if not skip_messages:
-                turns = list(
-                    await conn.execute_fetchall(  # type: ignore[arg-type]
-                        "SELECT t.loop_id, t.body FROM loops l "
-                        "JOIN turns t ON t.loop_id = l.loop_id "
-                        "WHERE l.session_id = ? ORDER BY t.loop_id, t.turn_no",
-                        (session_id,),
-                    )
+                # In the primary key's order: each loop's turns in order, no sort.
+                turns = await conn.execute_fetchall(  # type: ignore[assignment]
+                    "SELECT loop_id, body FROM turns WHERE loop_id IN "
+                    "(SELECT loop_id FROM loops WHERE session_id = ?) ORDER BY loop_id, turn_no",
+                    (session_id,),
                 )
-            events: list[tuple[str, int, bytes]] = []
+            events: Iterable[tuple[str, int, bytes]] = ()
             if not skip_events:
-                events = list(
-                    await conn.execute_fetchall(  # type: ignore[arg-type]
-                        "SELECT loop_id, sequence, body FROM events WHERE session_id = ? "
-                        "ORDER BY cursor",
-                        (session_id,),
-                    )
+                events = await conn.execute_fetchall(  # type: ignore[assignment]
+                    "SELECT loop_id, sequence, body FROM events WHERE session_id = ? "
+                    "ORDER BY cursor",
+                    (session_id,),
                 )
-        extra: dict[str, list[bytes]] = defaultdict(list)
+        records = {
+            loop_id: Pieces(_without_messages(record) if skip_messages else record)
+            for loop_id, record in loops
+        }
         for loop_id, body in turns:
-            extra[loop_id].append(_field(LOOP_TURNS_FIELD, body))
+            if (record := records.get(loop_id)) is not None:
+                record.add_field(LOOP_TURNS_FIELD, body)
         for loop_id, sequence, body in events:
-            extra[loop_id].append(_field(LOOP_EVENTS_FIELD, loop_event_bytes(sequence, body)))
-        parts = [head]
-        for loop_id, record in loops:
-            if skip_messages:
-                record = _without_messages(record)
-            parts.append(_field(SESSION_LOOPS_FIELD, b"".join([record, *extra[loop_id]])))
-        return session_pb2.Session.FromString(b"".join(parts))
+            if (record := records.get(loop_id)) is not None:
+                record.add_loop_event(LOOP_EVENTS_FIELD, sequence, body)
+        session = Pieces(head)
+        for loop in records.values():
+            session.add_message(SESSION_LOOPS_FIELD, loop)
+        return session
 
     async def get_loop(self, loop_id: str, skip_events: bool) -> session_pb2.LoopRecord:
         async with self.pool.connection() as conn:
@@ -154,18 +146,18 @@ class Reads:
             )
             if not rows:
                 raise NotFound(f"loop {loop_id!r} not found", loop_id=loop_id)
-            parts = [bytes(next(iter(rows))[0])]
+            record = Pieces(bytes(next(iter(rows))[0]))
             for (body,) in await conn.execute_fetchall(
                 "SELECT body FROM turns WHERE loop_id = ? ORDER BY turn_no", (loop_id,)
             ):
-                parts.append(_field(LOOP_TURNS_FIELD, body))
+                record.add_field(LOOP_TURNS_FIELD, body)
             if not skip_events:
                 for sequence, body in await conn.execute_fetchall(
                     "SELECT sequence, body FROM events WHERE loop_id = ? ORDER BY sequence",
                     (loop_id,),
                 ):
-                    parts.append(_field(LOOP_EVENTS_FIELD, loop_event_bytes(sequence, body)))
-        return session_pb2.LoopRecord.FromString(b"".join(parts))
+                    record.add_loop_event(LOOP_EVENTS_FIELD, sequence, body)
+        return session_pb2.LoopRecord.FromString(record.join())
 
     async def list_sessions(
         self, request: api.ListSessionsRequest
@@ -286,7 +278,7 @@ class Reads:
             key = session_id or ""
         async with self.pool.connection() as conn:
             rows = await conn.execute_fetchall(sql, (key, after_cursor, limit))
-        return [StoredEvent(int(c), str(lid), int(s), bytes(b)) for c, lid, s, b in rows]
+        return list(rows)  # type: ignore[arg-type]
 
     async def loop_status(self, loop_id: str) -> int | None:
         async with self.pool.connection() as conn:

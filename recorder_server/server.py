@@ -18,11 +18,15 @@ from typing import IO, Any
 
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
-from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recorder_client.defaults import default_db_path, default_target, normalize_target
+from recorder_client.defaults import (
+    MAX_RESPONSE_BYTES,
+    default_db_path,
+    default_target,
+    normalize_target,
+)
 from recorder_server.checkpoints import Checkpointer
 from recorder_server.decoding import DecodeGuard
 from recorder_server.otel import OtlpExporter
@@ -34,7 +38,7 @@ from recorder_server.security import (
     server_credentials,
     tls_files,
 )
-from recorder_server.service import RecorderServicer
+from recorder_server.service import RecorderServicer, add_to_server
 from recorder_server.storage import WriteStore
 from recorder_server.validation import Limits
 from recorder_server.writer import Writer
@@ -169,10 +173,10 @@ class RecorderServer:
             interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.max_send_message_length", 512 * 1024 * 1024),
+                ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
             ],
         )
-        api_grpc.add_RecorderServiceServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, *OPEN_SERVICES), server)

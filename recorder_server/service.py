@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from operator import itemgetter
 from typing import Any
 
 import grpc
@@ -12,6 +13,7 @@ from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 
 from recorder_server.errors import InvalidArgument, NotFound, RecorderError
+from recorder_server.framing import event_pages, response_of
 from recorder_server.reads import Reads
 from recorder_server.recording import OPEN_STATUSES
 from recorder_server.status import internal_rejection, streaming, to_rejection, unary
@@ -19,7 +21,11 @@ from recorder_server.validation import Limits, validate_request
 from recorder_server.writer import Envelope, Writer
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# Events read per query, and the most a StreamEvents page holds.
 EVENTS_PAGE = 1000
+# A page's bytes stay well under every client's default receive limit (4 MiB).
+PAGE_BYTES = 1024 * 1024
+SESSION_FIELD = api.GetSessionResponse.DESCRIPTOR.fields_by_name["session"].number
 
 
 def envelopes_of(items: Sequence[api.EventEnvelope]) -> list[Envelope]:
@@ -169,14 +175,15 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     # -- reading ----------------------------------------------------------------
 
     @unary
-    async def GetSession(
+    async def GetSession(  # type: ignore[override]  # bytes: see add_to_server
         self, request: api.GetSessionRequest, context: Context
-    ) -> api.GetSessionResponse:
+    ) -> bytes:
+        """GetSessionResponse bytes framed around the stored session, never decoded."""
         validate_request(request, self.limits)
-        session = await self.reads.get_session(
+        session = await self.reads.session_bytes(
             request.session_id, request.skip_events, request.skip_messages
         )
-        return api.GetSessionResponse(session=session)
+        return response_of(SESSION_FIELD, session)
 
     @unary
     async def GetLoop(self, request: api.GetLoopRequest, context: Context) -> api.GetLoopResponse:
@@ -200,27 +207,30 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         return api.GetUsageResponse(rows=await self.reads.usage(request))
 
     @streaming
-    async def StreamEvents(
+    async def StreamEvents(  # type: ignore[override]  # bytes: see add_to_server
         self, request: api.StreamEventsRequest, context: Context
-    ) -> AsyncIterator[api.StreamEventsResponse]:
-        """Pages of stored events; with follow, wakes on each commit until the end."""
+    ) -> AsyncIterator[bytes]:
+        """StreamEventsResponse pages as bytes framed around the stored events.
+
+        Each page goes out as soon as its events are read; with follow, the stream
+        then waits for the next commit, until the loop ends or the session is done.
+        """
         validate_request(request, self.limits)
         loop_id = request.loop_id if request.WhichOneof("target") == "loop_id" else None
         session_id = request.session_id if loop_id is None else None
+        page_size = request.page_size or EVENTS_PAGE
         cursor = request.after_cursor
         while True:
             next_commit = self.writer.commits.next()
             finished = await self._finished(session_id, loop_id) or not request.follow
-            page = await self.reads.events_after(
+            stored = await self.reads.events_after(
                 session_id=session_id, loop_id=loop_id, after_cursor=cursor, limit=EVENTS_PAGE
             )
-            for stored in page:
-                response = api.StreamEventsResponse(loop_id=stored.loop_id, cursor=stored.cursor)
-                response.event.sequence = stored.sequence
-                response.event.event.ParseFromString(stored.body)
-                yield response
-                cursor = max(cursor, stored.cursor)
-            if len(page) == EVENTS_PAGE:
+            for page in event_pages(stored, page_size, PAGE_BYTES):
+                yield page
+            if stored:
+                cursor = max(cursor, *map(itemgetter(0), stored))
+            if len(stored) == EVENTS_PAGE:
                 continue
             if finished:
                 return
@@ -250,3 +260,29 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
                     yield message
         finally:
             self.writer.lifecycle.unsubscribe(queue)
+
+
+def _as_is(response: bytes) -> bytes:
+    return response
+
+
+def add_to_server(servicer: RecorderServicer, server: grpc.aio.Server) -> None:
+    """Register the service: the generated handlers, but GetSession and StreamEvents
+    send the bytes their servicer methods assembled, instead of serializing a message.
+
+    Registering a method again replaces its generated handler; tests/test_read_pages.py
+    fails if it did not (the generated serializer cannot take bytes).
+    """
+    api_grpc.add_RecorderServiceServicer_to_server(servicer, server)
+    service = api.DESCRIPTOR.services_by_name["RecorderService"].full_name
+    server.add_registered_method_handlers(  # type: ignore[attr-defined]
+        service,
+        {
+            "GetSession": grpc.unary_unary_rpc_method_handler(
+                servicer.GetSession, api.GetSessionRequest.FromString, _as_is
+            ),
+            "StreamEvents": grpc.unary_stream_rpc_method_handler(
+                servicer.StreamEvents, api.StreamEventsRequest.FromString, _as_is
+            ),
+        },
+    )

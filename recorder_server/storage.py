@@ -150,28 +150,6 @@ def ts_us(ts: Timestamp) -> int:
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field, ready to append to a message's bytes."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def loop_event_bytes(sequence: int, body: bytes) -> bytes:
-    """LoopEvent{sequence, event} encoded without decoding the stored event."""
-    return b"\x08" + _varint(sequence) + _field(2, body)
-
-
 LOOP_TURNS_FIELD = session_pb2.LoopRecord.DESCRIPTOR.fields_by_name["turns"].number
 LOOP_EVENTS_FIELD = session_pb2.LoopRecord.DESCRIPTOR.fields_by_name["events"].number
 SESSION_LOOPS_FIELD = session_pb2.Session.DESCRIPTOR.fields_by_name["loops"].number

@@ -535,6 +535,8 @@ def _stream_events(request: recorder_service_pb2.StreamEventsRequest, limits: Li
         raise _Fault("target", "set session_id or loop_id")
     _check_id(getattr(request, target), target, limits)
     _check_int64(request.after_cursor, "after_cursor")
+    if request.page_size > MAX_PAGE_SIZE:
+        raise _Fault("page_size", f"must be within 0..{MAX_PAGE_SIZE} (0 means the default)")
 
 
 def _check_spawn_ref(ref: session_pb2.SpawnRef, limits: Limits) -> None:

@@ -89,8 +89,9 @@ async def one_writer(stub: Stub, n: int, all_open: asyncio.Barrier) -> Acked:
 async def stored(stub: Stub, session: str) -> Acked:
     request = api.StreamEventsRequest(session_id=session)
     return {
-        (reply.loop_id, reply.event.sequence)
+        (item.loop_id, item.event.sequence)
         async for reply in stub.StreamEvents(request, timeout=LIMIT_S)
+        for item in reply.events
     }
 
 

@@ -319,9 +319,9 @@ async def test_rule4_stream_events_replays_and_follows_a_loop(recorder: RunningR
     tail = stub.StreamEvents(
         api.StreamEventsRequest(loop_id="s.main.0", follow=True), timeout=DEADLINE
     )
-    seen: list[api.StreamEventsResponse] = []
-    async for item in tail:
-        seen.append(item)
+    seen: list[api.StreamedEvent] = []
+    async for page in tail:
+        seen.extend(page.events)
         if len(seen) == 2:  # the replay is complete: now append while following
             await append(stub, [progress("s.main.0", "c", "t", "2"), agent_end("s.main.0", at=2)])
     assert [(r.loop_id, r.event.sequence) for r in seen] == [("s.main.0", i) for i in range(4)]
@@ -337,7 +337,7 @@ async def test_rule4_stream_events_replays_and_follows_a_loop(recorder: RunningR
     rest = stub.StreamEvents(
         api.StreamEventsRequest(session_id="s", after_cursor=cursors[1]), timeout=DEADLINE
     )
-    assert [r.event.sequence async for r in rest] == [2, 3]
+    assert [e.event.sequence async for page in rest for e in page.events] == [2, 3]
 
 
 # -- rule 5: streaming deltas -------------------------------------------------------------
@@ -737,8 +737,8 @@ async def test_rule10_a_followed_session_tail_ends_when_the_session_is_flushed(
     await append(stub, [agent_start("f", "f.main.0", at=1)])
     tail = stub.StreamEvents(api.StreamEventsRequest(session_id="f", follow=True), timeout=DEADLINE)
     seen: list[str] = []
-    async for item in tail:
-        seen.append(str(item.event.event.WhichOneof("event")))
+    async for page in tail:
+        seen.extend(str(item.event.event.WhichOneof("event")) for item in page.events)
         if len(seen) == 1:  # replayed; now write and flush while following
             await append(stub, [progress("f.main.0", "c", "t", "x")])
             await stub.Flush(api.FlushRequest(session_id="f"), timeout=DEADLINE)

@@ -199,7 +199,9 @@ async def _loop_events(request: web.Request) -> web.StreamResponse:
     """A page of a loop's events after a cursor: a big loop is read a page at a time."""
     limit = min(max(_int_arg(request, "limit", 200), 1), EVENTS_PAGE_MAX)
     stream = request.app[CLIENT].stream_events(
-        loop_id=request.match_info["loop_id"], after_cursor=_int_arg(request, "after", 0)
+        loop_id=request.match_info["loop_id"],
+        after_cursor=_int_arg(request, "after", 0),
+        page_size=limit,
     )
     events: list[Any] = []
     try:

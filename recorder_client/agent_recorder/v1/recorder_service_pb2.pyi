@@ -553,6 +553,7 @@ class StreamEventsRequest(_message.Message):
     LOOP_ID_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     loop_id: _builtins.str
     after_cursor: _builtins.int
@@ -561,6 +562,8 @@ class StreamEventsRequest(_message.Message):
     """Keep the stream open and send events as they are committed, until the loop
     ends or the session is finalized or deleted.
     """
+    page_size: _builtins.int
+    """At most this many events per response (default and at most 1000)."""
     def __init__(
         self,
         *,
@@ -568,10 +571,11 @@ class StreamEventsRequest(_message.Message):
         loop_id: _builtins.str = ...,
         after_cursor: _builtins.int = ...,
         follow: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["loop_id", b"loop_id", "session_id", b"session_id", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "follow", b"follow", "loop_id", b"loop_id", "session_id", b"session_id", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "follow", b"follow", "loop_id", b"loop_id", "page_size", b"page_size", "session_id", b"session_id", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["session_id", "loop_id"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -580,7 +584,9 @@ class StreamEventsRequest(_message.Message):
 Global___StreamEventsRequest: _TypeAlias = StreamEventsRequest  # noqa: Y015
 
 @_typing.final
-class StreamEventsResponse(_message.Message):
+class StreamedEvent(_message.Message):
+    """One stored event and where it stands in the store."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LOOP_ID_FIELD_NUMBER: _builtins.int
@@ -601,6 +607,31 @@ class StreamEventsResponse(_message.Message):
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "event", b"event", "loop_id", b"loop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamedEvent: _TypeAlias = StreamedEvent  # noqa: Y015
+
+@_typing.final
+class StreamEventsResponse(_message.Message):
+    """A page of events in commit order: at most page_size events and about 1 MiB
+    of them (an event larger than that comes alone). A page is sent as soon as
+    events are there, never held back to fill it; never empty.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamedEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___StreamedEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -152,7 +152,8 @@ class RecorderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamEvents(self, request, context):
-        """Stored events of a loop or a session in commit order; with follow, a live tail.
+        """Stored events of a loop or a session in commit order, a page per response;
+        with follow, a live tail.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,7 +45,9 @@ class RecorderServiceStub:
     """Sessions newest first (by creation), optionally of one agent."""
     GetLoop: _grpc.UnaryUnaryMultiCallable[_recorder_service_pb2.GetLoopRequest, _recorder_service_pb2.GetLoopResponse]
     StreamEvents: _grpc.UnaryStreamMultiCallable[_recorder_service_pb2.StreamEventsRequest, _recorder_service_pb2.StreamEventsResponse]
-    """Stored events of a loop or a session in commit order; with follow, a live tail."""
+    """Stored events of a loop or a session in commit order, a page per response;
+    with follow, a live tail.
+    """
     OpenSession: _grpc.UnaryUnaryMultiCallable[_recorder_service_pb2.OpenSessionRequest, _recorder_service_pb2.OpenSessionResponse]
     """Opens a session explicitly (formation Explicit) before its first loop."""
     RotateSession: _grpc.UnaryUnaryMultiCallable[_recorder_service_pb2.RotateSessionRequest, _recorder_service_pb2.RotateSessionResponse]
@@ -84,7 +86,9 @@ class RecorderServiceAsyncStub(RecorderServiceStub):
     """Sessions newest first (by creation), optionally of one agent."""
     GetLoop: _aio.UnaryUnaryMultiCallable[_recorder_service_pb2.GetLoopRequest, _recorder_service_pb2.GetLoopResponse]  # type: ignore[assignment]
     StreamEvents: _aio.UnaryStreamMultiCallable[_recorder_service_pb2.StreamEventsRequest, _recorder_service_pb2.StreamEventsResponse]  # type: ignore[assignment]
-    """Stored events of a loop or a session in commit order; with follow, a live tail."""
+    """Stored events of a loop or a session in commit order, a page per response;
+    with follow, a live tail.
+    """
     OpenSession: _aio.UnaryUnaryMultiCallable[_recorder_service_pb2.OpenSessionRequest, _recorder_service_pb2.OpenSessionResponse]  # type: ignore[assignment]
     """Opens a session explicitly (formation Explicit) before its first loop."""
     RotateSession: _aio.UnaryUnaryMultiCallable[_recorder_service_pb2.RotateSessionRequest, _recorder_service_pb2.RotateSessionResponse]  # type: ignore[assignment]
@@ -156,7 +160,9 @@ class RecorderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _recorder_service_pb2.StreamEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_recorder_service_pb2.StreamEventsResponse], _abc.AsyncIterator[_recorder_service_pb2.StreamEventsResponse]]:
-        """Stored events of a loop or a session in commit order; with follow, a live tail."""
+        """Stored events of a loop or a session in commit order, a page per response;
+        with follow, a live tail.
+        """
 
     @_abc_1.abstractmethod
     def OpenSession(
