@@ -16,30 +16,11 @@ from typing import TypeAlias
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
 
+from recorder_client.framing import varint
+
 _LOOP_EVENT = session_pb2.LoopEvent.DESCRIPTOR.fields_by_name
 _STREAMED = api.StreamedEvent.DESCRIPTOR.fields_by_name
 _LENGTH_DELIMITED = 2
-
-
-def _encode(value: int) -> bytes:
-    out = bytearray()
-    while value >= 128:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-# Every varint of up to two bytes, looked up: sequences, tags and most event sizes.
-_VARINTS = [_encode(value) for value in range(1 << 14)]
-
-
-def varint(value: int) -> bytes:
-    if value < 16384:
-        return _VARINTS[value]
-    if value < 2097152:  # cursors and event sizes of three bytes
-        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
-    return _encode(value)
 
 
 def _key(number: int, wire_type: int) -> bytes:
