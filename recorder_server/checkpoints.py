@@ -2,11 +2,18 @@
 
 In WAL mode every commit appends pages to the log; a checkpoint copies them into
 the database file and syncs it. SQLite's automatic checkpoint runs inside the
-commit that crosses the threshold, which is a ~100 ms stall in the ack path of
-whoever sent that batch. Here a connection of its own, on a thread of its own,
-runs PASSIVE checkpoints (they never block the writer or readers) once enough
-has been written since the last one. The writer reports what it wrote; nothing
-polls.
+commit that crosses the threshold, which is a 100-300 ms stall in the ack path
+of whoever sent that batch. Here a connection of its own, on a thread of its
+own, runs PASSIVE checkpoints (they never block the writer or readers) once
+enough has been written since the last one. The writer reports what it wrote;
+nothing polls.
+
+The log only starts over from its beginning when a write transaction begins
+with every frame already copied, which a checkpoint running beside a busy
+writer never achieves: the log would grow until the backstop checkpoint stalls
+a commit after all. So after each background checkpoint the writer copies the
+few frames committed meanwhile itself (`catch_up`), between two of its
+transactions, and its next transaction restarts the log.
 """
 
 from __future__ import annotations
@@ -24,8 +31,11 @@ from recorder_server.storage import COMMON_PRAGMAS
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# About 2,000 pages: checkpoints stay short, and the WAL small enough to restart.
-DEFAULT_EVERY_BYTES: Final = 8 * 1024 * 1024
+# Event bytes between checkpoints. The WAL grows by 2-10 times as much (rows and
+# index pages beside the events; the most with many small batches), so the log
+# restarts well before the writer's 256 MiB backstop, while a burst of small
+# acknowledged batches meets the catch-up's two fsyncs only every few seconds.
+DEFAULT_EVERY_BYTES: Final = 16 * 1024 * 1024
 
 
 class Checkpointer:
@@ -35,6 +45,8 @@ class Checkpointer:
         self.path = path
         self.every_bytes = every_bytes
         self.checkpoints = 0
+        # Set after each background checkpoint: the writer should catch up.
+        self.catch_up = False
         # Set after each checkpoint, for whoever waits on one (a waiter clears it).
         self.completed = asyncio.Event()
         self._written = 0
@@ -82,6 +94,7 @@ class Checkpointer:
                 log.warning("background checkpoint failed: %s", exc)
                 continue
             self.checkpoints += 1
+            self.catch_up = True
             self.completed.set()
             log.debug("checkpoint: busy=%s wal=%s pages copied=%s", busy, log_pages, copied)
 

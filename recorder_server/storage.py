@@ -137,8 +137,8 @@ WRITER_PRAGMAS = (
     "PRAGMA cache_size = -16384",
     # The background Checkpointer (checkpoints.py) copies the WAL into the
     # database, so commits do not. A commit checkpoints itself only as a backstop,
-    # past ~64 MiB of WAL; by then the background one has copied nearly all of it.
-    "PRAGMA wal_autocheckpoint = 16384",
+    # past 256 MiB of WAL, should the background one fall that far behind.
+    "PRAGMA wal_autocheckpoint = 65536",
     # A WAL that grew under a burst is cut back to 64 MiB when it restarts.
     "PRAGMA journal_size_limit = 67108864",
     # Foreign keys are not used; integrity is kept by the writer.
@@ -266,6 +266,10 @@ class WriteStore:
         statements = self._statements(changes)
         nbytes = sum(len(row[4]) for row in changes.events)
         return self._run(_transaction, self._conn, statements), nbytes
+
+    def catch_up(self) -> asyncio.Future[None]:
+        """Copy what the background checkpoint left in the WAL (see checkpoints.py)."""
+        return self._run(_execute, self._conn, "PRAGMA wal_checkpoint(PASSIVE)")
 
     async def persist(self, changes: ChangeSet) -> None:
         """Write one ChangeSet inside the transaction the caller opened."""

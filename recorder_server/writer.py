@@ -111,6 +111,12 @@ def _storage_error(exc: BaseException) -> RecorderError:
     return StorageUnavailable(f"database write failed: {exc}")
 
 
+def _log_failure(future: asyncio.Future[None]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.warning("checkpoint on the write connection failed: %s", exc)
+
+
 def now_timestamp() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
@@ -247,6 +253,11 @@ class Writer:
         self._after_commit([changes for _, _, changes in flight.jobs])
         if self.checkpointer is not None:
             self.checkpointer.wrote(flight.nbytes)
+            if self.checkpointer.catch_up:
+                # Queued before the next group's write, so its transaction
+                # restarts the WAL from the beginning (see checkpoints.py).
+                self.checkpointer.catch_up = False
+                self.store.catch_up().add_done_callback(_log_failure)
 
     async def _land(self, flight: _Flight) -> bool:
         """Wait for a group's commit; after a failure, rebuild the snapshot from the store."""

@@ -12,6 +12,8 @@ from conftest import RunningRecorder
 from events import agent_start, aio, append, progress
 
 from recorder_server.checkpoints import Checkpointer
+from recorder_server.recording import ChangeSet
+from recorder_server.storage import WriteStore
 
 
 def events_in_database_file(db: Path, scratch: Path) -> int:
@@ -26,6 +28,35 @@ def events_in_database_file(db: Path, scratch: Path) -> int:
         return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
     finally:
         conn.close()
+
+
+def wal_salt(db: Path) -> bytes:
+    """The WAL header's salt: SQLite draws a new one each time the log starts over."""
+    with open(f"{db}-wal", "rb") as wal:
+        return wal.read(24)[16:24]
+
+
+def event_rows(loop_id: str, first: int, count: int) -> ChangeSet:
+    body = progress(loop_id, "c", "t", "x" * 5000).SerializeToString()
+    rows = [(loop_id, n, "s", "progress_message", body) for n in range(first, first + count)]
+    return ChangeSet(events=rows)
+
+
+async def test_a_catch_up_lets_the_next_transaction_restart_the_wal(short_tmp: Path) -> None:
+    store = await WriteStore.open(short_tmp / "w.db")
+    try:
+        await store.write(event_rows("s.main.0", 0, 10))[0]
+        salt = wal_salt(short_tmp / "w.db")
+        await store.write(event_rows("s.main.0", 10, 10))[0]
+        assert wal_salt(short_tmp / "w.db") == salt  # appended: no checkpoint ran
+        await store.catch_up()
+        await store.write(event_rows("s.main.0", 20, 10))[0]
+        assert wal_salt(short_tmp / "w.db") != salt  # started over from the beginning
+    finally:
+        await store.close()
+    conn = sqlite3.connect(short_tmp / "w.db")
+    assert conn.execute("SELECT COUNT(*), MAX(sequence) FROM events").fetchone() == (30, 29)
+    conn.close()
 
 
 def checkpointer_of(recorder: RunningRecorder) -> Checkpointer:
@@ -53,6 +84,10 @@ async def test_commits_leave_pages_in_the_wal_until_the_background_checkpoint(
     await asyncio.wait_for(checkpointer.completed.wait(), 10)
     assert checkpointer.checkpoints == 1
     assert events_in_database_file(recorder.db_path, short_tmp) == 3
+    assert checkpointer.catch_up  # asked of the writer, after its next commit
+    checkpointer.every_bytes = 1 << 40
+    assert await append(stub, [progress("s.main.0", "c", "t", "after")]) == [3]
+    assert not checkpointer.catch_up
 
 
 async def test_concurrent_batches_are_each_acknowledged_with_their_own_sequences(
