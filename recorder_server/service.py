@@ -11,6 +11,7 @@ import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 
+from recorder_server.decoding import Received, wants_wire
 from recorder_server.errors import InvalidArgument, NotFound, RecorderError
 from recorder_server.reads import Reads
 from recorder_server.recording import OPEN_STATUSES
@@ -34,12 +35,17 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
 
     # -- writing ----------------------------------------------------------------
 
-    async def Record(
-        self, request_iterator: AsyncIterator[api.RecordRequest], context: Context
+    @wants_wire
+    async def Record(  # type: ignore[override]  # DecodeGuard hands it Received pairs
+        self, request_iterator: AsyncIterator[Received], context: Context
     ) -> AsyncIterator[api.RecordResponse]:
-        """Pipelined: batches are queued as they arrive, acknowledged in order."""
+        """Pipelined: batches are queued as they arrive, acknowledged in order.
+
+        Each request comes with its wire bytes, which let validation settle a batch's
+        free-form JSON in one pass over them.
+        """
         try:
-            first = await anext(aiter(request_iterator))
+            first: api.RecordRequest = (await anext(aiter(request_iterator))).request
         except StopAsyncIteration:
             return
         if first.WhichOneof("kind") != "hello":
@@ -75,16 +81,17 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     async def _read_batches(
         self,
         writer_id: str,
-        requests: AsyncIterator[api.RecordRequest],
+        requests: AsyncIterator[Received],
         acks: asyncio.Queue[tuple[int, asyncio.Future[list[int]] | RecorderError] | None],
     ) -> None:
         try:
-            async for request in requests:
+            async for received in requests:
+                request: api.RecordRequest = received.request
                 batch_id = request.batch.batch_id
                 try:
                     if request.WhichOneof("kind") != "batch":
                         raise InvalidArgument("kind", "only the first request may be hello")
-                    validate_request(request, self.limits)
+                    validate_request(request, self.limits, received.wire)
                     future = await self.writer.enqueue_record(
                         writer_id, envelopes_of(request.batch.events)
                     )

@@ -30,7 +30,7 @@ from typing import Any
 
 from agent_recorder.v1 import events_pb2, recorder_service_pb2, session_pb2, types_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from recorder_server.errors import InvalidArgument, RecorderError, TooLarge
 
@@ -128,16 +128,28 @@ def _check_optional_id(value: str, path: str, limits: Limits) -> None:
 
 
 def _check_timestamp(ts: timestamp_pb2.Timestamp, path: str) -> None:
-    if not TIMESTAMP_MIN_SECONDS <= ts.seconds <= TIMESTAMP_MAX_SECONDS:
+    _check_time(ts.seconds, ts.nanos, path)
+
+
+def _check_time(seconds: int, nanos: int, path: str) -> None:
+    if not TIMESTAMP_MIN_SECONDS <= seconds <= TIMESTAMP_MAX_SECONDS:
         raise _Fault(f"{path}.seconds", "must be within 0001-01-01..9999-12-31")
-    if not 0 <= ts.nanos <= 999_999_999:
+    if not 0 <= nanos <= 999_999_999:
         raise _Fault(f"{path}.nanos", "must be within 0..999999999")
 
 
-def _require_timestamp(is_set: bool, ts: timestamp_pb2.Timestamp, path: str) -> None:
-    if not is_set:
+def _require_timestamp(owner: Message, name: str, path: str) -> None:
+    """`owner.<name>` must be set and in range.
+
+    Reads the value first: an unset Timestamp reads 0, so only a zero reading (unset,
+    or set to the epoch) pays for HasField, and the first fault is still "must be set".
+    """
+    ts = getattr(owner, name)
+    seconds, nanos = ts.seconds, ts.nanos
+    if seconds or nanos:
+        _check_time(seconds, nanos, path)
+    elif not owner.HasField(name):
         raise _Fault(path, "must be set")
-    _check_timestamp(ts, path)
 
 
 def _check_int64(value: int, path: str) -> None:
@@ -254,7 +266,7 @@ def _check_blocks(blocks: Sequence[types_pb2.ContentBlock], limits: Limits) -> N
             raise fault.under(f"content[{j}]") from None
 
 
-def _check_message(message: types_pb2.AgentMessage, limits: Limits) -> None:
+def _check_message(message: types_pb2.AgentMessage, limits: Limits, json: bool) -> None:
     # The hottest function (AgentEnd and TurnEnd repeat every message): inline
     # checks, and no HasField before a timestamp, as an unset one reads in range.
     if message.role not in _ROLES:
@@ -262,7 +274,7 @@ def _check_message(message: types_pb2.AgentMessage, limits: Limits) -> None:
     if message.stop_reason not in _STOP_REASONS:
         raise _Fault("stop_reason", f"unknown enum value {message.stop_reason}")
     _check_timestamp(message.timestamp, "timestamp")
-    if _json_cleared(message, limits.max_value_depth):
+    if not json or _json_cleared(message, limits.max_value_depth):
         return
     _check_blocks(message.content, limits)
     if message.HasField("extension_data"):
@@ -275,26 +287,30 @@ def _check_message(message: types_pb2.AgentMessage, limits: Limits) -> None:
         _check_json(message.extra, "extra", limits)
 
 
-def _check_message_at(message: types_pb2.AgentMessage, path: str, limits: Limits) -> None:
+def _check_message_at(
+    message: types_pb2.AgentMessage, path: str, limits: Limits, json: bool
+) -> None:
     try:
-        _check_message(message, limits)
+        _check_message(message, limits, json)
     except _Fault as fault:
         raise fault.under(path) from None
 
 
-def _check_messages(messages: Sequence[types_pb2.AgentMessage], path: str, limits: Limits) -> None:
+def _check_messages(
+    messages: Sequence[types_pb2.AgentMessage], path: str, limits: Limits, json: bool
+) -> None:
     for j, message in enumerate(messages):
         try:
-            _check_message(message, limits)
+            _check_message(message, limits, json)
         except _Fault as fault:
             raise fault.under(f"{path}[{j}]") from None
 
 
-def _check_tool_result(result: types_pb2.ToolResult, path: str, limits: Limits) -> None:
+def _check_tool_result(result: types_pb2.ToolResult, path: str, limits: Limits, json: bool) -> None:
     try:
         if result.HasField("child_loop_id"):
             _check_id(result.child_loop_id, "child_loop_id", limits)
-        if _json_cleared(result, limits.max_value_depth):
+        if not json or _json_cleared(result, limits.max_value_depth):
             return
         _check_blocks(result.content, limits)
         if result.HasField("details"):
@@ -306,14 +322,14 @@ def _check_tool_result(result: types_pb2.ToolResult, path: str, limits: Limits) 
 # --- one check per event kind (paths relative to the event's oneof field) ----------
 
 
-def _agent_start(e: events_pb2.AgentStart, limits: Limits) -> None:
+def _agent_start(e: events_pb2.AgentStart, limits: Limits, json: bool) -> None:
     _check_id(e.agent_id, "agent_id", limits)
     _check_id(e.session_id, "session_id", limits)
     _check_id(e.loop_id, "loop_id", limits)
     if e.HasField("parent_loop_id"):
         _check_id(e.parent_loop_id, "parent_loop_id", limits)
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
-    if e.HasField("metadata"):
+    _require_timestamp(e, "timestamp", "timestamp")
+    if json and e.HasField("metadata"):
         _check_json(e.metadata, "metadata", limits)
     if e.HasField("config_snapshot"):
         config = e.config_snapshot
@@ -321,65 +337,68 @@ def _agent_start(e: events_pb2.AgentStart, limits: Limits) -> None:
         _check_enum(config.thinking_level, _THINKING_LEVELS, "config_snapshot.thinking_level")
 
 
-def _agent_end(e: events_pb2.AgentEnd, limits: Limits) -> None:
+def _agent_end(e: events_pb2.AgentEnd, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _check_messages(e.messages, "messages", limits)
+    _check_messages(e.messages, "messages", limits, json)
     _check_usage(e.usage, "usage")
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
-def _turn_start(e: events_pb2.TurnStart, limits: Limits) -> None:
+def _turn_start(e: events_pb2.TurnStart, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
     _check_enum(e.triggered_by, _TRIGGERS, "triggered_by")
 
 
-def _turn_request(e: events_pb2.TurnRequest, limits: Limits) -> None:
+def _turn_request(e: events_pb2.TurnRequest, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    if e.HasField("payload"):
+    if json and e.HasField("payload"):
         _check_json(e.payload, "payload", limits)
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
-def _turn_end(e: events_pb2.TurnEnd, limits: Limits) -> None:
+def _turn_end(e: events_pb2.TurnEnd, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _check_message_at(e.message, "message", limits)
+    _check_message_at(e.message, "message", limits, json)
     _check_usage(e.usage, "usage")
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
-    _check_messages(e.tool_results, "tool_results", limits)
+    _require_timestamp(e, "timestamp", "timestamp")
+    _check_messages(e.tool_results, "tool_results", limits, json)
 
 
 def _message_event(
     e: events_pb2.MessageStart | events_pb2.MessageUpdate | events_pb2.MessageEnd,
     limits: Limits,
+    json: bool,
 ) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _check_message_at(e.message, "message", limits)
+    _check_message_at(e.message, "message", limits, json)
 
 
-def _tool_execution_start(e: events_pb2.ToolExecutionStart, limits: Limits) -> None:
+def _tool_execution_start(e: events_pb2.ToolExecutionStart, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    if e.HasField("args"):
+    if json and e.HasField("args"):
         _check_json(e.args, "args", limits)
 
 
-def _tool_execution_update(e: events_pb2.ToolExecutionUpdate, limits: Limits) -> None:
+def _tool_execution_update(e: events_pb2.ToolExecutionUpdate, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _check_tool_result(e.partial_result, "partial_result", limits)
+    _check_tool_result(e.partial_result, "partial_result", limits, json)
 
 
-def _tool_execution_end(e: events_pb2.ToolExecutionEnd, limits: Limits) -> None:
+def _tool_execution_end(e: events_pb2.ToolExecutionEnd, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _check_tool_result(e.result, "result", limits)
+    _check_tool_result(e.result, "result", limits, json)
     if e.HasField("child_loop_id"):
         _check_id(e.child_loop_id, "child_loop_id", limits)
 
 
-def _loop_only(e: events_pb2.ProgressMessage | events_pb2.InputRejected, limits: Limits) -> None:
+def _loop_only(
+    e: events_pb2.ProgressMessage | events_pb2.InputRejected, limits: Limits, json: bool
+) -> None:
     _check_id(e.loop_id, "loop_id", limits)
 
 
-def _parallel_loop_start(e: events_pb2.ParallelLoopStart, limits: Limits) -> None:
+def _parallel_loop_start(e: events_pb2.ParallelLoopStart, limits: Limits, json: bool) -> None:
     _check_id(e.session_id, "session_id", limits)
     if not e.loop_ids:
         raise _Fault("loop_ids", "must not be empty")
@@ -389,34 +408,35 @@ def _parallel_loop_start(e: events_pb2.ParallelLoopStart, limits: Limits) -> Non
         if loop_id in seen:
             raise _Fault(f"loop_ids[{j}]", f"repeats loop id {loop_id!r}")
         seen.add(loop_id)
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
-def _parallel_loop_end(e: events_pb2.ParallelLoopEnd, limits: Limits) -> None:
+def _parallel_loop_end(e: events_pb2.ParallelLoopEnd, limits: Limits, json: bool) -> None:
     _check_id(e.session_id, "session_id", limits)
     _check_id(e.selected_loop_id, "selected_loop_id", limits)
     _check_int64(e.selected_config_index, "selected_config_index")
     _check_usage(e.evaluation_usage, "evaluation_usage")
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
 def _loop_and_time(
     e: events_pb2.CompactionStarted | events_pb2.CompactionEnded | events_pb2.RevertApplied,
     limits: Limits,
+    json: bool,
 ) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
-def _prun_applied(e: events_pb2.PrunApplied, limits: Limits) -> None:
+def _prun_applied(e: events_pb2.PrunApplied, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
     for j, ts in enumerate(e.pruned_timestamps):
         _check_timestamp(ts, f"pruned_timestamps[{j}]")
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
 # Keyed by the AgentEvent oneof field name, as WhichOneof returns it.
-_EVENT_CHECKS: dict[str, Callable[[Any, Limits], None]] = {
+_EVENT_CHECKS: dict[str, Callable[[Any, Limits, bool], None]] = {
     "agent_start": _agent_start,
     "agent_end": _agent_end,
     "turn_start": _turn_start,
@@ -464,6 +484,16 @@ def validate_envelopes(
     `field_prefix` is where the list sits in the request, so paths read as the
     client wrote them (`batch.events[2]...` for Record, `events[2]...` for Append).
     """
+    _check_envelopes(envelopes, limits, field_prefix, True)
+
+
+def _check_envelopes(
+    envelopes: Sequence[recorder_service_pb2.EventEnvelope],
+    limits: Limits,
+    field_prefix: str,
+    json: bool,
+) -> None:
+    """`json=False` skips the free-form JSON checks: only for what `_json_settled` proved."""
     if len(envelopes) > limits.max_events_per_batch:
         raise TooLarge(
             f"{field_prefix}: {len(envelopes)} events, at most "
@@ -481,19 +511,90 @@ def validate_envelopes(
             if kind is None:
                 raise _Fault("event", "no event kind set")
             try:
-                checks[kind](getattr(event, kind), limits)
+                checks[kind](getattr(event, kind), limits, json)
             except _Fault as fault:
                 raise fault.under(f"event.{kind}") from None
         except _Fault as fault:
             raise fault.under(f"{field_prefix}[{i}]").error() from None
 
 
-def _record(request: recorder_service_pb2.RecordRequest, limits: Limits) -> None:
+# --- what the wire form of a decoded request proves ---------------------------------
+
+# The deepest JSON protobuf's decoder lets through inside a Record or Append request.
+# It refuses messages nested 100 deep, and every JSON level is at least two of them
+# (Value and ListValue) below the request, envelope, event and event kind; the
+# tests check this bound at every JSON site.
+DECODED_JSON_DEPTH_MAX = 48
+
+
+def _nested_lists(levels: int) -> bytes:
+    value = struct_pb2.Value()
+    current = value
+    for _ in range(levels - 1):
+        current = current.list_value.values.add()
+    current.list_value.SetInParent()
+    return value.SerializeToString()
+
+
+# 102 nested messages: refused while protobuf keeps its default nesting cap of 100,
+# decoded if something in the process lifted it (SetAllowOversizeProtos).
+_PAST_THE_DECODER_CAP = _nested_lists(51)
+
+
+def _decoder_caps_nesting() -> bool:
+    try:
+        struct_pb2.Value.FromString(_PAST_THE_DECODER_CAP)
+    except DecodeError:
+        return True
+    return False
+
+
+# A non-finite double has its 11 exponent bits set, so the two most significant of
+# its 8 little-endian bytes are 0xF0..0xFF then 0x7F or 0xFF. On the wire, a
+# Value.number_value is the last byte of its tag (0x11, or 0x00 ending an overlong
+# varint of up to 5 bytes, which the decoder also accepts) and those 8 bytes.
+# Valid UTF-8 never holds such a pair; varints seldom do. Past this many 0x7F/0xFF
+# bytes the scan gives up (False), so hostile input cannot make it slow.
+_WIRE_SCAN_MAX_HITS = 4096
+
+
+def _finite_on_wire(wire: bytes) -> bool:
+    """Whether no Value decoded from `wire` can hold NaN or Infinity."""
+    hits = 0
+    for high in (b"\x7f", b"\xff"):
+        at = wire.find(high, 8)
+        while at != -1:
+            if wire[at - 1] >= 0xF0 and wire[at - 8] in (0x11, 0x00):
+                return False
+            hits += 1
+            if hits > _WIRE_SCAN_MAX_HITS:
+                return False
+            at = wire.find(high, at + 1)
+    return True
+
+
+def _json_settled(wire: bytes, limits: Limits) -> bool:
+    """Whether every JSON value decoded from `wire` is provably valid: no check needed.
+
+    Walking content blocks to find the JSON is most of the cost of validating the
+    large events (a Python wrapper per submessage), and re-encoding to scan a
+    message's bytes costs as much. The bytes the request arrived in settle the
+    common batch in one C-speed pass instead: the decoder bounded the depth, and
+    `_finite_on_wire` rules out non-finite numbers. False means "check each value".
+    """
+    return (
+        limits.max_value_depth >= DECODED_JSON_DEPTH_MAX
+        and _finite_on_wire(wire)
+        and _decoder_caps_nesting()
+    )
+
+
+def _record(request: recorder_service_pb2.RecordRequest, limits: Limits, json: bool = True) -> None:
     kind = request.WhichOneof("kind")
     if kind == "hello":
         _check_id(request.hello.writer_id, "hello.writer_id", limits)
     elif kind == "batch":
-        validate_envelopes(request.batch.events, limits, "batch.events")
+        _check_envelopes(request.batch.events, limits, "batch.events", json)
     else:
         raise _Fault("kind", "set hello or batch")
 
@@ -580,7 +681,7 @@ def _delete_session(request: recorder_service_pb2.DeleteSessionRequest, limits: 
 
 
 def _prune_sessions(request: recorder_service_pb2.PruneSessionsRequest, limits: Limits) -> None:
-    _require_timestamp(request.HasField("older_than"), request.older_than, "older_than")
+    _require_timestamp(request, "older_than", "older_than")
 
 
 def _watch_sessions(request: recorder_service_pb2.WatchSessionsRequest, limits: Limits) -> None:
@@ -598,10 +699,8 @@ def _import_session(request: recorder_service_pb2.ImportSessionRequest, limits: 
     _check_id(session.session_id, "session.session_id", limits)
     _check_id(session.agent_id, "session.agent_id", limits)
     _check_enum(session.scope, _SCOPES, "session.scope")
-    _require_timestamp(session.HasField("created_at"), session.created_at, "session.created_at")
-    _require_timestamp(
-        session.HasField("last_active_at"), session.last_active_at, "session.last_active_at"
-    )
+    _require_timestamp(session, "created_at", "session.created_at")
+    _require_timestamp(session, "last_active_at", "session.last_active_at")
     seen: set[str] = set()
     for i, loop in enumerate(session.loops):
         try:
@@ -619,7 +718,7 @@ def _check_imported_loop(loop: session_pb2.LoopRecord, session_id: str, limits: 
         raise _Fault("session_id", f"{loop.session_id!r} is not the session's {session_id!r}")
     _check_id(loop.agent_id, "agent_id", limits)
     _check_enum(loop.status, _LOOP_STATUSES, "status")
-    _require_timestamp(loop.HasField("started_at"), loop.started_at, "started_at")
+    _require_timestamp(loop, "started_at", "started_at")
     _check_usage(loop.usage, "usage")
     for j, item in enumerate(loop.events):
         try:
@@ -630,7 +729,7 @@ def _check_imported_loop(loop: session_pb2.LoopRecord, session_id: str, limits: 
                 raise _Fault("event", "no event kind set")
             payload = getattr(item.event, kind)
             try:
-                _EVENT_CHECKS[kind](payload, limits)
+                _EVENT_CHECKS[kind](payload, limits, True)
                 if getattr(payload, "loop_id", loop.loop_id) != loop.loop_id:
                     raise _Fault("loop_id", f"{payload.loop_id!r} is not this loop's")
             except _Fault as fault:
@@ -665,9 +764,11 @@ _REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], None]] = {
 }
 
 
-def validate_request(request: Message, limits: Limits) -> None:
+def validate_request(request: Message, limits: Limits, wire: bytes | None = None) -> None:
     """Check any RecorderService request; the one call every handler makes first.
 
+    `wire`, the exact bytes `request` was decoded from, lets a RecordRequest's JSON
+    be settled from them (`_json_settled`); the verdict is the same either way.
     Raises InvalidArgument/TooLarge naming the field; TypeError for a message type
     that is not a RecorderService request (a programming error, not bad input).
     """
@@ -675,6 +776,9 @@ def validate_request(request: Message, limits: Limits) -> None:
     if check is None:
         raise TypeError(f"not a RecorderService request: {type(request).__name__}")
     try:
-        check(request, limits)
+        if wire is not None and isinstance(request, recorder_service_pb2.RecordRequest):
+            _record(request, limits, not _json_settled(wire, limits))
+        else:
+            check(request, limits)
     except _Fault as fault:
         raise fault.error() from None
