@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -16,17 +16,11 @@ from recorder_server.errors import InvalidArgument, NotFound, RecorderError
 from recorder_server.reads import Reads
 from recorder_server.recording import OPEN_STATUSES
 from recorder_server.status import internal_rejection, streaming, to_rejection, unary
-from recorder_server.validation import Limits, validate_request
-from recorder_server.writer import Envelope, Writer
+from recorder_server.validation import Limits, validate_events, validate_request
+from recorder_server.writer import Writer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 EVENTS_PAGE = 1000
-
-
-def envelopes_of(items: Sequence[api.EventEnvelope]) -> list[Envelope]:
-    # Only a zero reading can be "not given", so HasField (dearer than the read)
-    # runs just for those: a loop's first event, or an unnumbered one.
-    return [(s if (s := e.sequence) or e.HasField("sequence") else None, e.event) for e in items]
 
 
 class RecorderServicer(api_grpc.RecorderServiceServicer):
@@ -93,10 +87,8 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
                 try:
                     if request.WhichOneof("kind") != "batch":
                         raise InvalidArgument("kind", "only the first request may be hello")
-                    validate_request(request, self.limits, received.wire)
-                    future = await self.writer.enqueue_record(
-                        writer_id, envelopes_of(request.batch.events)
-                    )
+                    events = validate_events(request, self.limits, received.wire)
+                    future = await self.writer.enqueue_record(writer_id, events)
                 except RecorderError as exc:
                     acks.put_nowait((batch_id, exc))
                     continue
@@ -120,8 +112,8 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
 
     @unary
     async def Append(self, request: api.AppendRequest, context: Context) -> api.AppendResponse:
-        validate_request(request, self.limits)
-        sequences = await self.writer.record(request.writer_id, envelopes_of(request.events))
+        events = validate_events(request, self.limits)
+        sequences = await self.writer.record(request.writer_id, events)
         return api.AppendResponse(sequences=sequences)
 
     @unary

@@ -319,6 +319,10 @@ def _check_tool_result(result: types_pb2.ToolResult, path: str, limits: Limits, 
         raise fault.under(path) from None
 
 
+# An event batch as the writer takes it: (sequence, or None if not given; event).
+CheckedEvents = list[tuple[int | None, events_pb2.AgentEvent]]
+
+
 # --- one check per event kind (paths relative to the event's oneof field) ----------
 
 
@@ -492,8 +496,11 @@ def _check_envelopes(
     limits: Limits,
     field_prefix: str,
     json: bool,
-) -> None:
-    """`json=False` skips the free-form JSON checks: only for what `_json_settled` proved."""
+) -> CheckedEvents:
+    """The events as (sequence, or None if not given; event), read in the checking pass.
+
+    `json=False` skips the free-form JSON checks: only for what `_json_settled` proved.
+    """
     if len(envelopes) > limits.max_events_per_batch:
         raise TooLarge(
             f"{field_prefix}: {len(envelopes)} events, at most "
@@ -502,11 +509,13 @@ def _check_envelopes(
             limit=limits.max_events_per_batch,
         )
     checks = _EVENT_CHECKS
+    checked: CheckedEvents = []
     for i, envelope in enumerate(envelopes):
         event = envelope.event
         kind = event.WhichOneof("event")
+        sequence = envelope.sequence
         try:
-            if envelope.sequence > INT64_MAX:
+            if sequence > INT64_MAX:
                 raise _Fault("sequence", f"must be at most {INT64_MAX}")
             if kind is None:
                 raise _Fault("event", "no event kind set")
@@ -516,6 +525,10 @@ def _check_envelopes(
                 raise fault.under(f"event.{kind}") from None
         except _Fault as fault:
             raise fault.under(f"{field_prefix}[{i}]").error() from None
+        # Only a zero can be "not given", so HasField (dearer than the read) runs
+        # just for those: a loop's first event, or an unnumbered one.
+        checked.append((sequence if sequence or envelope.HasField("sequence") else None, event))
+    return checked
 
 
 # --- what the wire form of a decoded request proves ---------------------------------
@@ -589,21 +602,23 @@ def _json_settled(wire: bytes, limits: Limits) -> bool:
     )
 
 
-def _record(request: recorder_service_pb2.RecordRequest, limits: Limits, json: bool = True) -> None:
+def _record(
+    request: recorder_service_pb2.RecordRequest, limits: Limits, json: bool = True
+) -> CheckedEvents:
     kind = request.WhichOneof("kind")
     if kind == "hello":
         _check_id(request.hello.writer_id, "hello.writer_id", limits)
-    elif kind == "batch":
-        _check_envelopes(request.batch.events, limits, "batch.events", json)
-    else:
-        raise _Fault("kind", "set hello or batch")
+        return []
+    if kind == "batch":
+        return _check_envelopes(request.batch.events, limits, "batch.events", json)
+    raise _Fault("kind", "set hello or batch")
 
 
-def _append(request: recorder_service_pb2.AppendRequest, limits: Limits) -> None:
+def _append(request: recorder_service_pb2.AppendRequest, limits: Limits) -> CheckedEvents:
     # Empty writer_id is allowed: a one-shot Append client need not name itself;
     # the servicer decides what identity such a writer gets.
     _check_optional_id(request.writer_id, "writer_id", limits)
-    validate_envelopes(request.events, limits)
+    return _check_envelopes(request.events, limits, "events", True)
 
 
 def _get_session(request: recorder_service_pb2.GetSessionRequest, limits: Limits) -> None:
@@ -745,7 +760,7 @@ def _get_usage(request: recorder_service_pb2.GetUsageRequest, limits: Limits) ->
             _check_timestamp(getattr(request, name), name)
 
 
-_REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], None]] = {
+_REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], object]] = {
     recorder_service_pb2.RecordRequest: _record,
     recorder_service_pb2.AppendRequest: _append,
     recorder_service_pb2.GetSessionRequest: _get_session,
@@ -764,11 +779,9 @@ _REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], None]] = {
 }
 
 
-def validate_request(request: Message, limits: Limits, wire: bytes | None = None) -> None:
+def validate_request(request: Message, limits: Limits) -> None:
     """Check any RecorderService request; the one call every handler makes first.
 
-    `wire`, the exact bytes `request` was decoded from, lets a RecordRequest's JSON
-    be settled from them (`_json_settled`); the verdict is the same either way.
     Raises InvalidArgument/TooLarge naming the field; TypeError for a message type
     that is not a RecorderService request (a programming error, not bad input).
     """
@@ -776,9 +789,26 @@ def validate_request(request: Message, limits: Limits, wire: bytes | None = None
     if check is None:
         raise TypeError(f"not a RecorderService request: {type(request).__name__}")
     try:
-        if wire is not None and isinstance(request, recorder_service_pb2.RecordRequest):
-            _record(request, limits, not _json_settled(wire, limits))
-        else:
-            check(request, limits)
+        check(request, limits)
+    except _Fault as fault:
+        raise fault.error() from None
+
+
+def validate_events(
+    request: recorder_service_pb2.RecordRequest | recorder_service_pb2.AppendRequest,
+    limits: Limits,
+    wire: bytes | None = None,
+) -> CheckedEvents:
+    """`validate_request` for the requests that carry events, returning those events.
+
+    Each comes back as (sequence, or None if not given; event), read in the pass
+    that checks it, so the servicer needs no second pass over a batch (none for a
+    Record hello). `wire`, the exact bytes a RecordRequest was decoded from, lets
+    its JSON be settled from them (`_json_settled`); the verdict is the same.
+    """
+    try:
+        if isinstance(request, recorder_service_pb2.RecordRequest):
+            return _record(request, limits, wire is None or not _json_settled(wire, limits))
+        return _append(request, limits)
     except _Fault as fault:
         raise fault.error() from None

@@ -1,10 +1,11 @@
-"""validate_request's wire fast path for Record: the same verdict as the walk, always.
+"""validate_events' wire fast path for Record: the same verdict as the walk, always.
 
 Given the bytes a RecordRequest was decoded from, validation may settle every JSON
 value of the batch from them (the decoder's nesting cap, a scan for non-finite
 doubles) instead of walking. Each test decodes real bytes and compares
-`validate_request(request, limits, wire)` with `validate_request(request, limits)`:
-both pass, or both raise the same error type, message and metadata.
+`validate_events(request, limits, wire)` with `validate_request(request, limits)`:
+both pass (and the events come back as sent), or both raise the same error type,
+message and metadata.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from recorder_server.validation import (
     Limits,
     _finite_on_wire,
     _json_settled,
+    validate_events,
     validate_request,
 )
 
@@ -52,8 +54,17 @@ Verdict = tuple[type, str, dict[str, str]] | None
 
 
 def verdict(request: api.RecordRequest, limits: Limits, wire: bytes | None = None) -> Verdict:
+    """The walk's verdict (validate_request), or the fast path's with `wire`."""
     try:
-        validate_request(request, limits, wire)
+        if wire is None:
+            validate_request(request, limits)
+        else:
+            events = validate_events(request, limits, wire)
+            sent = request.batch.events
+            assert [event for _, event in events] == [envelope.event for envelope in sent]
+            assert [sequence for sequence, _ in events] == [
+                e.sequence if e.HasField("sequence") else None for e in sent
+            ]
     except RecorderError as error:
         return type(error), error.message, dict(error.metadata)
     return None
@@ -80,6 +91,20 @@ def test_realistic_batches_take_the_fast_path_and_pass() -> None:
     wire = record_of(full_loop())
     assert _json_settled(wire, LIMITS)
     assert same_verdict(wire) is None
+
+
+def test_events_come_back_with_their_sequences() -> None:
+    """0 is a sequence, unset is None: the pair the writer needs, read in the same pass."""
+    first, second, third = full_loop()[:3]
+    request = api.RecordRequest(batch=api.EventBatch(events=envelopes([(0, first), second])))
+    request.batch.events.add(sequence=7).event.CopyFrom(third)
+    wire = request.SerializeToString()
+    decoded = api.RecordRequest.FromString(wire)
+    assert validate_events(decoded, LIMITS, wire) == [(0, first), (None, second), (7, third)]
+    append = api.AppendRequest(events=decoded.batch.events)
+    assert validate_events(append, LIMITS) == [(0, first), (None, second), (7, third)]
+    hello = api.RecordRequest(hello=api.RecordHello(writer_id="w"))
+    assert validate_events(hello, LIMITS, hello.SerializeToString()) == []
 
 
 @pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
