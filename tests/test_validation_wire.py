@@ -16,6 +16,7 @@ import struct
 import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import types_pb2
 from conftest import RunningRecorder
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
@@ -37,6 +38,7 @@ from test_validation import (
     message_with,
     nested,
     to_value,
+    user,
     wraps,
 )
 
@@ -45,7 +47,7 @@ from recorder_server.validation import (
     DECODED_JSON_DEPTH_MAX,
     Limits,
     _finite_on_wire,
-    _json_settled,
+    _json_plan,
     validate_events,
     validate_request,
 )
@@ -89,7 +91,7 @@ def same_verdict(wire: bytes, limits: Limits = LIMITS) -> Verdict:
 
 def test_realistic_batches_take_the_fast_path_and_pass() -> None:
     wire = record_of(full_loop())
-    assert _json_settled(wire, LIMITS)
+    assert _json_plan(wire, LIMITS) is False
     assert same_verdict(wire) is None
 
 
@@ -114,10 +116,37 @@ def test_non_finite_numbers_are_refused_at_every_site(number: float) -> None:
     json.list_value.values.add().struct_value.fields["x"].number_value = number
     for event, path in json_sites(json):
         wire = record_of([event])
-        assert not _finite_on_wire(wire)
+        assert _json_plan(wire, LIMITS) is None
         walked = same_verdict(wire)
         assert walked is not None
         assert walked[1].startswith(f"batch.events[0].event.{path}: contains NaN or Infinity")
+
+
+def look_alike() -> types_pb2.AgentMessage:
+    """Finite everywhere, but its bytes hold what a non-finite double's could look like:
+    provider's last byte 0x00, then Usage's tag, length, input's tag and a varint
+    ending 0xF0 0x7F, eight bytes after that 0x00."""
+    message = user("fine")
+    message.provider = "p\x00"
+    message.usage.input = 0x7F << 28 | 0x70 << 21
+    return message
+
+
+def test_a_suspect_batch_checks_only_its_suspect_events() -> None:
+    """When the batch's bytes cannot rule out NaN, each event's own bytes decide."""
+    fine = full_loop()
+    wire = record_of([*fine, message_end(LOOP, look_alike())])
+    assert _json_plan(wire, LIMITS) is None
+    assert same_verdict(wire) is None
+    bad = struct_pb2.Value()
+    bad.list_value.values.add().number_value = math.nan
+    for event, path in json_sites(bad):
+        wire = record_of([*fine, message_end(LOOP, look_alike()), event, *fine])
+        assert _json_plan(wire, LIMITS) is None
+        walked = same_verdict(wire)
+        assert walked is not None
+        index = len(fine) + 1
+        assert walked[1].startswith(f"batch.events[{index}].event.{path}: contains NaN")
 
 
 def frame(field: int, payload: bytes) -> bytes:
@@ -149,7 +178,7 @@ def test_non_finite_numbers_behind_overlong_tags_are_refused(tag: bytes, number:
     wire = frame(2, frame(2, envelope))  # RecordRequest.batch = 2, EventBatch.events = 2
     decoded = api.RecordRequest.FromString(wire)
     assert math.isnan(number) or decoded.batch.events[0].event.agent_start.metadata.number_value
-    assert not _finite_on_wire(wire)
+    assert _json_plan(wire, LIMITS) is None
     walked = same_verdict(wire)
     assert walked is not None
     assert walked[1].startswith("batch.events[0].event.agent_start.metadata: contains NaN")
@@ -181,21 +210,22 @@ def test_the_decoder_refuses_json_deeper_than_the_bound(lists: bool) -> None:
 @pytest.mark.parametrize("lists", [True, False])
 def test_limits_below_the_bound_walk_and_judge_the_same(lists: bool) -> None:
     limits = Limits(max_value_depth=4)
-    assert not _json_settled(record_of(full_loop()), limits)
+    assert _json_plan(record_of(full_loop()), limits) is True
     for depth in (4, 5):
         for event, _ in json_sites(nested(depth, lists=lists)):
             same_verdict(record_of([event]), limits)
     at_bound = Limits(max_value_depth=DECODED_JSON_DEPTH_MAX)
-    assert _json_settled(record_of(full_loop()), at_bound)
+    assert _json_plan(record_of(full_loop()), at_bound) is False
     for event, _ in json_sites(nested(20, lists=lists)):
         assert same_verdict(record_of([event]), at_bound) is None
 
 
 def test_the_scan_gives_up_on_many_high_bytes() -> None:
-    """Many 0x7F/0xFF bytes (here huge sequences) cost bounded work and mean "walk"."""
+    """Many 0x7F/0xFF bytes (here huge sequences) cost bounded work: "scan each event"."""
     numbered = [(2**64 - 1, agent_start(SESSION, LOOP)) for _ in range(600)]
     wire = api.RecordRequest(batch=api.EventBatch(events=envelopes(numbered))).SerializeToString()
     assert not _finite_on_wire(wire)
+    assert _json_plan(wire, LIMITS) is None
     walked = same_verdict(wire)
     assert walked is not None
     assert walked[1].startswith("batch.events[0].sequence: must be at most")
