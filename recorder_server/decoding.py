@@ -10,7 +10,7 @@ aborts the call with INVALID_ARGUMENT carrying the decoder's reason.
 
 A behaviour marked `@wants_wire` receives each request as `Received(request, wire)`,
 the message together with the very bytes it was decoded from: validation can settle
-facts about a whole batch from those in one C-speed pass (see `validate_request`),
+facts about a whole batch from those in one C-speed pass (see `validate_events`),
 instead of walking or re-encoding the decoded message.
 """
 

@@ -8,10 +8,12 @@ must not be empty`): `InvalidArgument` for a broken rule, `TooLarge` (metadata
 `field` and `limit`) for an exceeded `Limits` value.
 
 Pure by design — no I/O, no gRPC — so the same checks serve the servicer, the
-importer and tests. `validate_envelopes` is on the ingest hot path: it dispatches on
-the event's oneof, touches only the fields a rule needs, settles free-form JSON
-from its wire form when it can (`_json_cleared`), and builds a path only when
-something fails (internal `_Fault`s gain their prefix on the way out).
+importer and tests. `validate_events` is on the ingest hot path: it dispatches on
+the event's oneof, touches only the fields a rule needs, returns the events in the
+same pass, settles a Record batch's free-form JSON from the bytes it arrived in
+when it can (`_json_plan`), else from each value's wire form (`_json_cleared`), and
+builds a path only when something fails (internal `_Fault`s gain their prefix on
+the way out).
 
 Deliberately not checked: the shape of loop ids (`{session}.{config}.{N}` is the
 runtime's convention, but dot-less ids stay valid as in the seed); free text
