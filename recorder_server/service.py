@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from operator import itemgetter
 from typing import Any
 
@@ -12,13 +12,14 @@ import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 
+from recorder_server.decoding import Received, wants_wire
 from recorder_server.errors import InvalidArgument, NotFound, RecorderError
 from recorder_server.framing import event_pages, response_of
 from recorder_server.reads import Reads
 from recorder_server.recording import OPEN_STATUSES
 from recorder_server.status import internal_rejection, streaming, to_rejection, unary
-from recorder_server.validation import Limits, validate_request
-from recorder_server.writer import Envelope, Writer
+from recorder_server.validation import Limits, validate_events, validate_request
+from recorder_server.writer import Writer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Events read per query, and the most a StreamEvents page holds.
@@ -26,10 +27,6 @@ EVENTS_PAGE = 1000
 # A page's bytes stay well under every client's default receive limit (4 MiB).
 PAGE_BYTES = 1024 * 1024
 SESSION_FIELD = api.GetSessionResponse.DESCRIPTOR.fields_by_name["session"].number
-
-
-def envelopes_of(items: Sequence[api.EventEnvelope]) -> list[Envelope]:
-    return [(e.sequence if e.HasField("sequence") else None, e.event) for e in items]
 
 
 class RecorderServicer(api_grpc.RecorderServiceServicer):
@@ -40,12 +37,17 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
 
     # -- writing ----------------------------------------------------------------
 
-    async def Record(
-        self, request_iterator: AsyncIterator[api.RecordRequest], context: Context
+    @wants_wire
+    async def Record(  # type: ignore[override]  # DecodeGuard hands it Received pairs
+        self, request_iterator: AsyncIterator[Received], context: Context
     ) -> AsyncIterator[api.RecordResponse]:
-        """Pipelined: batches are queued as they arrive, acknowledged in order."""
+        """Pipelined: batches are queued as they arrive, acknowledged in order.
+
+        Each request comes with its wire bytes, which let validation settle a batch's
+        free-form JSON in one pass over them.
+        """
         try:
-            first = await anext(aiter(request_iterator))
+            first: api.RecordRequest = (await anext(aiter(request_iterator))).request
         except StopAsyncIteration:
             return
         if first.WhichOneof("kind") != "hello":
@@ -81,19 +83,18 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     async def _read_batches(
         self,
         writer_id: str,
-        requests: AsyncIterator[api.RecordRequest],
+        requests: AsyncIterator[Received],
         acks: asyncio.Queue[tuple[int, asyncio.Future[list[int]] | RecorderError] | None],
     ) -> None:
         try:
-            async for request in requests:
+            async for received in requests:
+                request: api.RecordRequest = received.request
                 batch_id = request.batch.batch_id
                 try:
                     if request.WhichOneof("kind") != "batch":
                         raise InvalidArgument("kind", "only the first request may be hello")
-                    validate_request(request, self.limits)
-                    future = await self.writer.enqueue_record(
-                        writer_id, envelopes_of(request.batch.events)
-                    )
+                    events = validate_events(request, self.limits, received.wire)
+                    future = await self.writer.enqueue_record(writer_id, events)
                 except RecorderError as exc:
                     acks.put_nowait((batch_id, exc))
                     continue
@@ -117,8 +118,8 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
 
     @unary
     async def Append(self, request: api.AppendRequest, context: Context) -> api.AppendResponse:
-        validate_request(request, self.limits)
-        sequences = await self.writer.record(request.writer_id, envelopes_of(request.events))
+        events = validate_events(request, self.limits)
+        sequences = await self.writer.record(request.writer_id, events)
         return api.AppendResponse(sequences=sequences)
 
     @unary

@@ -8,10 +8,12 @@ must not be empty`): `InvalidArgument` for a broken rule, `TooLarge` (metadata
 `field` and `limit`) for an exceeded `Limits` value.
 
 Pure by design — no I/O, no gRPC — so the same checks serve the servicer, the
-importer and tests. `validate_envelopes` is on the ingest hot path: it dispatches on
-the event's oneof, touches only the fields a rule needs, settles free-form JSON
-from its wire form when it can (`_json_cleared`), and builds a path only when
-something fails (internal `_Fault`s gain their prefix on the way out).
+importer and tests. `validate_events` is on the ingest hot path: it dispatches on
+the event's oneof, touches only the fields a rule needs, returns the events in the
+same pass, settles a Record batch's free-form JSON from the bytes it arrived in
+when it can (`_json_plan`), else from each value's wire form (`_json_cleared`), and
+builds a path only when something fails (internal `_Fault`s gain their prefix on
+the way out).
 
 Deliberately not checked: the shape of loop ids (`{session}.{config}.{N}` is the
 runtime's convention, but dot-less ids stay valid as in the seed); free text
@@ -30,7 +32,7 @@ from typing import Any
 
 from agent_recorder.v1 import events_pb2, recorder_service_pb2, session_pb2, types_pb2
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from recorder_server.errors import InvalidArgument, RecorderError, TooLarge
 
@@ -134,8 +136,14 @@ def _check_timestamp(ts: timestamp_pb2.Timestamp, path: str) -> None:
         raise _Fault(f"{path}.nanos", "must be within 0..999999999")
 
 
-def _require_timestamp(is_set: bool, ts: timestamp_pb2.Timestamp, path: str) -> None:
-    if not is_set:
+def _require_timestamp(owner: Message, name: str, path: str) -> None:
+    """`owner.<name>` must be set and in range.
+
+    An unset Timestamp reads 0, so only a zero reading (unset, or set to the epoch)
+    pays for HasField, and "must be set" still comes before any range fault.
+    """
+    ts = getattr(owner, name)
+    if not (ts.seconds or ts.nanos or owner.HasField(name)):
         raise _Fault(path, "must be set")
     _check_timestamp(ts, path)
 
@@ -254,7 +262,7 @@ def _check_blocks(blocks: Sequence[types_pb2.ContentBlock], limits: Limits) -> N
             raise fault.under(f"content[{j}]") from None
 
 
-def _check_message(message: types_pb2.AgentMessage, limits: Limits) -> None:
+def _check_message(message: types_pb2.AgentMessage, limits: Limits, json: bool) -> None:
     # The hottest function (AgentEnd and TurnEnd repeat every message): inline
     # checks, and no HasField before a timestamp, as an unset one reads in range.
     if message.role not in _ROLES:
@@ -262,7 +270,7 @@ def _check_message(message: types_pb2.AgentMessage, limits: Limits) -> None:
     if message.stop_reason not in _STOP_REASONS:
         raise _Fault("stop_reason", f"unknown enum value {message.stop_reason}")
     _check_timestamp(message.timestamp, "timestamp")
-    if _json_cleared(message, limits.max_value_depth):
+    if not json or _json_cleared(message, limits.max_value_depth):
         return
     _check_blocks(message.content, limits)
     if message.HasField("extension_data"):
@@ -275,26 +283,30 @@ def _check_message(message: types_pb2.AgentMessage, limits: Limits) -> None:
         _check_json(message.extra, "extra", limits)
 
 
-def _check_message_at(message: types_pb2.AgentMessage, path: str, limits: Limits) -> None:
+def _check_message_at(
+    message: types_pb2.AgentMessage, path: str, limits: Limits, json: bool
+) -> None:
     try:
-        _check_message(message, limits)
+        _check_message(message, limits, json)
     except _Fault as fault:
         raise fault.under(path) from None
 
 
-def _check_messages(messages: Sequence[types_pb2.AgentMessage], path: str, limits: Limits) -> None:
+def _check_messages(
+    messages: Sequence[types_pb2.AgentMessage], path: str, limits: Limits, json: bool
+) -> None:
     for j, message in enumerate(messages):
         try:
-            _check_message(message, limits)
+            _check_message(message, limits, json)
         except _Fault as fault:
             raise fault.under(f"{path}[{j}]") from None
 
 
-def _check_tool_result(result: types_pb2.ToolResult, path: str, limits: Limits) -> None:
+def _check_tool_result(result: types_pb2.ToolResult, path: str, limits: Limits, json: bool) -> None:
     try:
         if result.HasField("child_loop_id"):
             _check_id(result.child_loop_id, "child_loop_id", limits)
-        if _json_cleared(result, limits.max_value_depth):
+        if not json or _json_cleared(result, limits.max_value_depth):
             return
         _check_blocks(result.content, limits)
         if result.HasField("details"):
@@ -303,17 +315,21 @@ def _check_tool_result(result: types_pb2.ToolResult, path: str, limits: Limits) 
         raise fault.under(path) from None
 
 
+# An event batch as the writer takes it: (sequence, or None if not given; event).
+CheckedEvents = list[tuple[int | None, events_pb2.AgentEvent]]
+
+
 # --- one check per event kind (paths relative to the event's oneof field) ----------
 
 
-def _agent_start(e: events_pb2.AgentStart, limits: Limits) -> None:
+def _agent_start(e: events_pb2.AgentStart, limits: Limits, json: bool) -> None:
     _check_id(e.agent_id, "agent_id", limits)
     _check_id(e.session_id, "session_id", limits)
     _check_id(e.loop_id, "loop_id", limits)
     if e.HasField("parent_loop_id"):
         _check_id(e.parent_loop_id, "parent_loop_id", limits)
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
-    if e.HasField("metadata"):
+    _require_timestamp(e, "timestamp", "timestamp")
+    if json and e.HasField("metadata"):
         _check_json(e.metadata, "metadata", limits)
     if e.HasField("config_snapshot"):
         config = e.config_snapshot
@@ -321,65 +337,68 @@ def _agent_start(e: events_pb2.AgentStart, limits: Limits) -> None:
         _check_enum(config.thinking_level, _THINKING_LEVELS, "config_snapshot.thinking_level")
 
 
-def _agent_end(e: events_pb2.AgentEnd, limits: Limits) -> None:
+def _agent_end(e: events_pb2.AgentEnd, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _check_messages(e.messages, "messages", limits)
+    _check_messages(e.messages, "messages", limits, json)
     _check_usage(e.usage, "usage")
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
-def _turn_start(e: events_pb2.TurnStart, limits: Limits) -> None:
+def _turn_start(e: events_pb2.TurnStart, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
     _check_enum(e.triggered_by, _TRIGGERS, "triggered_by")
 
 
-def _turn_request(e: events_pb2.TurnRequest, limits: Limits) -> None:
+def _turn_request(e: events_pb2.TurnRequest, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    if e.HasField("payload"):
+    if json and e.HasField("payload"):
         _check_json(e.payload, "payload", limits)
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
-def _turn_end(e: events_pb2.TurnEnd, limits: Limits) -> None:
+def _turn_end(e: events_pb2.TurnEnd, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _check_message_at(e.message, "message", limits)
+    _check_message_at(e.message, "message", limits, json)
     _check_usage(e.usage, "usage")
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
-    _check_messages(e.tool_results, "tool_results", limits)
+    _require_timestamp(e, "timestamp", "timestamp")
+    _check_messages(e.tool_results, "tool_results", limits, json)
 
 
 def _message_event(
     e: events_pb2.MessageStart | events_pb2.MessageUpdate | events_pb2.MessageEnd,
     limits: Limits,
+    json: bool,
 ) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _check_message_at(e.message, "message", limits)
+    _check_message_at(e.message, "message", limits, json)
 
 
-def _tool_execution_start(e: events_pb2.ToolExecutionStart, limits: Limits) -> None:
+def _tool_execution_start(e: events_pb2.ToolExecutionStart, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    if e.HasField("args"):
+    if json and e.HasField("args"):
         _check_json(e.args, "args", limits)
 
 
-def _tool_execution_update(e: events_pb2.ToolExecutionUpdate, limits: Limits) -> None:
+def _tool_execution_update(e: events_pb2.ToolExecutionUpdate, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _check_tool_result(e.partial_result, "partial_result", limits)
+    _check_tool_result(e.partial_result, "partial_result", limits, json)
 
 
-def _tool_execution_end(e: events_pb2.ToolExecutionEnd, limits: Limits) -> None:
+def _tool_execution_end(e: events_pb2.ToolExecutionEnd, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _check_tool_result(e.result, "result", limits)
+    _check_tool_result(e.result, "result", limits, json)
     if e.HasField("child_loop_id"):
         _check_id(e.child_loop_id, "child_loop_id", limits)
 
 
-def _loop_only(e: events_pb2.ProgressMessage | events_pb2.InputRejected, limits: Limits) -> None:
+def _loop_only(
+    e: events_pb2.ProgressMessage | events_pb2.InputRejected, limits: Limits, json: bool
+) -> None:
     _check_id(e.loop_id, "loop_id", limits)
 
 
-def _parallel_loop_start(e: events_pb2.ParallelLoopStart, limits: Limits) -> None:
+def _parallel_loop_start(e: events_pb2.ParallelLoopStart, limits: Limits, json: bool) -> None:
     _check_id(e.session_id, "session_id", limits)
     if not e.loop_ids:
         raise _Fault("loop_ids", "must not be empty")
@@ -389,34 +408,35 @@ def _parallel_loop_start(e: events_pb2.ParallelLoopStart, limits: Limits) -> Non
         if loop_id in seen:
             raise _Fault(f"loop_ids[{j}]", f"repeats loop id {loop_id!r}")
         seen.add(loop_id)
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
-def _parallel_loop_end(e: events_pb2.ParallelLoopEnd, limits: Limits) -> None:
+def _parallel_loop_end(e: events_pb2.ParallelLoopEnd, limits: Limits, json: bool) -> None:
     _check_id(e.session_id, "session_id", limits)
     _check_id(e.selected_loop_id, "selected_loop_id", limits)
     _check_int64(e.selected_config_index, "selected_config_index")
     _check_usage(e.evaluation_usage, "evaluation_usage")
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
 def _loop_and_time(
     e: events_pb2.CompactionStarted | events_pb2.CompactionEnded | events_pb2.RevertApplied,
     limits: Limits,
+    json: bool,
 ) -> None:
     _check_id(e.loop_id, "loop_id", limits)
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
-def _prun_applied(e: events_pb2.PrunApplied, limits: Limits) -> None:
+def _prun_applied(e: events_pb2.PrunApplied, limits: Limits, json: bool) -> None:
     _check_id(e.loop_id, "loop_id", limits)
     for j, ts in enumerate(e.pruned_timestamps):
         _check_timestamp(ts, f"pruned_timestamps[{j}]")
-    _require_timestamp(e.HasField("timestamp"), e.timestamp, "timestamp")
+    _require_timestamp(e, "timestamp", "timestamp")
 
 
 # Keyed by the AgentEvent oneof field name, as WhichOneof returns it.
-_EVENT_CHECKS: dict[str, Callable[[Any, Limits], None]] = {
+_EVENT_CHECKS: dict[str, Callable[[Any, Limits, bool], None]] = {
     "agent_start": _agent_start,
     "agent_end": _agent_end,
     "turn_start": _turn_start,
@@ -464,6 +484,20 @@ def validate_envelopes(
     `field_prefix` is where the list sits in the request, so paths read as the
     client wrote them (`batch.events[2]...` for Record, `events[2]...` for Append).
     """
+    _check_envelopes(envelopes, limits, field_prefix, True)
+
+
+def _check_envelopes(
+    envelopes: Sequence[recorder_service_pb2.EventEnvelope],
+    limits: Limits,
+    field_prefix: str,
+    json: bool | None,
+) -> CheckedEvents:
+    """The events as (sequence, or None if not given; event), read in the checking pass.
+
+    `json` is `_json_plan`'s verdict: check free-form JSON everywhere (True), nowhere
+    (False), or in the events whose own bytes might hold a non-finite number (None).
+    """
     if len(envelopes) > limits.max_events_per_batch:
         raise TooLarge(
             f"{field_prefix}: {len(envelopes)} events, at most "
@@ -472,37 +506,126 @@ def validate_envelopes(
             limit=limits.max_events_per_batch,
         )
     checks = _EVENT_CHECKS
+    checked: CheckedEvents = []
     for i, envelope in enumerate(envelopes):
         event = envelope.event
         kind = event.WhichOneof("event")
+        sequence = envelope.sequence
         try:
-            if envelope.sequence > INT64_MAX:
+            if sequence > INT64_MAX:
                 raise _Fault("sequence", f"must be at most {INT64_MAX}")
             if kind is None:
                 raise _Fault("event", "no event kind set")
+            event_json = json
+            if event_json is None:
+                event_json = not _finite_on_wire(envelope.SerializeToString())
             try:
-                checks[kind](getattr(event, kind), limits)
+                checks[kind](getattr(event, kind), limits, event_json)
             except _Fault as fault:
                 raise fault.under(f"event.{kind}") from None
         except _Fault as fault:
             raise fault.under(f"{field_prefix}[{i}]").error() from None
+        # Only a zero can be "not given", so HasField (dearer than the read) runs
+        # just for those: a loop's first event, or an unnumbered one.
+        checked.append((sequence if sequence or envelope.HasField("sequence") else None, event))
+    return checked
 
 
-def _record(request: recorder_service_pb2.RecordRequest, limits: Limits) -> None:
+# --- what the wire form of a decoded request proves ---------------------------------
+
+# The deepest JSON protobuf's decoder lets through inside a Record or Append request.
+# It refuses messages nested 100 deep, and every JSON level is at least two of them
+# (Value and ListValue) below the request, envelope, event and event kind; the
+# tests check this bound at every JSON site.
+DECODED_JSON_DEPTH_MAX = 48
+
+
+def _nested_lists(levels: int) -> bytes:
+    value = struct_pb2.Value()
+    current = value
+    for _ in range(levels - 1):
+        current = current.list_value.values.add()
+    current.list_value.SetInParent()
+    return value.SerializeToString()
+
+
+# 102 nested messages: refused while protobuf keeps its default nesting cap of 100,
+# decoded if something in the process lifted it (SetAllowOversizeProtos).
+_PAST_THE_DECODER_CAP = _nested_lists(51)
+
+
+def _decoder_caps_nesting() -> bool:
+    try:
+        struct_pb2.Value.FromString(_PAST_THE_DECODER_CAP)
+    except DecodeError:
+        return True
+    return False
+
+
+# A non-finite double has its 11 exponent bits set, so the two most significant of
+# its 8 little-endian bytes are 0xF0..0xFF then 0x7F or 0xFF. On the wire, a
+# Value.number_value is the last byte of its tag (0x11, or 0x00 ending an overlong
+# varint of up to 5 bytes, which the decoder also accepts) and those 8 bytes.
+# Valid UTF-8 never holds such a pair; varints seldom do. Past this many 0x7F/0xFF
+# bytes the scan gives up (False), so hostile input cannot make it slow.
+_WIRE_SCAN_MAX_HITS = 4096
+
+
+def _finite_on_wire(wire: bytes) -> bool:
+    """Whether no Value decoded from `wire` can hold NaN or Infinity."""
+    hits = 0
+    for high in (b"\x7f", b"\xff"):
+        at = wire.find(high, 8)
+        while at != -1:
+            if wire[at - 1] >= 0xF0 and wire[at - 8] in (0x11, 0x00):
+                return False
+            hits += 1
+            if hits > _WIRE_SCAN_MAX_HITS:
+                return False
+            at = wire.find(high, at + 1)
+    return True
+
+
+def _json_plan(wire: bytes | None, limits: Limits) -> bool | None:
+    """Which events' free-form JSON needs checking, given the bytes of their request.
+
+    Walking content blocks to find the JSON is most of the cost of validating the
+    large events (a Python wrapper per submessage), and re-encoding to scan a
+    message's bytes costs as much. The bytes the request arrived in settle the
+    common batch in one C-speed pass instead: the decoder bounded the depth, so
+    only a non-finite number could fail, and `_finite_on_wire` rules those out:
+    False, no event needs a check. When the scan cannot (about one batch in 40 of
+    the bench mix, for a varint that looks like a double's top bytes), None: each
+    event is scanned on its own re-encoded bytes and only a suspect one is checked.
+    True (check everything) without wire bytes or with a depth limit the decoder
+    does not already enforce.
+    """
+    if (
+        wire is None
+        or limits.max_value_depth < DECODED_JSON_DEPTH_MAX
+        or not _decoder_caps_nesting()
+    ):
+        return True
+    return False if _finite_on_wire(wire) else None
+
+
+def _record(
+    request: recorder_service_pb2.RecordRequest, limits: Limits, json: bool | None = True
+) -> CheckedEvents:
     kind = request.WhichOneof("kind")
     if kind == "hello":
         _check_id(request.hello.writer_id, "hello.writer_id", limits)
-    elif kind == "batch":
-        validate_envelopes(request.batch.events, limits, "batch.events")
-    else:
-        raise _Fault("kind", "set hello or batch")
+        return []
+    if kind == "batch":
+        return _check_envelopes(request.batch.events, limits, "batch.events", json)
+    raise _Fault("kind", "set hello or batch")
 
 
-def _append(request: recorder_service_pb2.AppendRequest, limits: Limits) -> None:
+def _append(request: recorder_service_pb2.AppendRequest, limits: Limits) -> CheckedEvents:
     # Empty writer_id is allowed: a one-shot Append client need not name itself;
     # the servicer decides what identity such a writer gets.
     _check_optional_id(request.writer_id, "writer_id", limits)
-    validate_envelopes(request.events, limits)
+    return _check_envelopes(request.events, limits, "events", True)
 
 
 def _get_session(request: recorder_service_pb2.GetSessionRequest, limits: Limits) -> None:
@@ -582,7 +705,7 @@ def _delete_session(request: recorder_service_pb2.DeleteSessionRequest, limits: 
 
 
 def _prune_sessions(request: recorder_service_pb2.PruneSessionsRequest, limits: Limits) -> None:
-    _require_timestamp(request.HasField("older_than"), request.older_than, "older_than")
+    _require_timestamp(request, "older_than", "older_than")
 
 
 def _watch_sessions(request: recorder_service_pb2.WatchSessionsRequest, limits: Limits) -> None:
@@ -600,10 +723,8 @@ def _import_session(request: recorder_service_pb2.ImportSessionRequest, limits: 
     _check_id(session.session_id, "session.session_id", limits)
     _check_id(session.agent_id, "session.agent_id", limits)
     _check_enum(session.scope, _SCOPES, "session.scope")
-    _require_timestamp(session.HasField("created_at"), session.created_at, "session.created_at")
-    _require_timestamp(
-        session.HasField("last_active_at"), session.last_active_at, "session.last_active_at"
-    )
+    _require_timestamp(session, "created_at", "session.created_at")
+    _require_timestamp(session, "last_active_at", "session.last_active_at")
     seen: set[str] = set()
     for i, loop in enumerate(session.loops):
         try:
@@ -621,7 +742,7 @@ def _check_imported_loop(loop: session_pb2.LoopRecord, session_id: str, limits: 
         raise _Fault("session_id", f"{loop.session_id!r} is not the session's {session_id!r}")
     _check_id(loop.agent_id, "agent_id", limits)
     _check_enum(loop.status, _LOOP_STATUSES, "status")
-    _require_timestamp(loop.HasField("started_at"), loop.started_at, "started_at")
+    _require_timestamp(loop, "started_at", "started_at")
     _check_usage(loop.usage, "usage")
     for j, item in enumerate(loop.events):
         try:
@@ -632,7 +753,7 @@ def _check_imported_loop(loop: session_pb2.LoopRecord, session_id: str, limits: 
                 raise _Fault("event", "no event kind set")
             payload = getattr(item.event, kind)
             try:
-                _EVENT_CHECKS[kind](payload, limits)
+                _EVENT_CHECKS[kind](payload, limits, True)
                 if getattr(payload, "loop_id", loop.loop_id) != loop.loop_id:
                     raise _Fault("loop_id", f"{payload.loop_id!r} is not this loop's")
             except _Fault as fault:
@@ -648,7 +769,7 @@ def _get_usage(request: recorder_service_pb2.GetUsageRequest, limits: Limits) ->
             _check_timestamp(getattr(request, name), name)
 
 
-_REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], None]] = {
+_REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], object]] = {
     recorder_service_pb2.RecordRequest: _record,
     recorder_service_pb2.AppendRequest: _append,
     recorder_service_pb2.GetSessionRequest: _get_session,
@@ -678,5 +799,25 @@ def validate_request(request: Message, limits: Limits) -> None:
         raise TypeError(f"not a RecorderService request: {type(request).__name__}")
     try:
         check(request, limits)
+    except _Fault as fault:
+        raise fault.error() from None
+
+
+def validate_events(
+    request: recorder_service_pb2.RecordRequest | recorder_service_pb2.AppendRequest,
+    limits: Limits,
+    wire: bytes | None = None,
+) -> CheckedEvents:
+    """`validate_request` for the requests that carry events, returning those events.
+
+    Each comes back as (sequence, or None if not given; event), read in the pass
+    that checks it, so the servicer needs no second pass over a batch (none for a
+    Record hello). `wire`, the exact bytes a RecordRequest was decoded from, lets
+    its JSON be settled from them (`_json_plan`); the verdict is the same.
+    """
+    try:
+        if isinstance(request, recorder_service_pb2.RecordRequest):
+            return _record(request, limits, _json_plan(wire, limits))
+        return _append(request, limits)
     except _Fault as fault:
         raise fault.error() from None
