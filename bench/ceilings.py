@@ -20,11 +20,12 @@ from pathlib import Path
 from bench import ingest, sidecar
 from bench.ingest import Stream, Throughput
 from bench.workload import Event
-from recorder_server.storage import COMMON_PRAGMAS, WRITER_PRAGMAS, WriteStore
-
-# The statement WriteStore.persist appends events with.
-INSERT_EVENT = (
-    "INSERT INTO events (loop_id, sequence, session_id, kind, body) VALUES (?, ?, ?, ?, ?)"
+from recorder_server.storage import (
+    COMMON_PRAGMAS,
+    INSERT_EVENTS,
+    WRITER_PRAGMAS,
+    WriteStore,
+    insert_statements,
 )
 
 
@@ -60,7 +61,9 @@ def storage(workdir: Path, stream: Stream, clients: int, batch: int) -> Throughp
         started = time.perf_counter()
         for first in range(0, len(rows), batch):
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(INSERT_EVENT, rows[first : first + batch])
+            # The statements WriteStore writes events with (multi-row INSERTs).
+            for sql, params in insert_statements(INSERT_EVENTS, rows[first : first + batch]):
+                conn.executemany(sql, params)
             conn.execute("COMMIT")
         seconds = time.perf_counter() - started
     finally:

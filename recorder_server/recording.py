@@ -47,6 +47,7 @@ class LoopState:
     record: session_pb2.LoopRecord
     next_seq: int = 0
     partial: session_pb2.Turn | None = None
+    turns: int = 0  # materialized so far: the next turn's number
 
     def copy(self) -> LoopState:
         record = session_pb2.LoopRecord()
@@ -55,7 +56,7 @@ class LoopState:
         if self.partial is not None:
             partial = session_pb2.Turn()
             partial.CopyFrom(self.partial)
-        return LoopState(record, self.next_seq, partial)
+        return LoopState(record, self.next_seq, partial, self.turns)
 
     @property
     def is_open(self) -> bool:
@@ -106,7 +107,7 @@ class ChangeSet:
     events: list[tuple[str, int, str, str, bytes]] = field(default_factory=list)
     loops: dict[str, LoopState] = field(default_factory=dict)
     sessions: dict[str, SessionState] = field(default_factory=dict)
-    turns: list[tuple[str, session_pb2.Turn]] = field(default_factory=list)
+    turns: list[tuple[str, int, session_pb2.Turn]] = field(default_factory=list)
     groups: dict[int, tuple[str, ParallelGroup]] = field(default_factory=dict)
     pending_refs: dict[str, session_pb2.SpawnRef | None] = field(default_factory=dict)
     sequences: list[int] = field(default_factory=list)
@@ -495,7 +496,8 @@ class Batch:
             stamped.CopyFrom(result)
             stamped.turn_id.CopyFrom(turn.turn_id)
         turn.ended_at.CopyFrom(end.timestamp)
-        self.changes.turns.append((state.record.loop_id, turn))
+        self.changes.turns.append((state.record.loop_id, state.turns, turn))
+        state.turns += 1
 
     def _on_tool_execution_end(self, state: LoopState, end: events_pb2.ToolExecutionEnd) -> None:
         """Rule 7: a tool that spawned a sub-agent links both ways."""

@@ -56,6 +56,26 @@ class _Flight:
     jobs: list[tuple[_Job, Any, ChangeSet]]
     write: asyncio.Future[None]
     nbytes: int
+    # What the write changes: until it lands, the committed state of these is stale.
+    loop_ids: frozenset[str]
+    session_ids: frozenset[str]
+    event_keys: list[tuple[str, int]]
+
+    @classmethod
+    def of(
+        cls, jobs: list[tuple[_Job, Any, ChangeSet]], changes: ChangeSet, store: WriteStore
+    ) -> _Flight:
+        write, nbytes = store.write(changes)
+        sessions = {*changes.sessions, *changes.pending_refs}
+        sessions.update(sid for sid, _ in changes.groups.values())
+        keys = [(row[0], row[1]) for row in changes.events]
+        return cls(jobs, write, nbytes, frozenset(changes.loops), frozenset(sessions), keys)
+
+    def touches(self, needed: Needed) -> bool:
+        return not (
+            self.loop_ids.isdisjoint(needed.loop_ids)
+            and self.session_ids.isdisjoint(needed.session_ids)
+        )
 
 
 @dataclass
@@ -150,6 +170,7 @@ class Writer:
         self._snapshot = recording.Snapshot()
         self._task: asyncio.Task[None] | None = None
         self.checkpointer: Checkpointer | None = None
+        self._flight: _Flight | None = None
 
     async def start(self) -> None:
         self._snapshot = await self.store.load_open()
@@ -173,31 +194,26 @@ class Writer:
         At most one group is in flight: the rules of group N+1 run while group N
         commits, which is why a failed write also fails the group built on it.
         """
-        flight: _Flight | None = None
         held: _Job | object | None = None
         while True:
             item = held if held is not None else await self._queue.get()
             held = None
-            if flight is not None and flight.write.done():
-                await self._land(flight)
-                flight = None
+            if self._flight is not None and self._flight.write.done():
+                await self._land()
             if item is _STOP:
                 break
             assert isinstance(item, _Job)
             if not item.pipelined:
-                if flight is not None:
-                    await self._land(flight)
-                    flight = None
+                await self._land()
                 await self._commit_alone(item)
                 continue
             group, held = self._take_group(item)
             applied = await self._apply(group)
-            if flight is not None and not await self._land(flight):
+            if not await self._land():
                 self._fail(applied, StorageUnavailable("an earlier write of this group failed"))
                 applied = []
-            flight = self._take_off(applied)
-        if flight is not None:
-            await self._land(flight)
+            self._take_off(applied)
+        await self._land()
 
     def _take_group(self, first: _Job) -> tuple[list[_Job], _Job | object | None]:
         """Pipelined jobs already queued behind `first`, and the item that ended the run."""
@@ -224,20 +240,18 @@ class Writer:
             applied.append((job, result, changes))
         return applied
 
-    def _take_off(self, applied: list[tuple[_Job, Any, ChangeSet]]) -> _Flight | None:
+    def _take_off(self, applied: list[tuple[_Job, Any, ChangeSet]]) -> None:
         """Hand the group's changes to the store; its jobs resolve when it commits."""
         if not applied:
-            return None
+            return
         changes = recording.combine([changes for _, _, changes in applied])
-        write, nbytes = self.store.write(changes)
-        flight = _Flight(applied, write, nbytes)
+        flight = _Flight.of(applied, changes, self.store)
         flight.write.add_done_callback(lambda _: self._landed(flight))
-        # Every change is now either committed or queued before any later read,
-        # so what the rules can look up again may leave the snapshot.
-        self._snapshot.unwritten.clear()
+        self._flight = flight
+        # Lookups of what may leave the snapshot now wait for this write when
+        # it touches them (see _lookup), so closed loops can be let go.
         if len(self._snapshot.loops) > 4096 or len(self._snapshot.sessions) > 4096:
             recording.evict(self._snapshot)
-        return flight
 
     def _landed(self, flight: _Flight) -> None:
         """Acknowledge a committed group at once (a callback: the loop may be busy)."""
@@ -250,6 +264,8 @@ class Writer:
         for job, result, _ in flight.jobs:
             if not job.future.done():
                 job.future.set_result(result)
+        for key in flight.event_keys:
+            self._snapshot.unwritten.pop(key, None)
         self._after_commit([changes for _, _, changes in flight.jobs])
         if self.checkpointer is not None:
             self.checkpointer.wrote(flight.nbytes)
@@ -259,8 +275,11 @@ class Writer:
                 self.checkpointer.catch_up = False
                 self.store.catch_up().add_done_callback(_log_failure)
 
-    async def _land(self, flight: _Flight) -> bool:
-        """Wait for a group's commit; after a failure, rebuild the snapshot from the store."""
+    async def _land(self) -> bool:
+        """Wait for the group in flight, if any; after a failure, rebuild the snapshot."""
+        flight, self._flight = self._flight, None
+        if flight is None:
+            return True
         try:
             await flight.write
             return True
@@ -346,6 +365,18 @@ class Writer:
                 return
             await self.store.fetch(self._snapshot, missing)
 
+    async def _lookup(self, needed: Callable[[], Needed]) -> None:
+        """_load for pipelined jobs: from the committed state, beside the write in
+        flight, unless that write changes something asked for (then after it)."""
+        for _ in range(4):
+            missing = needed()
+            if not missing:
+                return
+            flight = self._flight
+            if flight is not None and flight.touches(missing):
+                await asyncio.wait([flight.write])
+            self.store.fetch_committed(self._snapshot, missing)
+
     async def _persist(self, batch: Batch) -> ChangeSet:
         await self.store.persist(batch.changes)
         recording.merge(self._snapshot, batch)
@@ -364,7 +395,7 @@ class Writer:
         items = recording.prepare(envelopes)
 
         async def run() -> tuple[list[int], ChangeSet]:
-            await self._load(lambda: recording.needed(self._snapshot, items))
+            await self._lookup(lambda: recording.needed(self._snapshot, items))
             self.leases.claim(writer_id, recording.sessions_touched(self._snapshot, items))
             batch = Batch(self._snapshot, self.options)
             batch.apply(items)

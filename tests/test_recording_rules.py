@@ -410,8 +410,8 @@ def test_rule6_turn_end_materializes_the_partial_turn() -> None:
     changes = rules.apply(_turn_events("s.main.0"))
     assert changes.sequences == list(range(1, 9))
     assert len(changes.turns) == 1
-    loop_id, turn = changes.turns[0]
-    assert loop_id == "s.main.0"
+    loop_id, number, turn = changes.turns[0]
+    assert (loop_id, number) == ("s.main.0", 0)
     assert turn.turn_id == types_pb2.TurnId(loop_id="s.main.0", turn_index=0)
     assert turn.triggered_by == types_pb2.TURN_TRIGGER_CONTINUATION
     assert turn.usage == usage(10, 5)
@@ -435,7 +435,7 @@ def test_rule6_request_payload_is_kept_only_with_capture_on() -> None:
     rules = Rules(RecordingOptions(capture_turn_requests=True))
     rules.apply([agent_start("s", "s.main.0", at=1)])
     changes = rules.apply(_turn_events("s.main.0"))
-    payload = changes.turns[0][1].request_payload
+    payload = changes.turns[0][2].request_payload
     expected = struct_pb2.Struct()
     expected.update({"model": "m", "max_tokens": 100})
     assert payload == expected
@@ -450,7 +450,7 @@ def test_rule6_partial_turn_is_kept_across_batches() -> None:
     assert partial is not None and partial.turn_id.turn_index == 0
     rules.apply([message_end("s.main.0", user("hi", at=2))])
     changes = rules.apply([turn_end("s.main.0", assistant("hello"), at=3)])
-    assert [m.content[0].text.text for m in changes.turns[0][1].input_messages] == ["hi"]
+    assert [m.content[0].text.text for m in changes.turns[0][2].input_messages] == ["hi"]
 
 
 def test_rule6_turn_end_without_a_partial_turn_materializes_nothing() -> None:
