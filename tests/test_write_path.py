@@ -79,6 +79,7 @@ async def test_commits_leave_pages_in_the_wal_until_the_background_checkpoint(
     assert checkpointer.checkpoints == 0
 
     checkpointer.every_bytes = 1
+    checkpointer.catch_up_pages = 0  # however short the log, ask the writer to catch up
     checkpointer.completed.clear()
     assert await append(stub, [progress("s.main.0", "c", "t", big)]) == [2]
     await asyncio.wait_for(checkpointer.completed.wait(), 10)
@@ -127,3 +128,16 @@ async def test_a_resend_racing_its_original_is_stored_once(recorder: RunningReco
         assert pairs[0] == pairs[1] == list(range(1, 40))
     got = await stub.GetLoop(api.GetLoopRequest(loop_id="s.main.0"))
     assert [e.sequence for e in got.loop.events] == list(range(40))
+
+
+async def test_a_short_log_is_left_to_restart_by_itself(recorder: RunningRecorder) -> None:
+    """The writer is asked to catch up only once the log is long (a catch-up syncs)."""
+    checkpointer = checkpointer_of(recorder)
+    checkpointer.every_bytes = 1
+    checkpointer.catch_up_pages = 1 << 30
+    checkpointer.completed.clear()
+    stub = aio(recorder.stub())
+    assert await append(stub, [agent_start("s", "s.main.0", at=1)]) == [0]
+    await asyncio.wait_for(checkpointer.completed.wait(), 10)
+    assert checkpointer.checkpoints == 1
+    assert not checkpointer.catch_up
