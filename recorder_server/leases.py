@@ -1,8 +1,10 @@
 """Rule 14 within one process: a session is written by one writer at a time.
 
 A writer holds a lease on every session it has written to for as long as it has
-a live Record stream. The same writer id reconnecting takes its leases back at
-once; when its last stream ends, its leases are released.
+a live Record stream and the session an open loop. The same writer id
+reconnecting takes its leases back at once; when its last stream ends, its
+leases are released, and so is a session whose loops have all ended (a
+long-lived stream writing one session after another holds only the live ones).
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ class Leases:
             for session_id in wanted:
                 self._holder[session_id] = writer_id
                 held.add(session_id)
+
+    def release(self, session_ids: Iterable[str]) -> None:
+        """Sessions left without an open loop: any writer may continue them."""
+        for session_id in session_ids:
+            self.forget(session_id)
 
     def forget(self, session_id: str) -> None:
         """A deleted session has no lease."""

@@ -600,6 +600,11 @@ def sessions_touched(snapshot: Snapshot, items: Iterable[Item]) -> set[str]:
     return touched
 
 
+def open_sessions(snapshot: Snapshot) -> set[str]:
+    """Sessions with an open loop (the snapshot always holds every open loop)."""
+    return {s.record.session_id for s in snapshot.loops.values() if s is not None and s.is_open}
+
+
 def evict(snapshot: Snapshot) -> None:
     """Drop what the rules can look up again; open loops and their sessions stay."""
     loops = {k: v for k, v in snapshot.loops.items() if v is not None and v.is_open}
@@ -695,7 +700,7 @@ def flush(
 
 def checkpoint(snapshot: Snapshot, session_ids: Iterable[str], now: Timestamp) -> Batch:
     """Rule 10: finalize the sessions in scope that have no open loop."""
-    busy = {s.record.session_id for s in snapshot.loops.values() if s is not None and s.is_open}
+    busy = open_sessions(snapshot)
     batch = Batch(snapshot, RecordingOptions())
     _finalize(batch, [sid for sid in session_ids if sid not in busy], now)
     return batch

@@ -266,6 +266,7 @@ class Writer:
                 job.future.set_result(result)
         for key in flight.event_keys:
             self._snapshot.unwritten.pop(key, None)
+        self._release_ended([changes for _, _, changes in flight.jobs])
         self._after_commit([changes for _, _, changes in flight.jobs])
         if self.checkpointer is not None:
             self.checkpointer.wrote(flight.nbytes)
@@ -304,6 +305,7 @@ class Writer:
             job.future.set_exception(_storage_error(exc))
             return
         job.future.set_result(result)
+        self._release_ended([changes])
         self._after_commit([changes])
 
     @staticmethod
@@ -318,6 +320,17 @@ class Writer:
             self._snapshot = await self.store.load_open()
         except sqlite3.Error as exc:
             log.error("reloading state after a failed write: %s", exc)
+
+    def _release_ended(self, changesets: Sequence[ChangeSet]) -> None:
+        """Leases of sessions whose last open loop ended (one pass per group)."""
+        ended = {
+            changes.loops[loop_id].record.session_id
+            for changes in changesets
+            for loop_id in changes.ended_loops
+            if loop_id in changes.loops
+        }
+        if ended:
+            self.leases.release(ended - recording.open_sessions(self._snapshot))
 
     def _after_commit(self, changesets: Sequence[ChangeSet]) -> None:
         self.commits.fire()

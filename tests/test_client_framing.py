@@ -198,7 +198,7 @@ async def test_the_sender_sends_the_bytes_the_message_path_would(
         parallel_start("t1", ["t1.a.0", "t1.b.0"]),
         agent_start("t1", "t1.a.0", "t1.root.0"),
         agent_start("t1", "t1.b.0", "t1.root.0"),
-        turn_request("t1.a.0", 0, {"messages": [{"role": "user", "content": "q"}]}),
+        turn_request("t1.a.0", 0, {"messages": [{"content": "q"}]}),
         tool_start("t1.a.0", "call-1", "grep", {"pattern": "x"}),
         message_update("t1.a.0", draft, "par"),
         message_end("t1.a.0", answer),

@@ -1190,3 +1190,25 @@ async def test_resent_sequence_with_different_content_is_aborted(
         "expected": "2",
         "index": "0",
     }
+
+
+async def test_rule14_a_session_whose_loops_all_ended_is_free_for_another_writer(
+    recorder: RunningRecorder,
+) -> None:
+    """A long-lived stream keeps leases only on sessions it still has open loops in."""
+    stub = aio(recorder.stub())
+    first = RecordStream(stub, "writer-a")
+    ack = await first.send([agent_start("s", "s.main.0", at=1), agent_start("t", "t.main.0", at=1)])
+    assert list(ack.sequences) == [0, 0]
+    assert list((await first.send([agent_end("s.main.0", at=2)])).sequences) == [1]
+    second = RecordStream(stub, "writer-b")
+    continued = await second.send([agent_start("s", "s.next.1", "s.main.0", at=3)])
+    assert list(continued.sequences) == [0]
+    locked = await second.send([progress("t.main.0", "c", "t", "b")])
+    assert locked.rejection.reason == "LOCKED"
+    assert locked.rejection.metadata["session_id"] == "t"
+    back = await first.send([progress("s.next.1", "c", "t", "a")])
+    assert back.rejection.reason == "LOCKED"
+    assert back.rejection.metadata["session_id"] == "s"
+    assert await first.close() == grpc.StatusCode.OK
+    assert await second.close() == grpc.StatusCode.OK
