@@ -171,6 +171,8 @@ class Writer:
         self._snapshot = recording.Snapshot()
         self._task: asyncio.Task[None] | None = None
         self.checkpointer: Checkpointer | None = None
+        # Loops and sessions the snapshot keeps before letting closed ones go.
+        self.cache_limit = 4096
         self._flight: _Flight | None = None
 
     async def start(self) -> None:
@@ -251,7 +253,8 @@ class Writer:
         self._flight = flight
         # Lookups of what may leave the snapshot now wait for this write when
         # it touches them (see _lookup), so closed loops can be let go.
-        if len(self._snapshot.loops) > 4096 or len(self._snapshot.sessions) > 4096:
+        limit = self.cache_limit
+        if len(self._snapshot.loops) > limit or len(self._snapshot.sessions) > limit:
             recording.evict(self._snapshot)
 
     def _landed(self, flight: _Flight) -> None:
