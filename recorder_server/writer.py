@@ -374,17 +374,12 @@ class Writer:
 
     # -- jobs -----------------------------------------------------------------
 
-    async def _load(self, needed: Callable[[], Needed]) -> None:
-        """Fetch what the rules will consult, until nothing is missing."""
-        for _ in range(4):
-            missing = needed()
-            if not missing:
-                return
-            await self.store.fetch(self._snapshot, missing)
-
     async def _lookup(self, needed: Callable[[], Needed]) -> None:
-        """_load for pipelined jobs: from the committed state, beside the write in
-        flight, unless that write changes something asked for (then after it)."""
+        """Load what the rules will consult, until nothing is missing.
+
+        From the committed state, beside the write in flight, unless that write
+        changes something asked for (then after it lands).
+        """
         for _ in range(4):
             missing = needed()
             if not missing:
