@@ -23,10 +23,11 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
 
-from recorder_server.storage import COMMON_PRAGMAS
+from recorder_server.storage import COMMON_PRAGMAS, connect
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,7 +68,9 @@ class Checkpointer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._conn = await self._call(_connect, self.path)
+        self._conn = await self._call(
+            partial(connect, self.path, COMMON_PRAGMAS, isolation_level=None),
+        )
         self._task = asyncio.create_task(self._run(), name="recorder-checkpointer")
 
     async def stop(self) -> None:
@@ -111,13 +114,6 @@ class Checkpointer:
 
     def _call(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
         return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    for pragma in COMMON_PRAGMAS:
-        conn.execute(pragma)
-    return conn
 
 
 def _checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:

@@ -23,14 +23,14 @@ from recorder_server.storage import (
     COMMON_PRAGMAS,
     LOOP_EVENTS_FIELD,
     LOOP_TURNS_FIELD,
+    READ_ONLY_PRAGMAS,
     SESSION_LOOPS_FIELD,
     configure,
     ts_us,
 )
 
 READER_PRAGMAS = (
-    # A read connection must never write, whatever a query says.
-    "PRAGMA query_only = ON",
+    *READ_ONLY_PRAGMAS,
     # 16 MiB page cache per reader for repeated reads of the same session.
     "PRAGMA cache_size = -16384",
     # Read the file through a shared memory map: a whole session's event bodies
@@ -174,7 +174,7 @@ class Reads:
             args.append(int(request.scope))
         if request.HasField("since"):
             where.append("last_active_us >= ?")
-            args.append(request.since.seconds * 1_000_000 + request.since.nanos // 1000)
+            args.append(ts_us(request.since))
         if request.page_token:
             created, sid = _decode_token(request.page_token)
             where.append("(created_us < ? OR (created_us = ? AND session_id < ?))")

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 from agent_recorder.v1 import events_pb2, session_pb2
@@ -155,6 +155,25 @@ LOOP_EVENTS_FIELD = session_pb2.LoopRecord.DESCRIPTOR.fields_by_name["events"].n
 SESSION_LOOPS_FIELD = session_pb2.Session.DESCRIPTOR.fields_by_name["loops"].number
 
 
+# Pragmas of every read-only connection: the readers' pool and the rules' lookups.
+READ_ONLY_PRAGMAS = (
+    # A read connection must never write, whatever a query says.
+    "PRAGMA query_only = ON",
+)
+
+
+def connect(target: str | Path, pragmas: Iterable[str], **options: Any) -> sqlite3.Connection:
+    """A sqlite3 connection with its pragmas applied (closed again if one fails)."""
+    conn: sqlite3.Connection = sqlite3.connect(target, **options)
+    try:
+        for pragma in pragmas:
+            conn.execute(pragma)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 async def configure(conn: aiosqlite.Connection, pragmas: Iterable[str]) -> None:
     for pragma in pragmas:
         await conn.execute(pragma)
@@ -226,7 +245,9 @@ class WriteStore:
             thread.shutdown()
             raise
         store = cls(conn, thread, position)
-        store._lookup = _connect_lookup(path)
+        store._lookup = connect(
+            f"file:{path}?mode=ro", (*COMMON_PRAGMAS, *READ_ONLY_PRAGMAS), uri=True
+        )
         return store
 
     def _run(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
@@ -459,21 +480,11 @@ def _merge_found(snapshot: Snapshot, found: Snapshot) -> None:
     snapshot.stored_events.update(found.stored_events)
 
 
-def _connect_lookup(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    for pragma in COMMON_PRAGMAS:
-        conn.execute(pragma)
-    # Lookups for the rules must never write, whatever a query says.
-    conn.execute("PRAGMA query_only = ON")
-    return conn
-
-
 def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, int]:
     """The write connection, configured and migrated, and the last loop position."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    pragmas = (p.format(synchronous=synchronous) for p in (*COMMON_PRAGMAS, *WRITER_PRAGMAS))
+    conn = connect(path, pragmas, isolation_level=None, check_same_thread=False)
     try:
-        for pragma in (*COMMON_PRAGMAS, *WRITER_PRAGMAS):
-            conn.execute(pragma.format(synchronous=synchronous))
         migrate(conn)
         row = conn.execute("SELECT COALESCE(MAX(position), 0) FROM loops").fetchone()
     except BaseException:
