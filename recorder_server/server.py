@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +44,10 @@ from recorder_server.validation import Limits
 from recorder_server.writer import Writer
 
 log = logging.getLogger(__name__)
+# For the process that runs the sidecar (`serve` sets it; an embedding program
+# decides for itself): the store's thread takes the GIL back after each SQL
+# statement, and the event loop gives it up only when asked and this interval has
+# passed. 1 ms instead of 5 measured ~7% more ingest (docs/performance.md).
 GIL_SWITCH_INTERVAL_S = 0.001
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["RecorderService"].full_name
 # Probes and generic tools reach these without the token: liveness and the public schema.
@@ -136,10 +139,6 @@ class RecorderServer:
 
     async def _start(self) -> None:
         config = self.config
-        # The store's thread takes the GIL back after each SQL statement, and
-        # the event loop gives it up only when asked and the interval has
-        # passed: 1 ms instead of 5 measured ~7% more ingest (docs/performance.md).
-        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         tls = tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
         check_transport(normalize_target(config.listen), tls, config.insecure)
         credentials = None if tls is None else server_credentials(tls)

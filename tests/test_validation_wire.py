@@ -42,6 +42,7 @@ from test_validation import (
     wraps,
 )
 
+from recorder_client.framing import varint
 from recorder_server.errors import RecorderError
 from recorder_server.validation import (
     DECODED_JSON_DEPTH_MAX,
@@ -151,16 +152,7 @@ def test_a_suspect_batch_checks_only_its_suspect_events() -> None:
 
 def frame(field: int, payload: bytes) -> bytes:
     """A length-delimited field, built by hand so an odd encoding inside survives."""
-    return bytes([field << 3 | 2]) + encode_varint(len(payload)) + payload
-
-
-def encode_varint(number: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, number = number & 0x7F, number >> 7
-        out.append(byte | (0x80 if number else 0))
-        if not number:
-            return bytes(out)
+    return bytes([field << 3 | 2]) + varint(len(payload)) + payload
 
 
 # Value.number_value's tag 0x11 in every form the decoder accepts: overlong varints

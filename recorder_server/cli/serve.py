@@ -136,8 +136,9 @@ def _token(token_file: Path | None) -> str | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from recorder_server.server import DatabaseInUse, RecorderServer
+    from recorder_server.server import GIL_SWITCH_INTERVAL_S, DatabaseInUse, RecorderServer
 
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
