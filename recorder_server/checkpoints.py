@@ -9,11 +9,15 @@ enough has been written since the last one. The writer reports what it wrote;
 nothing polls.
 
 The log only starts over from its beginning when a write transaction begins
-with every frame already copied, which a checkpoint running beside a busy
-writer rarely achieves: the log would grow until the backstop checkpoint stalls
-a commit after all. So once the log is long, after a background checkpoint the
-writer copies the few frames committed meanwhile itself (`catch_up`), between
-two of its transactions, and its next transaction restarts the log.
+with every frame already copied, which one checkpoint running beside a busy
+writer rarely achieves: the frames committed during it are left. So each
+checkpoint is followed by short passes over what was committed meanwhile, each
+shorter than the one before, until one finds nothing new: then the writer's next
+transaction restarts the log. At 1,000 events/s a 30 ms checkpoint is followed by
+passes of ~10, ~2 and 0 ms. A writer that never pauses (bulk ingest) keeps adding
+frames; once the log is long anyway, the writer copies the few frames left
+itself (`catch_up`), between two of its transactions, which stalls that one
+commit for the sync (15-20 ms) but bounds the log.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ T = TypeVar("T")
 # 200-300 ms, 4 MB ~60 ms, 1 MB ~15 ms). Small and frequent keeps bursts short.
 DEFAULT_EVERY_BYTES: Final = 1024 * 1024
 # WAL pages (of 4 KiB) past which the writer is asked to catch up, so the log
-# starts over instead of growing (16 MiB).
-DEFAULT_CATCH_UP_PAGES: Final = 4096
+# starts over instead of growing (64 MiB).
+DEFAULT_CATCH_UP_PAGES: Final = 16384
+# Passes after a checkpoint, at most, that chase the frames committed during it.
+FOLLOW_UP_PASSES: Final = 6
 
 
 class Checkpointer:
@@ -100,7 +106,7 @@ class Checkpointer:
             self._wanted.clear()
             assert self._conn is not None
             try:
-                busy, log_pages, copied = await self._call(_checkpoint, self._conn)
+                busy, log_pages, copied = await self._call(run_checkpoint, self._conn)
             except sqlite3.Error as exc:
                 # The next commit's request retries; the backstop checkpoint of
                 # the writer connection still bounds the WAL meanwhile.
@@ -116,6 +122,24 @@ class Checkpointer:
         return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
 
-def _checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
+def run_checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """A checkpoint and its follow-up passes: (busy, log pages, pages copied) of the last.
+
+    A pass that finds the log as long as the last one did and copies all of it
+    means no commit came in between: the log restarts with the next one. A
+    shorter log means it already has.
+    """
+    busy, log_pages, copied = _pass(conn)
+    for _ in range(FOLLOW_UP_PASSES):
+        if busy:
+            break
+        last = log_pages
+        busy, log_pages, copied = _pass(conn)
+        if log_pages < last or (log_pages == last and copied == log_pages):
+            break
+    return busy, log_pages, copied
+
+
+def _pass(conn: sqlite3.Connection) -> tuple[int, int, int]:
     busy, log_pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     return int(busy), int(log_pages), int(copied)

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiosqlite
 from agent_recorder.v1 import events_pb2, session_pb2
@@ -219,19 +219,27 @@ BACKFILLS: dict[int, Backfill] = {2: _backfill_v2}
 Statements = list[tuple[str, list[tuple[object, ...]]]]
 
 
+# A group whose events are smaller than this commits on the caller's thread when
+# the store's thread is idle (see WriteStore.write).
+INLINE_WRITE_BYTES: Final = 64 * 1024
+
+
 class WriteStore:
     """The write side: one connection on one thread of its own, used by the writer alone.
 
     Every call runs on that thread, in the order the calls were made, so a read sees
     every write requested before it (committed or not). The writer relies on this to
     apply the rules of the next group while the previous one commits. sqlite3 lets go
-    of the GIL while SQLite works, so the event loop keeps running meanwhile.
+    of the GIL while SQLite works, so the event loop keeps running meanwhile. Small
+    writes are the exception: they commit at once on the caller's thread.
     """
 
     def __init__(self, conn: sqlite3.Connection, thread: ThreadPoolExecutor, position: int) -> None:
         self._conn = conn
         self._thread = thread
         self._position = position
+        # Calls handed to the thread whose results the event loop has not seen yet.
+        self._on_thread = 0
         # Committed state, read beside the writes (see fetch_committed).
         self._lookup: sqlite3.Connection | None = None
 
@@ -251,7 +259,13 @@ class WriteStore:
         return store
 
     def _run(self, fn: Callable[..., T], *args: object) -> asyncio.Future[T]:
-        return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        self._on_thread += 1
+        future.add_done_callback(self._returned)
+        return future
+
+    def _returned(self, _: object) -> None:
+        self._on_thread -= 1
 
     async def close(self) -> None:
         if self._lookup is not None:
@@ -300,10 +314,26 @@ class WriteStore:
 
         Also returns the bytes of the events written (most of what a group writes),
         for the background checkpointer.
+
+        A small group, with nothing else on the store's thread, commits right here
+        instead: its transaction takes ~0.3 ms, while the hop to the thread and back
+        (several GIL hand-offs, each up to the switch interval while the event loop
+        is busy) added ~1 ms to the median acknowledgement and ~5 ms to its p99 at
+        1,000 events/s. Large groups still go to the thread, so the rules of the
+        next group run while they commit.
         """
         statements = self._statements(changes)
         nbytes = sum(len(row[4]) for row in changes.events)
-        return self._run(_transaction, self._conn, statements), nbytes
+        if self._on_thread or nbytes >= INLINE_WRITE_BYTES:
+            return self._run(_transaction, self._conn, statements), nbytes
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        try:
+            _transaction(self._conn, statements)
+        except Exception as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done, nbytes
 
     def catch_up(self) -> asyncio.Future[None]:
         """Copy what the background checkpoint left in the WAL (see checkpoints.py)."""

@@ -21,9 +21,10 @@ from events import (
     tool_end,
 )
 
+from recorder_server import checkpoints
 from recorder_server.checkpoints import Checkpointer
 from recorder_server.recording import ChangeSet
-from recorder_server.storage import WriteStore
+from recorder_server.storage import INLINE_WRITE_BYTES, WriteStore
 
 
 def events_in_database_file(db: Path, scratch: Path) -> int:
@@ -67,6 +68,61 @@ async def test_a_catch_up_lets_the_next_transaction_restart_the_wal(short_tmp: P
     conn = sqlite3.connect(short_tmp / "w.db")
     assert conn.execute("SELECT COUNT(*), MAX(sequence) FROM events").fetchone() == (30, 29)
     conn.close()
+
+
+def stored_sequences(db: Path) -> list[int]:
+    conn = sqlite3.connect(db)
+    try:
+        return [row[0] for row in conn.execute("SELECT sequence FROM events ORDER BY cursor")]
+    finally:
+        conn.close()
+
+
+async def test_small_writes_commit_at_once_and_large_ones_on_the_store_thread(
+    short_tmp: Path,
+) -> None:
+    db = short_tmp / "w.db"
+    store = await WriteStore.open(db)
+    try:
+        small = event_rows("s.main.0", 0, 2)  # 2 x 5 KB
+        write, nbytes = store.write(small)
+        assert nbytes < INLINE_WRITE_BYTES
+        assert write.done() and write.exception() is None  # committed before returning
+        assert stored_sequences(db) == [0, 1]
+
+        large = event_rows("s.main.0", 2, 20)  # 20 x 5 KB
+        big_write, nbytes = store.write(large)
+        assert nbytes >= INLINE_WRITE_BYTES
+        # Behind a write still on the thread, a small one queues there too, in order.
+        after, _ = store.write(event_rows("s.main.0", 22, 1))
+        assert not big_write.done() and not after.done()
+        await after
+        assert big_write.done()
+        assert stored_sequences(db) == list(range(23))
+
+        # The thread is idle again: small writes are back to committing at once.
+        again, _ = store.write(event_rows("s.main.0", 23, 1))
+        assert again.done()
+    finally:
+        await store.close()
+    assert stored_sequences(db) == list(range(24))
+
+
+async def test_a_failed_small_write_fails_its_future_and_changes_nothing(short_tmp: Path) -> None:
+    db = short_tmp / "w.db"
+    store = await WriteStore.open(db)
+    try:
+        await store.write(event_rows("s.main.0", 0, 2))[0]
+        rows = event_rows("s.main.0", 2, 2).events + event_rows("s.main.0", 1, 1).events
+        clash, _ = store.write(ChangeSet(events=rows))
+        assert clash.done()
+        # (loop_id, sequence) is unique: sequence 1 is there already.
+        assert isinstance(clash.exception(), sqlite3.IntegrityError)
+        assert stored_sequences(db) == [0, 1]  # rolled back whole: not even 2 and 3
+        await store.write(event_rows("s.main.0", 2, 1))[0]
+    finally:
+        await store.close()
+    assert stored_sequences(db) == [0, 1, 2]
 
 
 def checkpointer_of(recorder: RunningRecorder) -> Checkpointer:
@@ -151,6 +207,61 @@ async def test_a_short_log_is_left_to_restart_by_itself(recorder: RunningRecorde
     await asyncio.wait_for(checkpointer.completed.wait(), 10)
     assert checkpointer.checkpoints == 1
     assert not checkpointer.catch_up
+
+
+async def test_the_log_restarts_under_a_steady_stream_without_a_catch_up(
+    recorder: RunningRecorder,
+) -> None:
+    """Background checkpoints alone let the writer's next transaction start the log
+    over: no commit has to run a checkpoint (and sync) for it."""
+    checkpointer = checkpointer_of(recorder)
+    checkpointer.every_bytes = 1  # a checkpoint after every commit
+    checkpointer.catch_up_pages = 1 << 30  # and never a catch-up by the writer
+    stub = aio(recorder.stub())
+    assert await append(stub, [agent_start("s", "s.main.0", at=1)]) == [0]
+    salt = wal_salt(recorder.db_path)
+    sequence = 1
+    while wal_salt(recorder.db_path) == salt:
+        assert sequence < 3000, "the log never started over"
+        batch = [progress("s.main.0", "c", "t", "x" * 2000) for _ in range(3)]
+        assert await append(stub, batch) == [sequence, sequence + 1, sequence + 2]
+        sequence += 3
+    assert not checkpointer.catch_up
+    got = await stub.GetLoop(api.GetLoopRequest(loop_id="s.main.0"))
+    assert [e.sequence for e in got.loop.events] == list(range(sequence))
+
+
+def test_checkpoint_passes_stop_at_a_pinned_reader_and_finish_once_it_lets_go(
+    short_tmp: Path,
+) -> None:
+    """A reader on an old snapshot keeps frames from being copied: the follow-up
+    passes give up (bounded) instead of spinning, and the next checkpoint after
+    the reader is gone copies everything, so the log restarts."""
+    db = short_tmp / "w.db"
+    writer = sqlite3.connect(db, isolation_level=None)
+    writer.execute("PRAGMA journal_mode = WAL")
+    writer.execute("PRAGMA wal_autocheckpoint = 0")
+    writer.execute("CREATE TABLE t (x BLOB)")
+    writer.execute("INSERT INTO t VALUES (zeroblob(20000))")
+    reader = sqlite3.connect(db, isolation_level=None)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT COUNT(*) FROM t").fetchone() == (1,)  # pinned here
+    for _ in range(5):
+        writer.execute("INSERT INTO t VALUES (zeroblob(20000))")
+    checkpointer = sqlite3.connect(db, isolation_level=None)
+    try:
+        busy, log_pages, copied = checkpoints.run_checkpoint(checkpointer)
+        assert busy == 0 and 0 < copied < log_pages  # what the reader sees is still needed
+        reader.execute("COMMIT")
+        salt = wal_salt(db)
+        busy, log_pages, copied = checkpoints.run_checkpoint(checkpointer)
+        assert busy == 0 and copied == log_pages
+        writer.execute("INSERT INTO t VALUES (1)")
+        assert wal_salt(db) != salt
+        assert writer.execute("SELECT COUNT(*) FROM t").fetchone() == (7,)
+    finally:
+        for conn in (checkpointer, reader, writer):
+            conn.close()
 
 
 async def test_loops_let_go_by_the_snapshot_are_looked_up_right_while_groups_fly(

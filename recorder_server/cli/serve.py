@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from pathlib import Path
@@ -146,6 +147,11 @@ async def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
         async with RecorderServer(config) as server:
+            # What startup made (modules, descriptors, the server) lives as long as
+            # the process: out of the collector's sight, a full collection no longer
+            # walks it. Full collections had paused the event loop for 25-45 ms.
+            gc.collect()
+            gc.freeze()
             print(
                 f"agent-recorder listening on {server.address} (database {config.db_path})",
                 flush=True,
