@@ -240,6 +240,8 @@ class WriteStore:
         self._position = position
         # Calls handed to the thread whose results the event loop has not seen yet.
         self._on_thread = 0
+        # The record and partial turn last written for each open loop (see _loop_rows).
+        self._written: dict[str, tuple[bytes, bytes | None]] = {}
         # Committed state, read beside the writes (see fetch_committed).
         self._lookup: sqlite3.Connection | None = None
 
@@ -274,12 +276,15 @@ class WriteStore:
         self._thread.shutdown()
 
     async def begin(self) -> None:
+        # What an explicit transaction writes (imports, deletes) is not tracked.
+        self._written.clear()
         await self._run(_execute, self._conn, "BEGIN IMMEDIATE")
 
     async def commit(self) -> None:
         await self._run(_execute, self._conn, "COMMIT")
 
     async def rollback(self) -> None:
+        self._written.clear()
         await self._run(_rollback, self._conn)
 
     # -- loading state for the rules ------------------------------------------
@@ -325,15 +330,22 @@ class WriteStore:
         statements = self._statements(changes)
         nbytes = sum(len(row[4]) for row in changes.events)
         if self._on_thread or nbytes >= INLINE_WRITE_BYTES:
-            return self._run(_transaction, self._conn, statements), nbytes
+            write = self._run(_transaction, self._conn, statements)
+            write.add_done_callback(self._forget_written_if_failed)
+            return write, nbytes
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             _transaction(self._conn, statements)
         except Exception as exc:
+            self._written.clear()
             done.set_exception(exc)
         else:
             done.set_result(None)
         return done, nbytes
+
+    def _forget_written_if_failed(self, write: asyncio.Future[None]) -> None:
+        if write.cancelled() or write.exception() is not None:
+            self._written.clear()
 
     def catch_up(self) -> asyncio.Future[None]:
         """Copy what the background checkpoint left in the WAL (see checkpoints.py)."""
@@ -349,11 +361,7 @@ class WriteStore:
         if changes.sessions:
             rows = [_session_row(s.session) for s in changes.sessions.values()]
             statements += insert_statements(INSERT_SESSIONS, rows, ON_SESSION_CONFLICT)
-        if changes.loops:
-            rows = []
-            for state in changes.loops.values():
-                self._position += 1
-                rows.append(_loop_row(state, self._position))
+        if changes.loops and (rows := self._loop_rows(changes)):
             statements += insert_statements(INSERT_LOOPS, rows, ON_LOOP_CONFLICT)
         if changes.events:
             statements += insert_statements(INSERT_EVENTS, changes.events)
@@ -369,6 +377,28 @@ class WriteStore:
             else:
                 statements.append((UPSERT_REF, [(sid, ref.SerializeToString())]))
         return statements
+
+    def _loop_rows(self, changes: ChangeSet) -> list[tuple[object, ...]]:
+        """Rows of the loops whose stored columns changed.
+
+        Most batches only add events to a loop, and rewriting its unchanged row
+        (its upsert touches three indexes too) was a third of a small commit's
+        pages. What each open loop last wrote is remembered as requested: writes
+        are requested in commit order, and a failed one forgets everything.
+        """
+        rows = []
+        for loop_id, state in changes.loops.items():
+            record = state.record.SerializeToString()
+            partial = None if state.partial is None else state.partial.SerializeToString()
+            if self._written.get(loop_id) == (record, partial):
+                continue
+            if state.is_open:
+                self._written[loop_id] = (record, partial)
+            else:
+                self._written.pop(loop_id, None)
+            self._position += 1
+            rows.append(_loop_row(state.record, record, partial, self._position))
+        return rows
 
     # -- importing ------------------------------------------------------------
 
@@ -664,8 +694,9 @@ def _group_row(group_id: int, session_id: str, group: ParallelGroup) -> tuple[ob
     return (group_id, session_id, json.dumps(group.loop_ids), group.start.SerializeToString(), end)
 
 
-def _loop_row(state: LoopState, position: int) -> tuple[object, ...]:
-    record = state.record
+def _loop_row(
+    record: session_pb2.LoopRecord, blob: bytes, partial: bytes | None, position: int
+) -> tuple[object, ...]:
     usage = record.usage
     return (
         record.loop_id,
@@ -678,8 +709,8 @@ def _loop_row(state: LoopState, position: int) -> tuple[object, ...]:
         usage.cache_read,
         usage.cache_write,
         usage.total_tokens,
-        record.SerializeToString(),
-        None if state.partial is None else state.partial.SerializeToString(),
+        blob,
+        partial,
         *_loop_facts(record),
     )
 

@@ -8,7 +8,9 @@ import sqlite3
 from pathlib import Path
 
 import grpc
+import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import session_pb2
 from conftest import RunningRecorder
 from events import (
     RecordStream,
@@ -23,7 +25,7 @@ from events import (
 
 from recorder_server import checkpoints
 from recorder_server.checkpoints import Checkpointer
-from recorder_server.recording import ChangeSet
+from recorder_server.recording import ChangeSet, LoopState
 from recorder_server.storage import INLINE_WRITE_BYTES, WriteStore
 
 
@@ -123,6 +125,80 @@ async def test_a_failed_small_write_fails_its_future_and_changes_nothing(short_t
     finally:
         await store.close()
     assert stored_sequences(db) == [0, 1, 2]
+
+
+def loop_change(loop_id: str, status: int, model: str) -> ChangeSet:
+    record = session_pb2.LoopRecord(loop_id=loop_id, session_id="s", status=status)  # type: ignore[arg-type]
+    record.config.model = model
+    return ChangeSet(loops={loop_id: LoopState(record)})
+
+
+class LoopRowWrites:
+    """Counts the loop rows SQLite inserts and updates, by a trigger in the database."""
+
+    def __init__(self, db: Path) -> None:
+        self.conn = sqlite3.connect(db, isolation_level=None)
+        self.conn.executescript(
+            """
+            CREATE TABLE loop_row_writes (n INTEGER NOT NULL);
+            INSERT INTO loop_row_writes VALUES (0);
+            CREATE TRIGGER loop_inserted AFTER INSERT ON loops
+                BEGIN UPDATE loop_row_writes SET n = n + 1; END;
+            CREATE TRIGGER loop_updated AFTER UPDATE ON loops
+                BEGIN UPDATE loop_row_writes SET n = n + 1; END;
+            """
+        )
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT n FROM loop_row_writes").fetchone()[0])
+
+    def model(self, loop_id: str) -> str | None:
+        row = self.conn.execute("SELECT model FROM loops WHERE loop_id = ?", (loop_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+
+async def test_an_unchanged_loop_row_is_not_written_again(short_tmp: Path) -> None:
+    running, ended = session_pb2.LOOP_STATUS_RUNNING, session_pb2.LOOP_STATUS_COMPLETED
+    store = await WriteStore.open(short_tmp / "w.db")
+    writes = LoopRowWrites(short_tmp / "w.db")
+    try:
+        await store.write(loop_change("l", running, "a"))[0]
+        await store.write(loop_change("l", running, "a"))[0]  # only events would change
+        assert (writes.count(), writes.model("l")) == (1, "a")
+        await store.write(loop_change("l", running, "b"))[0]
+        await store.write(loop_change("l", running, "a"))[0]  # back to an earlier state
+        assert (writes.count(), writes.model("l")) == (3, "a")
+
+        # Behind an explicit transaction (an import, a delete) nothing is assumed.
+        await store.begin()
+        await store.delete_sessions(["s"])
+        await store.commit()
+        await store.write(loop_change("l", running, "a"))[0]
+        assert (writes.count(), writes.model("l")) == (4, "a")
+
+        # A failed write forgets what it meant to write.
+        clash = loop_change("l", running, "c")
+        clash.events = event_rows("l", 0, 1).events * 2  # the same (loop_id, sequence) twice
+        failed, _ = store.write(clash)
+        assert isinstance(failed.exception(), sqlite3.IntegrityError)
+        await store.write(loop_change("l", running, "c"))[0]
+        assert (writes.count(), writes.model("l")) == (5, "c")
+        # The same for one large enough to commit on the store's thread.
+        clash = loop_change("l", running, "d")
+        clash.events = event_rows("l", 1, 20).events * 2
+        failed, nbytes = store.write(clash)
+        assert nbytes >= INLINE_WRITE_BYTES and not failed.done()
+        with pytest.raises(sqlite3.IntegrityError):
+            await failed
+        await store.write(loop_change("l", running, "d"))[0]
+        assert (writes.count(), writes.model("l")) == (6, "d")
+
+        # An ended loop is no longer remembered: its row is final.
+        await store.write(loop_change("l", ended, "d"))[0]
+        assert writes.count() == 7
+    finally:
+        writes.conn.close()
+        await store.close()
 
 
 def checkpointer_of(recorder: RunningRecorder) -> Checkpointer:
