@@ -14,6 +14,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -510,7 +511,7 @@ def insert_statements(
     for first in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[first : first + ROWS_PER_INSERT]
         sql = prefix + ", ".join([marks] * len(chunk)) + suffix
-        statements.append((sql, [tuple(value for row in chunk for value in row)]))
+        statements.append((sql, [tuple(chain.from_iterable(chunk))]))
     return statements
 
 
