@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+import sys
+import threading
 from pathlib import Path
 
 import grpc
@@ -305,6 +307,25 @@ async def test_the_log_restarts_under_a_steady_stream_without_a_catch_up(
     assert not checkpointer.catch_up
     got = await stub.GetLoop(api.GetLoopRequest(loop_id="s.main.0"))
     assert [e.sequence for e in got.loop.events] == list(range(sequence))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+async def test_the_checkpoint_thread_alone_runs_at_the_lowest_priority(short_tmp: Path) -> None:
+    def nice(tid: int) -> int:
+        stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[16])  # field 19 of stat(5)
+
+    sqlite3.connect(short_tmp / "c.db").close()
+    before = nice(threading.get_native_id())
+    checkpointer = Checkpointer(short_tmp / "c.db")
+    await checkpointer.start()
+    try:
+        [thread] = [t for t in threading.enumerate() if t.name.startswith("recorder-checkpoint")]
+        assert thread.native_id is not None
+        assert nice(thread.native_id) == checkpoints.CHECKPOINT_NICE == 19
+        assert nice(threading.get_native_id()) == before  # the event loop's thread keeps its own
+    finally:
+        await checkpointer.stop()
 
 
 def test_checkpoint_passes_stop_at_a_pinned_reader_and_finish_once_it_lets_go(
