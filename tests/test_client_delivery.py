@@ -204,6 +204,33 @@ async def test_emit_copies_the_event_so_the_caller_may_reuse_it(client: Recorder
     assert progress_texts(await client.get_loop("s4.main.0")) == ["first", "second"]
 
 
+async def test_a_flush_hurries_only_the_events_it_waits_for(client: RecorderClient) -> None:
+    """Events emitted while a flush waits keep their linger (here: an hour), so
+    they go as one batch with the next flush, not one batch each."""
+    sender = client.sender(config=DeliveryConfig(linger=3600))
+    sender.emit(agent_start("s", "s.main.0", at=1))
+    await sender.flush()  # a flush skips the linger
+    assert sender.stats().batches == 1
+    sender.emit(progress("s.main.0", "c", "t", "waited for"))
+    flushing = asyncio.create_task(sender.flush())
+    # The sender takes that event at its next turn on the loop; nothing is
+    # awaitable for "taken", so yield until it has (no time passes here).
+    while sender.stats().batches < 2:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    sender.emit(progress("s.main.0", "c", "t", "after the flush 1"))
+    sender.emit(progress("s.main.0", "c", "t", "after the flush 2"))
+    await flushing
+    stats = sender.stats()
+    assert (stats.batches, stats.acknowledged, stats.pending) == (2, 2, 2)
+    await sender.flush()
+    stats = sender.stats()
+    assert (stats.batches, stats.acknowledged, stats.pending) == (3, 4, 0)
+    await sender.close()
+    got = await client.get_loop("s.main.0")
+    texts = [e.event.progress_message.text for e in got.events[1:]]
+    assert texts == ["waited for", "after the flush 1", "after the flush 2"]
+
+
 async def test_many_events_batch_and_arrive_in_order(client: RecorderClient) -> None:
     sender = client.sender(
         config=DeliveryConfig(max_batch_events=64, max_batch_bytes=4096, linger=0.002)
