@@ -338,13 +338,16 @@ class WriteStore:
         try:
             _transaction(self._conn, statements)
         except Exception as exc:
-            self._written.clear()
             done.set_exception(exc)
         else:
             done.set_result(None)
+        # At once, not as a callback: the next write's rows may be built before
+        # the loop would run one.
+        self._forget_written_if_failed(done)
         return done, nbytes
 
     def _forget_written_if_failed(self, write: asyncio.Future[None]) -> None:
+        """A failed write may have left any remembered row unwritten: forget them all."""
         if write.cancelled() or write.exception() is not None:
             self._written.clear()
 

@@ -765,12 +765,17 @@ def test_hostile_depth_is_refused_without_recursion(lists: bool) -> None:
     assert_too_large(info.value, "events[0].event.tool_execution_start.args", 64)
 
 
-@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
-def test_json_numbers_must_be_finite(number: float) -> None:
+def json_holding(number: float) -> struct_pb2.Value:
+    """A JSON list holding a plain 1.0 and, one level down in an object, `number`."""
     json = struct_pb2.Value()
     json.list_value.values.add().number_value = 1.0
     json.list_value.values.add().struct_value.fields["x"].number_value = number
-    for event, path in json_sites(json):
+    return json
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
+def test_json_numbers_must_be_finite(number: float) -> None:
+    for event, path in json_sites(json_holding(number)):
         assert_invalid(refusal(event), f"events[0].event.{path}", "contains NaN or Infinity")
 
 

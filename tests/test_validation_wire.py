@@ -33,6 +33,7 @@ from test_validation import (
     envelopes,
     fill,
     full_loop,
+    json_holding,
     json_sites,
     message_end,
     message_with,
@@ -112,10 +113,7 @@ def test_events_come_back_with_their_sequences() -> None:
 
 @pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
 def test_non_finite_numbers_are_refused_at_every_site(number: float) -> None:
-    json = struct_pb2.Value()
-    json.list_value.values.add().number_value = 1.0
-    json.list_value.values.add().struct_value.fields["x"].number_value = number
-    for event, path in json_sites(json):
+    for event, path in json_sites(json_holding(number)):
         wire = record_of([event])
         assert _json_plan(wire, LIMITS) is None
         walked = same_verdict(wire)
