@@ -221,8 +221,11 @@ Statements = list[tuple[str, list[tuple[object, ...]]]]
 
 
 # A group whose events are smaller than this commits on the caller's thread when
-# the store's thread is idle (see WriteStore.write).
-INLINE_WRITE_BYTES: Final = 64 * 1024
+# the store's thread is idle (see WriteStore.write). Above the AgentEnd of a long
+# loop (it carries every message: 40-80 KB in the bench's mix), whose group took
+# 1.3-2 ms on the thread at 64 KiB against 0.2-0.6 ms here; far below the ~1 MB
+# batches of a client catching up, which keep the pipeline.
+INLINE_WRITE_BYTES: Final = 256 * 1024
 
 
 class WriteStore:
@@ -309,9 +312,18 @@ class WriteStore:
         pages the OS has cached (a fraction of a millisecond), where a hop to
         another thread and back cost 10-15 ms of GIL hand-offs while the store's
         thread was writing.
+
+        With nothing on the store's thread and no transaction open, the write
+        connection itself holds exactly the committed state, and it reads with a
+        warm page cache: SQLite drops a reader's cache whenever another connection
+        commits, so the lookup connection starts cold after every write (a new
+        loop's lookup in situ: ~350 us there, ~130 us here).
         """
-        assert self._lookup is not None
-        _merge_found(snapshot, _fetch(self._lookup, needed))
+        conn = self._lookup
+        if not self._on_thread and not self._conn.in_transaction:
+            conn = self._conn
+        assert conn is not None
+        _merge_found(snapshot, _fetch(conn, needed))
 
     # -- persisting -----------------------------------------------------------
 

@@ -27,7 +27,7 @@ from events import (
 
 from recorder_server import checkpoints
 from recorder_server.checkpoints import Checkpointer
-from recorder_server.recording import ChangeSet, LoopState
+from recorder_server.recording import ChangeSet, LoopState, Needed, Snapshot
 from recorder_server.storage import INLINE_WRITE_BYTES, WriteStore
 
 
@@ -49,6 +49,10 @@ def wal_salt(db: Path) -> bytes:
     """The WAL header's salt: SQLite draws a new one each time the log starts over."""
     with open(f"{db}-wal", "rb") as wal:
         return wal.read(24)[16:24]
+
+
+# Events of event_rows (5 KB each) that make a group just large enough for the thread.
+LARGE = INLINE_WRITE_BYTES // 5000 + 1
 
 
 def event_rows(loop_id: str, first: int, count: int) -> ChangeSet:
@@ -94,22 +98,21 @@ async def test_small_writes_commit_at_once_and_large_ones_on_the_store_thread(
         assert write.done() and write.exception() is None  # committed before returning
         assert stored_sequences(db) == [0, 1]
 
-        large = event_rows("s.main.0", 2, 20)  # 20 x 5 KB
-        big_write, nbytes = store.write(large)
+        big_write, nbytes = store.write(event_rows("s.main.0", 2, LARGE))
         assert nbytes >= INLINE_WRITE_BYTES
         # Behind a write still on the thread, a small one queues there too, in order.
-        after, _ = store.write(event_rows("s.main.0", 22, 1))
+        after, _ = store.write(event_rows("s.main.0", 2 + LARGE, 1))
         assert not big_write.done() and not after.done()
         await after
         assert big_write.done()
-        assert stored_sequences(db) == list(range(23))
+        assert stored_sequences(db) == list(range(3 + LARGE))
 
         # The thread is idle again: small writes are back to committing at once.
-        again, _ = store.write(event_rows("s.main.0", 23, 1))
+        again, _ = store.write(event_rows("s.main.0", 3 + LARGE, 1))
         assert again.done()
     finally:
         await store.close()
-    assert stored_sequences(db) == list(range(24))
+    assert stored_sequences(db) == list(range(4 + LARGE))
 
 
 async def test_a_failed_small_write_fails_its_future_and_changes_nothing(short_tmp: Path) -> None:
@@ -187,7 +190,7 @@ async def test_an_unchanged_loop_row_is_not_written_again(short_tmp: Path) -> No
         assert (writes.count(), writes.model("l")) == (5, "c")
         # The same for one large enough to commit on the store's thread.
         clash = loop_change("l", running, "d")
-        clash.events = event_rows("l", 1, 20).events * 2
+        clash.events = event_rows("l", 1, LARGE).events * 2
         failed, nbytes = store.write(clash)
         assert nbytes >= INLINE_WRITE_BYTES and not failed.done()
         with pytest.raises(sqlite3.IntegrityError):
@@ -208,6 +211,63 @@ def checkpointer_of(recorder: RunningRecorder) -> Checkpointer:
     checkpointer = recorder.server.writer.checkpointer
     assert checkpointer is not None
     return checkpointer
+
+
+def looked_up(store: WriteStore, loop_id: str) -> LoopState | None:
+    """What the rules' lookup finds of a loop in the committed state."""
+    snapshot = Snapshot()
+    store.fetch_committed(snapshot, Needed(frozenset({loop_id}), frozenset(), frozenset()))
+    return snapshot.loops[loop_id]
+
+
+async def test_a_lookup_never_sees_an_open_transaction(short_tmp: Path) -> None:
+    """The idle write connection serves lookups, but not while it holds uncommitted rows."""
+    running = session_pb2.LOOP_STATUS_RUNNING
+    store = await WriteStore.open(short_tmp / "w.db")
+    try:
+        await store.write(loop_change("a", running, "m"))[0]
+        found = looked_up(store, "a")
+        assert found is not None and found.record.config.model == "m"
+        await store.begin()
+        await store.persist(loop_change("b", running, "n"))
+        assert looked_up(store, "b") is None
+        await store.commit()
+        found = looked_up(store, "b")
+        assert found is not None and found.record.config.model == "n"
+    finally:
+        await store.close()
+
+
+async def test_a_lookup_answers_while_the_store_thread_waits_for_the_lock(
+    short_tmp: Path,
+) -> None:
+    """With a write on the thread, the lookup reads beside it instead of waiting for it.
+
+    Another process holds SQLite's write lock, so the store's thread waits in its
+    BEGIN; a lookup on the write connection would wait behind that, with the event
+    loop blocked, until the lock went (here: never, since the lock is only
+    released after the lookup answers, so the write would time out).
+    """
+    running = session_pb2.LOOP_STATUS_RUNNING
+    db = short_tmp / "w.db"
+    store = await WriteStore.open(db)
+    outsider = sqlite3.connect(db, isolation_level=None)
+    try:
+        await store.write(loop_change("a", running, "m"))[0]
+        outsider.execute("BEGIN IMMEDIATE")
+        large = loop_change("b", running, "n")
+        large.events = event_rows("b", 0, LARGE).events
+        waiting, _ = store.write(large)
+        found = looked_up(store, "a")
+        assert found is not None and found.record.config.model == "m"
+        assert looked_up(store, "b") is None and not waiting.done()
+        outsider.execute("ROLLBACK")
+        await waiting
+        found = looked_up(store, "b")
+        assert found is not None and found.record.config.model == "n"
+    finally:
+        outsider.close()
+        await store.close()
 
 
 async def test_commits_leave_pages_in_the_wal_until_the_background_checkpoint(
