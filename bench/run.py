@@ -117,6 +117,9 @@ class Bench:
         self.console = Console(stderr=True)
 
     def phase(self, name: str, run: Callable[[], None]) -> None:
+        # What earlier phases wrote is written back to disk first, so that the
+        # kernel's writeback of hundreds of MB does not land in this phase's timings.
+        os.sync()
         began = time.monotonic()
         self.console.log(f"{name} ...")
         run()
