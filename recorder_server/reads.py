@@ -2,7 +2,8 @@
 
 WAL mode lets each read see the last committed state while the writer appends.
 Sessions and loops are assembled from stored bytes (see storage.py and
-framing.py); a whole session is answered without ever being decoded.
+framing.py); a whole session is answered without ever being decoded, except for
+each ended loop's AgentEnd event, whose messages are the record's (rule 9).
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiosqlite
+from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
-from agent_recorder.v1 import session_pb2, types_pb2
 
 from recorder_server.errors import InvalidArgument, NotFound
 from recorder_server.framing import Pieces, StoredEvent
 from recorder_server.storage import (
     COMMON_PRAGMAS,
     LOOP_EVENTS_FIELD,
+    LOOP_MESSAGES_FIELD,
     LOOP_TURNS_FIELD,
     READ_ONLY_PRAGMAS,
     SESSION_LOOPS_FIELD,
@@ -110,7 +112,14 @@ class Reads:
                 (session_id,),
             )
             turns: Iterable[tuple[str, bytes]] = ()
+            ends: Iterable[tuple[str, bytes]] = ()
             if not skip_messages:
+                ends = await conn.execute_fetchall(  # type: ignore[assignment]
+                    "SELECT e.loop_id, e.body FROM loops l JOIN events e "
+                    "ON e.loop_id = l.loop_id AND e.sequence = l.end_event "
+                    "WHERE l.session_id = ?",
+                    (session_id,),
+                )
                 # In the primary key's order: each loop's turns in order, no sort.
                 turns = await conn.execute_fetchall(  # type: ignore[assignment]
                     "SELECT loop_id, body FROM turns WHERE loop_id IN "
@@ -128,6 +137,9 @@ class Reads:
             loop_id: Pieces(_without_messages(record) if skip_messages else record)
             for loop_id, record in loops
         }
+        for loop_id, body in ends:
+            if (record := records.get(loop_id)) is not None:
+                _add_end_messages(record, body)
         for loop_id, body in turns:
             if (record := records.get(loop_id)) is not None:
                 record.add_field(LOOP_TURNS_FIELD, body)
@@ -142,11 +154,16 @@ class Reads:
     async def get_loop(self, loop_id: str, skip_events: bool) -> session_pb2.LoopRecord:
         async with self.pool.connection() as conn:
             rows = await conn.execute_fetchall(
-                "SELECT record FROM loops WHERE loop_id = ?", (loop_id,)
+                "SELECT record, end_event FROM loops WHERE loop_id = ?", (loop_id,)
             )
             if not rows:
                 raise NotFound(f"loop {loop_id!r} not found", loop_id=loop_id)
-            record = Pieces(bytes(next(iter(rows))[0]))
+            blob, end_event = next(iter(rows))
+            record = Pieces(bytes(blob))
+            for (body,) in await conn.execute_fetchall(
+                "SELECT body FROM events WHERE loop_id = ? AND sequence = ?", (loop_id, end_event)
+            ):
+                _add_end_messages(record, body)
             for (body,) in await conn.execute_fetchall(
                 "SELECT body FROM turns WHERE loop_id = ? ORDER BY turn_no", (loop_id,)
             ):
@@ -298,6 +315,12 @@ class Reads:
                 )
             )
         return (bool(rows), bool(rows) and rows[0][0] is not None)
+
+
+def _add_end_messages(record: Pieces, end_event: bytes) -> None:
+    """The messages of a loop's AgentEnd event, as the record's own (storage.py, v3)."""
+    for message in events_pb2.AgentEvent.FromString(end_event).agent_end.messages:
+        record.add_field(LOOP_MESSAGES_FIELD, message.SerializeToString())
 
 
 def _without_messages(record: bytes) -> bytes:

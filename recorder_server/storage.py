@@ -31,7 +31,7 @@ from recorder_server.recording import (
     Snapshot,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 T = TypeVar("T")
 
 MIGRATIONS: dict[int, str] = {
@@ -106,6 +106,13 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE loops ADD COLUMN ended_us INTEGER;
     CREATE INDEX loops_by_started ON loops (started_us);
     """,
+    # A loop's messages are stored once, in its AgentEnd event: end_event is that
+    # event's sequence, and reads put its messages into the record (see
+    # recording.LoopState.end_event). NULL: the record holds its own (rows written
+    # before this, imported loops).
+    3: """
+    ALTER TABLE loops ADD COLUMN end_event INTEGER;
+    """,
 }
 
 # Steps a migration needs beyond SQL, run inside the same transaction after it.
@@ -114,7 +121,7 @@ Backfill = Callable[[sqlite3.Connection], None]
 LOOP_COLUMNS = (
     "loop_id, session_id, position, status, usage_input, usage_output, usage_reasoning, "
     "usage_cache_read, usage_cache_write, usage_total, record, partial_turn, model, "
-    "started_us, ended_us"
+    "started_us, ended_us, end_event"
 )
 
 # Pragmas of every connection.
@@ -152,6 +159,7 @@ def ts_us(ts: Timestamp) -> int:
 
 
 LOOP_TURNS_FIELD = session_pb2.LoopRecord.DESCRIPTOR.fields_by_name["turns"].number
+LOOP_MESSAGES_FIELD = session_pb2.LoopRecord.DESCRIPTOR.fields_by_name["messages"].number
 LOOP_EVENTS_FIELD = session_pb2.LoopRecord.DESCRIPTOR.fields_by_name["events"].number
 SESSION_LOOPS_FIELD = session_pb2.Session.DESCRIPTOR.fields_by_name["loops"].number
 
@@ -413,7 +421,7 @@ class WriteStore:
             else:
                 self._written.pop(loop_id, None)
             self._position += 1
-            rows.append(_loop_row(state.record, record, partial, self._position))
+            rows.append(_loop_row(state, record, partial, self._position))
         return rows
 
     # -- importing ------------------------------------------------------------
@@ -507,7 +515,8 @@ ON_LOOP_CONFLICT = (
     "usage_cache_write = excluded.usage_cache_write, "
     "usage_total = excluded.usage_total, record = excluded.record, "
     "partial_turn = excluded.partial_turn, model = excluded.model, "
-    "started_us = excluded.started_us, ended_us = excluded.ended_us"
+    "started_us = excluded.started_us, ended_us = excluded.ended_us, "
+    "end_event = excluded.end_event"
 )
 INSERT_EVENTS = "INSERT INTO events (loop_id, sequence, session_id, kind, body) VALUES "
 INSERT_TURNS = "INSERT INTO turns (loop_id, turn_no, body) VALUES "
@@ -642,7 +651,7 @@ def _fetch(conn: sqlite3.Connection, needed: Needed) -> Snapshot:
 def _fetch_loops(conn: sqlite3.Connection, found: Snapshot, loop_ids: Sequence[str]) -> None:
     marks = ",".join("?" * len(loop_ids))
     rows = conn.execute(
-        f"SELECT l.loop_id, l.record, l.partial_turn, "
+        f"SELECT l.loop_id, l.record, l.partial_turn, l.end_event, "
         f"(SELECT MAX(sequence) FROM events e WHERE e.loop_id = l.loop_id), "
         f"(SELECT COUNT(*) FROM turns t WHERE t.loop_id = l.loop_id) "
         f"FROM loops l WHERE l.loop_id IN ({marks})",
@@ -650,8 +659,9 @@ def _fetch_loops(conn: sqlite3.Connection, found: Snapshot, loop_ids: Sequence[s
     ).fetchall()
     for loop_id in loop_ids:
         found.loops[loop_id] = None
-    for loop_id, record, partial, last, turns in rows:
-        state = LoopState(session_pb2.LoopRecord.FromString(record), turns=int(turns))
+    for loop_id, record, partial, end_event, last, turns in rows:
+        loop = session_pb2.LoopRecord.FromString(record)
+        state = LoopState(loop, turns=int(turns), end_event=end_event)
         state.next_seq = 0 if last is None else int(last) + 1
         if partial is not None:
             state.partial = session_pb2.Turn.FromString(partial)
@@ -711,8 +721,9 @@ def _group_row(group_id: int, session_id: str, group: ParallelGroup) -> tuple[ob
 
 
 def _loop_row(
-    record: session_pb2.LoopRecord, blob: bytes, partial: bytes | None, position: int
+    state: LoopState, blob: bytes, partial: bytes | None, position: int
 ) -> tuple[object, ...]:
+    record = state.record
     usage = record.usage
     return (
         record.loop_id,
@@ -728,6 +739,7 @@ def _loop_row(
         blob,
         partial,
         *_loop_facts(record),
+        state.end_event,
     )
 
 

@@ -6,8 +6,9 @@ import sqlite3
 from pathlib import Path
 
 from agent_recorder.v1 import session_pb2
-from events import agent_start, config, ts
+from events import agent_start, assistant, config, ts, user
 
+from recorder_server.reads import ReadPool, Reads
 from recorder_server.storage import MIGRATIONS, SCHEMA_VERSION, WriteStore
 
 
@@ -65,6 +66,25 @@ async def test_a_v1_database_migrates_and_backfills_model_and_times(short_tmp: P
     ]
 
 
+async def test_a_loop_ended_before_v3_keeps_the_messages_its_record_holds(
+    short_tmp: Path,
+) -> None:
+    """Rows from before v3 have no end_event: their messages are read from the record."""
+    path = short_tmp / "v1.db"
+    ended = loop("s1.c.0", "m1", 0, 5.5)
+    ended.messages.extend([user("hi", at=1), assistant("hello", at=2)])
+    v1_database(path, [ended])
+    store = await WriteStore.open(path)
+    await store.close()
+    pool = ReadPool(path, size=1)
+    await pool.open()
+    try:
+        read = await Reads(pool).get_loop("s1.c.0", skip_events=False)
+    finally:
+        await pool.close()
+    assert read == ended
+
+
 async def test_a_current_database_is_left_as_it_is(short_tmp: Path) -> None:
     path = short_tmp / "now.db"
     store = await WriteStore.open(path)
@@ -75,4 +95,4 @@ async def test_a_current_database_is_left_as_it_is(short_tmp: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     columns = [row[1] for row in conn.execute("PRAGMA table_info(loops)")]
     conn.close()
-    assert columns[-3:] == ["model", "started_us", "ended_us"]
+    assert columns[-4:] == ["model", "started_us", "ended_us", "end_event"]

@@ -668,7 +668,10 @@ def test_rule9_agent_end_completes_the_loop() -> None:
     assert record.status == COMPLETED
     assert not record.HasField("rejection")
     assert record.ended_at == ts(9)
-    assert list(record.messages) == messages
+    # The loop's messages are the AgentEnd's, stored once: in that event (sequence 2).
+    assert list(record.messages) == []
+    assert changes.loops["s.main.0"].end_event == 2
+    assert changes.events[-1][1:4] == (2, "s", "agent_end")
     assert record.usage == usage(100, 20)
     assert changes.loops["s.main.0"].partial is None  # the open partial turn is discarded
     assert changes.turns == []

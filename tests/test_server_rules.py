@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -16,8 +17,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import pytest
+from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
-from agent_recorder.v1 import session_pb2, types_pb2
 from conftest import RunningRecorder
 from events import (
     RecordStream,
@@ -643,6 +644,47 @@ async def test_rule9_completed_and_rejected_with_messages_usage_and_children(
     parent = await get_loop(stub, "s.main.0")
     assert list(parent.children_loop_ids) == ["s.main.2", "s.main.1"]  # x.main.0: other session
     assert parent.status == COMPLETED
+
+
+async def test_rule9_a_loops_messages_are_stored_once_and_read_in_every_view(
+    recorder: RunningRecorder,
+) -> None:
+    """Kept in the AgentEnd event alone, even when a child ends after its parent."""
+    stub = aio(recorder.stub())
+    messages = [user("go", at=1), assistant("done", model="m", provider="p", at=2)]
+    await append(
+        stub,
+        [agent_start("s", "s.main.0", at=1), agent_start("s", "s.main.1", "s.main.0", at=2)],
+    )
+    await append(stub, [agent_end("s.main.0", messages, at=3)])  # its row is updated
+    await recorder.stop()  # the next server loads the ended parent's row back...
+    await recorder.start()
+    stub = aio(recorder.stub())
+    await append(stub, [agent_end("s.main.1", at=4)])  # ...to rewrite it with its child
+
+    parent = await get_loop(stub, "s.main.0")
+    assert list(parent.messages) == messages
+    assert list(parent.children_loop_ids) == ["s.main.1"]
+    for skip_events in (False, True):
+        session = await get_session(stub, "s", skip_events=skip_events)
+        assert [list(loop.messages) for loop in session.loops] == [messages, []]
+    request = api.GetSessionRequest(session_id="s", skip_messages=True)
+    outline = (await stub.GetSession(request, timeout=DEADLINE)).session
+    assert [list(loop.messages) for loop in outline.loops] == [[], []]
+
+    conn = sqlite3.connect(recorder.db_path)
+    try:
+        blob, end_event = conn.execute(
+            "SELECT record, end_event FROM loops WHERE loop_id = 's.main.0'"
+        ).fetchone()
+        [stored_end] = conn.execute(
+            "SELECT body FROM events WHERE loop_id = 's.main.0' AND kind = 'agent_end'"
+        ).fetchone()
+    finally:
+        conn.close()
+    assert end_event == 1  # AgentStart is 0
+    assert list(session_pb2.LoopRecord.FromString(blob).messages) == []
+    assert list(events_pb2.AgentEvent.FromString(stored_end).agent_end.messages) == messages
 
 
 # -- rule 10: flush, checkpoint, lifecycle ---------------------------------------------------
