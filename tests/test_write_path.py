@@ -115,6 +115,29 @@ async def test_small_writes_commit_at_once_and_large_ones_on_the_store_thread(
     assert stored_sequences(db) == list(range(4 + LARGE))
 
 
+async def test_a_small_write_waits_on_the_store_thread_while_another_process_writes(
+    short_tmp: Path,
+) -> None:
+    """Never on the event loop: waiting there for the lock would stop every call for 5 s."""
+    db = short_tmp / "w.db"
+    store = await WriteStore.open(db)
+    outsider = sqlite3.connect(db, isolation_level=None)
+    try:
+        outsider.execute("BEGIN IMMEDIATE")
+        waiting, _ = store.write(event_rows("s.main.0", 0, 1))
+        # Handed to the thread, which waits for the lock; this returned at once.
+        assert not waiting.done()
+        assert stored_sequences(db) == []
+        outsider.execute("COMMIT")
+        await waiting
+        again, _ = store.write(event_rows("s.main.0", 1, 1))
+        assert again.done() and again.exception() is None  # the lock is free: at once
+    finally:
+        outsider.close()
+        await store.close()
+    assert stored_sequences(db) == [0, 1]
+
+
 async def test_a_failed_small_write_fails_its_future_and_changes_nothing(short_tmp: Path) -> None:
     db = short_tmp / "w.db"
     store = await WriteStore.open(db)
