@@ -126,6 +126,11 @@ LOOP_COLUMNS = (
 
 # Readers and the writer wait up to 5 s on a locked file instead of failing.
 BUSY_TIMEOUT = "PRAGMA busy_timeout = 5000"
+# ...except the write connection outside its transactions on the store's thread:
+# a small commit on the event loop must never wait for another process's write
+# lock (see _begin_at_once). Switching costs ~7 us a pragma, so the store's
+# thread pays it once per transaction (_begin_waiting), the event loop never.
+NO_WAIT = "PRAGMA busy_timeout = 0"
 
 # Pragmas of every connection.
 COMMON_PRAGMAS = (
@@ -292,7 +297,7 @@ class WriteStore:
     async def begin(self) -> None:
         # What an explicit transaction writes (imports, deletes) is not tracked.
         self._written.clear()
-        await self._run(_execute, self._conn, "BEGIN IMMEDIATE")
+        await self._run(_begin_waiting, self._conn)
 
     async def commit(self) -> None:
         await self._run(_execute, self._conn, "COMMIT")
@@ -331,6 +336,7 @@ class WriteStore:
         """
         conn = self._lookup
         if not self._on_thread and not self._conn.in_transaction:
+            # A read in WAL mode takes no lock a writer holds: NO_WAIT is no matter.
             conn = self._conn
         assert conn is not None
         _merge_found(snapshot, _fetch(conn, needed))
@@ -576,6 +582,7 @@ def _connect(path: Path, synchronous: str) -> tuple[sqlite3.Connection, int]:
     try:
         migrate(conn)
         row = conn.execute("SELECT COALESCE(MAX(position), 0) FROM loops").fetchone()
+        conn.execute(NO_WAIT)
     except BaseException:
         conn.close()
         raise
@@ -598,8 +605,17 @@ def _execute_all(conn: sqlite3.Connection, statements: Statements) -> None:
 
 def _transaction(conn: sqlite3.Connection, statements: Statements) -> None:
     """All of it or nothing: one thread hop for a whole group."""
-    conn.execute("BEGIN IMMEDIATE")
+    _begin_waiting(conn)
     _commit_begun(conn, statements)
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE on the store's thread, waiting up to the busy timeout for the lock."""
+    conn.execute(BUSY_TIMEOUT)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute(NO_WAIT)
 
 
 def _commit_begun(conn: sqlite3.Connection, statements: Statements) -> None:
@@ -617,15 +633,13 @@ def _begin_at_once(conn: sqlite3.Connection) -> bool:
 
     False when another process holds it (someone's sqlite3 shell in a
     transaction), or when BEGIN fails otherwise: the store's thread then waits
-    for the lock, or reports the failure, in a transaction of its own.
+    for the lock, or reports the failure, in a transaction of its own. The
+    write connection's busy timeout is 0 here (NO_WAIT).
     """
-    conn.execute("PRAGMA busy_timeout = 0")
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error:
         return False
-    finally:
-        conn.execute(BUSY_TIMEOUT)
     return True
 
 

@@ -115,7 +115,7 @@ async def test_small_writes_commit_at_once_and_large_ones_on_the_store_thread(
     assert stored_sequences(db) == list(range(4 + LARGE))
 
 
-async def test_a_small_write_waits_on_the_store_thread_while_another_process_writes(
+async def test_writes_wait_for_another_processs_lock_on_the_store_thread_only(
     short_tmp: Path,
 ) -> None:
     """Never on the event loop: waiting there for the lock would stop every call for 5 s."""
@@ -132,10 +132,20 @@ async def test_a_small_write_waits_on_the_store_thread_while_another_process_wri
         await waiting
         again, _ = store.write(event_rows("s.main.0", 1, 1))
         assert again.done() and again.exception() is None  # the lock is free: at once
+
+        # An explicit transaction (imports, deletes) waits on the thread too.
+        outsider.execute("BEGIN IMMEDIATE")
+        begun = asyncio.ensure_future(store.begin())
+        await asyncio.sleep(0)  # hand it to the thread
+        assert stored_sequences(db) == [0, 1] and not begun.done()
+        outsider.execute("COMMIT")
+        await begun
+        await store.persist(event_rows("s.main.0", 2, 1))
+        await store.commit()
     finally:
         outsider.close()
         await store.close()
-    assert stored_sequences(db) == [0, 1]
+    assert stored_sequences(db) == [0, 1, 2]
 
 
 async def test_a_failed_small_write_fails_its_future_and_changes_nothing(short_tmp: Path) -> None:
