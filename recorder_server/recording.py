@@ -51,7 +51,7 @@ class LoopState:
     # The sequence of the AgentEnd event whose messages are the loop's (rule 9).
     # They are kept once, in that event, and reads put them into the record: a
     # long loop's messages run to tens of KB, and holding and writing them twice
-    # cost ingest 13-23% (bench mix).
+    # cost 8-39% of ingest in paired runs (docs/performance.md, fourth round).
     end_event: int | None = None
 
     def copy(self) -> LoopState:

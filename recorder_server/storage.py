@@ -236,10 +236,10 @@ Statements = list[tuple[str, list[tuple[object, ...]]]]
 
 
 # A group whose events are smaller than this commits on the caller's thread when
-# the store's thread is idle (see WriteStore.write). Above the AgentEnd of a long
-# loop (it carries every message: 40-80 KB in the bench's mix), whose group took
-# 1.3-2 ms on the thread at 64 KiB against 0.2-0.6 ms here; far below the ~1 MB
-# batches of a client catching up, which keep the pipeline.
+# the store's thread is idle (see WriteStore.write). Set above the AgentEnd of a
+# long loop (it carries every message: 25-80 KB in the bench's mix), whose group
+# took 1.3-2 ms on the thread against 0.2-0.6 ms here when the limit was 64 KiB;
+# far below the ~1 MB batches of a client catching up, which keep the pipeline.
 INLINE_WRITE_BYTES: Final = 256 * 1024
 
 
@@ -336,7 +336,7 @@ class WriteStore:
         """
         conn = self._lookup
         if not self._on_thread and not self._conn.in_transaction:
-            # A read in WAL mode takes no lock a writer holds: NO_WAIT is no matter.
+            # Reads in WAL mode never wait for a writer's lock: NO_WAIT is harmless.
             conn = self._conn
         assert conn is not None
         _merge_found(snapshot, _fetch(conn, needed))
