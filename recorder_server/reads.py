@@ -160,10 +160,12 @@ class Reads:
                 raise NotFound(f"loop {loop_id!r} not found", loop_id=loop_id)
             blob, end_event = next(iter(rows))
             record = Pieces(bytes(blob))
-            for (body,) in await conn.execute_fetchall(
-                "SELECT body FROM events WHERE loop_id = ? AND sequence = ?", (loop_id, end_event)
-            ):
-                _add_end_messages(record, body)
+            if end_event is not None:
+                for (body,) in await conn.execute_fetchall(
+                    "SELECT body FROM events WHERE loop_id = ? AND sequence = ?",
+                    (loop_id, end_event),
+                ):
+                    _add_end_messages(record, body)
             for (body,) in await conn.execute_fetchall(
                 "SELECT body FROM turns WHERE loop_id = ? ORDER BY turn_no", (loop_id,)
             ):
