@@ -410,6 +410,10 @@ def test_event_fields() -> None:
     )
     assert spawn.result.details.string_value == "plain string details"
     assert not by_type["ToolExecutionEnd"][0].tool_execution_end.HasField("child_loop_id")
+    # ToolResult.child_loop_id is left out when unset (serde skip_serializing_if), the
+    # event's own child_loop_id is written as null: as phi-core writes them.
+    plain = event_to_json(by_type["ToolExecutionEnd"][0])
+    assert "child_loop_id" not in plain["result"] and plain["child_loop_id"] is None
     prun = by_type["PrunApplied"][0].prun_applied
     assert [t.ToMilliseconds() for t in prun.pruned_timestamps] == [1793527202000, 1793527203000]
     assert not by_type["PrunApplied"][1].prun_applied.HasField("memo")
@@ -1012,11 +1016,8 @@ _event = st.one_of(
             "tool_call_id": _text,
             "tool_name": _text,
             "result": st.fixed_dictionaries(
-                {
-                    "content": st.lists(_block, max_size=2),
-                    "details": _json,
-                    "child_loop_id": _optional_text,
-                }
+                {"content": st.lists(_block, max_size=2), "details": _json},
+                optional={"child_loop_id": _text},
             ),
             "is_error": st.booleans(),
             "child_loop_id": _optional_text,

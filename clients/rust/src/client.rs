@@ -194,7 +194,10 @@ fn tls_config(
     env: Env<'_>,
 ) -> Result<Option<ClientTlsConfig>, ConnectError> {
     let from_env = |name: &str| env(name).map(PathBuf::from);
-    let ca = options.tls_ca.clone().or_else(|| from_env(target::TLS_CA_ENV));
+    let ca = options
+        .tls_ca
+        .clone()
+        .or_else(|| from_env(target::TLS_CA_ENV));
     let cert = options
         .tls_cert
         .clone()

@@ -245,7 +245,9 @@ impl State {
         let mut taken: Vec<(Option<u64>, Queued)> = Vec::new();
         let (mut span, mut nbytes, mut skipped, mut skipped_bytes) = (0u64, 0usize, 0u64, 0usize);
         while taken.len() < config.max_batch_events {
-            let Some(next) = self.queue.front() else { break };
+            let Some(next) = self.queue.front() else {
+                break;
+            };
             let size = next.data.len();
             if !taken.is_empty() && nbytes + size > config.max_batch_bytes {
                 break;
@@ -345,7 +347,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves counters that are still consistent
         // enough to report; never poison the agent's emit path.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits on `notify` until `ready` holds for the state.
@@ -494,7 +498,9 @@ impl EventSender {
         state.queued_bytes += nbytes;
         state.emitted += 1;
         let len = state.queue.len();
-        if len == 1 || len >= config.max_batch_events || state.queued_bytes >= config.max_batch_bytes
+        if len == 1
+            || len >= config.max_batch_events
+            || state.queued_bytes >= config.max_batch_bytes
         {
             self.shared.wake.notify_one();
         }
@@ -608,7 +614,11 @@ async fn run(shared: Arc<Shared>, client: RecorderClient, writer_id: Arc<str>) {
 ///
 /// The reconnect deadline restarts whenever a stream got an acknowledgement, so
 /// only a sender that makes no progress for that long gives up.
-async fn deliver(shared: &Arc<Shared>, client: &RecorderClient, writer_id: &str) -> Result<(), RpcError> {
+async fn deliver(
+    shared: &Arc<Shared>,
+    client: &RecorderClient,
+    writer_id: &str,
+) -> Result<(), RpcError> {
     let config = &shared.config;
     let mut deadline = Instant::now() + config.reconnect_deadline;
     let mut backoff = config.initial_backoff;
@@ -632,7 +642,11 @@ async fn deliver(shared: &Arc<Shared>, client: &RecorderClient, writer_id: &str)
 }
 
 /// Runs one Record stream until it breaks; says whether it made progress and why it ended.
-async fn stream_once(shared: &Arc<Shared>, client: &RecorderClient, writer_id: &str) -> (bool, RpcError) {
+async fn stream_once(
+    shared: &Arc<Shared>,
+    client: &RecorderClient,
+    writer_id: &str,
+) -> (bool, RpcError) {
     let (tx, rx) = mpsc::channel::<Bytes>(4);
     tx.try_send(hello_request(writer_id))
         .expect("a fresh channel has room for hello");

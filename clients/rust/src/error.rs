@@ -230,7 +230,10 @@ impl fmt::Display for DeliveryError {
                 .as_ref()
                 .map(|cause| format!(": {cause}"))
                 .unwrap_or_default();
-            parts.push(format!("{} event(s) given up undelivered{why}", self.failed));
+            parts.push(format!(
+                "{} event(s) given up undelivered{why}",
+                self.failed
+            ));
         }
         if parts.is_empty() {
             write!(f, "delivery failed")
@@ -248,7 +251,10 @@ pub enum ConnectError {
     /// The target is not a valid address.
     Target(String),
     /// A token or TLS file named by an option or environment variable could not be read.
-    File { path: std::path::PathBuf, source: std::io::Error },
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// The TLS settings contradict each other or were refused by the TLS library.
     Tls(String),
     /// A `DeliveryConfig` whose bounds contradict each other.

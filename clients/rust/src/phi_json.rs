@@ -154,9 +154,7 @@ impl<'a> Obj<'a> {
     }
 
     fn opt_value(&self, key: &str) -> Result<Option<Value>> {
-        self.opt(key)
-            .map(|v| value(v, &self.here(key)))
-            .transpose()
+        self.opt(key).map(|v| value(v, &self.here(key))).transpose()
     }
 
     fn usage(&self, key: &str) -> Result<Usage> {
@@ -381,7 +379,10 @@ const STOP_REASONS: [(&str, i32); 11] = [
     ("userStop", proto::StopReason::UserStop as i32),
     ("handoff", proto::StopReason::Handoff as i32),
     ("guardRail", proto::StopReason::GuardRail as i32),
-    ("contextCompacted", proto::StopReason::ContextCompacted as i32),
+    (
+        "contextCompacted",
+        proto::StopReason::ContextCompacted as i32,
+    ),
     ("paused", proto::StopReason::Paused as i32),
 ];
 
@@ -426,13 +427,26 @@ pub fn message(json: &Json, path: &str) -> Result<AgentMessage> {
         "assistant" => {
             msg.role = proto::MessageRole::Assistant as i32;
             msg.content = content(&obj)?;
-            msg.stop_reason = enum_value(obj.req("stopReason")?, &obj.here("stopReason"), &STOP_REASONS)?;
+            msg.stop_reason = enum_value(
+                obj.req("stopReason")?,
+                &obj.here("stopReason"),
+                &STOP_REASONS,
+            )?;
             msg.model = obj.str("model")?;
             msg.provider = obj.str("provider")?;
             msg.usage = Some(obj.usage("usage")?);
             msg.timestamp = Some(obj.millis("timestamp")?);
             msg.error_message = obj.opt_str("error_message")?;
-            &["role", "content", "stopReason", "model", "provider", "usage", "timestamp", "error_message"]
+            &[
+                "role",
+                "content",
+                "stopReason",
+                "model",
+                "provider",
+                "usage",
+                "timestamp",
+                "error_message",
+            ]
         }
         "toolResult" => {
             msg.role = proto::MessageRole::ToolResult as i32;
@@ -441,7 +455,14 @@ pub fn message(json: &Json, path: &str) -> Result<AgentMessage> {
             msg.content = content(&obj)?;
             msg.is_error = obj.bool("isError")?;
             msg.timestamp = Some(obj.millis("timestamp")?);
-            &["role", "toolCallId", "toolName", "content", "isError", "timestamp"]
+            &[
+                "role",
+                "toolCallId",
+                "toolName",
+                "content",
+                "isError",
+                "timestamp",
+            ]
         }
         "extension" => {
             msg.role = proto::MessageRole::Extension as i32;
@@ -473,13 +494,31 @@ fn tool_result(json: &Json, path: &str) -> Result<ToolResult> {
 }
 
 const APIS: [(&str, i32); 7] = [
-    ("anthropic_messages", proto::ApiProtocol::AnthropicMessages as i32),
-    ("open_ai_completions", proto::ApiProtocol::OpenAiCompletions as i32),
-    ("open_ai_responses", proto::ApiProtocol::OpenAiResponses as i32),
-    ("azure_open_ai_responses", proto::ApiProtocol::AzureOpenAiResponses as i32),
-    ("google_generative_ai", proto::ApiProtocol::GoogleGenerativeAi as i32),
+    (
+        "anthropic_messages",
+        proto::ApiProtocol::AnthropicMessages as i32,
+    ),
+    (
+        "open_ai_completions",
+        proto::ApiProtocol::OpenAiCompletions as i32,
+    ),
+    (
+        "open_ai_responses",
+        proto::ApiProtocol::OpenAiResponses as i32,
+    ),
+    (
+        "azure_open_ai_responses",
+        proto::ApiProtocol::AzureOpenAiResponses as i32,
+    ),
+    (
+        "google_generative_ai",
+        proto::ApiProtocol::GoogleGenerativeAi as i32,
+    ),
     ("google_vertex", proto::ApiProtocol::GoogleVertex as i32),
-    ("bedrock_converse_stream", proto::ApiProtocol::BedrockConverseStream as i32),
+    (
+        "bedrock_converse_stream",
+        proto::ApiProtocol::BedrockConverseStream as i32,
+    ),
 ];
 
 const THINKING_LEVELS: [(&str, i32); 5] = [
@@ -579,7 +618,10 @@ fn single_key<'a>(json: &'a Json, path: &str) -> Result<(&'a str, &'a Json)> {
         (Some((key, inner)), None) => Ok((key.as_str(), inner)),
         _ => Err(error(
             path,
-            format!("expected an object with one key, got {} keys", obj.map.len()),
+            format!(
+                "expected an object with one key, got {} keys",
+                obj.map.len()
+            ),
         )),
     }
 }
@@ -652,7 +694,11 @@ pub fn event_from_json(json: &Json) -> Result<AgentEvent> {
             loop_id: obj.str("loop_id")?,
             turn_index: obj.u32("turn_index")?,
             timestamp: Some(obj.time("timestamp")?),
-            triggered_by: enum_value(obj.req("triggered_by")?, &obj.here("triggered_by"), &TRIGGERS)?,
+            triggered_by: enum_value(
+                obj.req("triggered_by")?,
+                &obj.here("triggered_by"),
+                &TRIGGERS,
+            )?,
         }),
         "TurnRequest" => Event::TurnRequest(proto::TurnRequest {
             loop_id: obj.str("loop_id")?,

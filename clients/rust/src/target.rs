@@ -122,7 +122,10 @@ mod tests {
 
     #[test]
     fn the_target_variable_wins() {
-        let env = env_of(&[(TARGET_ENV, "127.0.0.1:5000"), ("XDG_RUNTIME_DIR", "/run/u")]);
+        let env = env_of(&[
+            (TARGET_ENV, "127.0.0.1:5000"),
+            ("XDG_RUNTIME_DIR", "/run/u"),
+        ]);
         assert_eq!(default_target_in(&env), "127.0.0.1:5000");
     }
 
