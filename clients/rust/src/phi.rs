@@ -42,8 +42,12 @@ use crate::proto::AgentEvent;
 
 /// Converts one phi-core event into the protobuf `AgentEvent`, losslessly.
 pub fn to_proto(event: &phi_core::AgentEvent) -> Result<AgentEvent, BridgeError> {
-    let json =
-        serde_json::to_value(event).map_err(|error| BridgeError::Serialize(error.to_string()))?;
+    // Through the text phi-core writes, not `serde_json::to_value`: the latter widens
+    // an f32 such as a temperature of 0.7 to 0.699999988079071, where the text (and
+    // phi-core's saved session) has the shortest form, 0.7.
+    let serialize_error = |error: serde_json::Error| BridgeError::Serialize(error.to_string());
+    let text = serde_json::to_vec(event).map_err(serialize_error)?;
+    let json: serde_json::Value = serde_json::from_slice(&text).map_err(serialize_error)?;
     phi_json::event_from_json(&json).map_err(BridgeError::Convert)
 }
 

@@ -847,6 +847,3 @@ fn session_or_context_event(obj: &Obj<'_>, tag: &str) -> Result<AgentEvent> {
     };
     Ok(AgentEvent { event: Some(event) })
 }
-
-#[cfg(test)]
-mod tests;

@@ -178,6 +178,17 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// The session file phi-core saved (after `record`).
+    fn saved(&self, session_id: &str) -> Value {
+        read_json(&self.saved.path().join(format!("{session_id}.json")))
+    }
+}
+
+fn loop_count(session: &Value) -> usize {
+    session["loops"].as_array().map_or(0, Vec::len)
+}
+
 fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
@@ -245,5 +256,247 @@ async fn a_loop_with_two_turns_and_a_tool_call() {
         })
         .await;
     assert_eq!(ids, vec!["session-a".to_string()]);
+    let saved = harness.saved("session-a");
+    assert_eq!(saved["loops"][0]["turns"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        saved["loops"][0]["events"][7]["event"]["type"],
+        "ToolExecutionEnd"
+    );
+    harness.assert_exports_equal(&ids);
+}
+
+#[tokio::test]
+async fn a_continuation_and_a_rerun_in_one_session() {
+    let Some(harness) = Harness::start() else {
+        return;
+    };
+    let ids = harness
+        .record(|tx| async move {
+            let provider = Arc::new(MockProvider::new(vec![
+                MockResponse::Text("Paris.".into()),
+                tool_call("read_file", json!({"path": "notes/france.md"})),
+                MockResponse::Text("About 2.1 million people.".into()),
+                MockResponse::Text("Roughly two million.".into()),
+            ]));
+            let config = loop_config(provider, "mock-model");
+            let mut ctx = context("agent-b", "session-b", vec![Arc::new(ReadFile)]);
+            // Loop ids begin with their session id, as phi-core's agents make them (its
+            // SessionRecorder reads a parent's session from that prefix: see the README).
+            ctx.loop_id = Some("session-b.mock.1".into());
+            agent_loop(
+                vec![prompt("What is the capital of France?")],
+                &mut ctx,
+                &config,
+                tx.clone(),
+                CancellationToken::new(),
+            )
+            .await;
+            let origin = ctx.loop_id.clone().unwrap();
+
+            let mut follow_up = ctx.clone();
+            follow_up.loop_id = Some("session-b.mock.2".into());
+            follow_up.parent_loop_id = Some(origin.clone());
+            follow_up.continuation_kind = Some(ContinuationKind::Default);
+            follow_up
+                .messages
+                .push(prompt("How many people live there?"));
+            let before_rerun = follow_up.clone();
+            agent_loop_continue(
+                &mut follow_up,
+                &config,
+                tx.clone(),
+                CancellationToken::new(),
+            )
+            .await;
+
+            let mut rerun = before_rerun;
+            rerun.loop_id = Some("session-b.mock.3".into());
+            rerun.parent_loop_id = Some(origin);
+            rerun.continuation_kind = Some(ContinuationKind::Rerun {
+                tag: "2026-12-03T10:00:00Z".into(),
+            });
+            agent_loop_continue(&mut rerun, &config, tx, CancellationToken::new()).await;
+        })
+        .await;
+    assert_eq!(ids, vec!["session-b".to_string()]);
+    let saved = harness.saved("session-b");
+    assert_eq!(loop_count(&saved), 3);
+    assert_eq!(
+        saved["loops"][2]["continuation_kind"],
+        json!({"Rerun": {"tag": "2026-12-03T10:00:00Z"}})
+    );
+    harness.assert_exports_equal(&ids);
+}
+
+/// Delegates a task to a sub-agent: a child loop in a session of its own, whose
+/// events go to the same channel as the parent's (so both recorders see them).
+struct Delegate {
+    events: UnboundedSender<AgentEvent>,
+    parent_loop_id: String,
+}
+
+#[async_trait::async_trait]
+impl AgentTool for Delegate {
+    fn name(&self) -> &str {
+        "delegate"
+    }
+    fn label(&self) -> &str {
+        "Delegate"
+    }
+    fn description(&self) -> &str {
+        "Hands a task to a research sub-agent"
+    }
+    fn parameters_schema(&self) -> Value {
+        json!({"type": "object", "properties": {"task": {"type": "string"}}})
+    }
+    async fn execute(&self, params: Value, ctx: ToolContext) -> Result<ToolResult, ToolError> {
+        let task = params["task"].as_str().unwrap_or_default().to_string();
+        let provider = Arc::new(MockProvider::new(vec![
+            tool_call("read_file", json!({"path": "src/lib.rs"})),
+            MockResponse::Text("The crate records agent events.".into()),
+        ]));
+        let mut config = loop_config(provider, "mock-small");
+        config.first_turn_trigger = TurnTrigger::SubAgent;
+        let mut child = context("sub-agent-c", "session-c-child", vec![Arc::new(ReadFile)]);
+        child.loop_id = Some("session-c-child.sub.1".into());
+        child.parent_loop_id = Some(self.parent_loop_id.clone());
+        let messages = agent_loop(
+            vec![prompt(&task)],
+            &mut child,
+            &config,
+            self.events.clone(),
+            ctx.cancel,
+        )
+        .await;
+        Ok(ToolResult {
+            content: vec![phi_core::Content::Text {
+                text: format!("sub-agent finished with {} messages", messages.len()),
+            }],
+            details: json!({"sub_agent": "researcher", "turns": messages.len()}),
+            child_loop_id: child.loop_id,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_tool_that_spawns_a_sub_agent() {
+    let Some(harness) = Harness::start() else {
+        return;
+    };
+    let ids = harness
+        .record(|tx| async move {
+            let provider = Arc::new(MockProvider::new(vec![
+                tool_call("delegate", json!({"task": "Find out what src/lib.rs does"})),
+                MockResponse::Text("The sub-agent says: it records agent events.".into()),
+            ]));
+            let config = loop_config(provider, "mock-model");
+            let parent_loop_id = "session-c.mock.1".to_string();
+            let delegate = Delegate {
+                events: tx.clone(),
+                parent_loop_id: parent_loop_id.clone(),
+            };
+            let mut ctx = context("agent-c", "session-c", vec![Arc::new(delegate)]);
+            ctx.loop_id = Some(parent_loop_id);
+            agent_loop(
+                vec![prompt("What does src/lib.rs do? Ask a sub-agent.")],
+                &mut ctx,
+                &config,
+                tx,
+                CancellationToken::new(),
+            )
+            .await;
+            // The Delegate tool (and its channel handle) lives in ctx until here.
+            drop(ctx);
+        })
+        .await;
+    assert_eq!(
+        ids,
+        vec!["session-c".to_string(), "session-c-child".to_string()]
+    );
+    let child = harness.saved("session-c-child");
+    assert_eq!(child["parent_spawn_ref"]["tool_name"], "delegate");
+    assert_eq!(
+        harness.saved("session-c")["loops"][0]["child_loop_refs"][0]["child_loop_id"],
+        "session-c-child.sub.1"
+    );
+    harness.assert_exports_equal(&ids);
+}
+
+/// Selects the second branch and reports what the judging cost.
+struct PickSecond;
+
+#[async_trait::async_trait]
+impl EvaluationStrategy for PickSecond {
+    async fn evaluate(
+        &self,
+        _prompts: &[AgentMessage],
+        outcomes: &[ParallelLoopOutcome],
+        _tx: &UnboundedSender<AgentEvent>,
+        _cancel: CancellationToken,
+    ) -> (EvaluationDecision, Usage) {
+        assert_eq!(outcomes.len(), 3);
+        let usage = Usage {
+            input: 120,
+            output: 7,
+            total_tokens: 127,
+            ..Default::default()
+        };
+        (EvaluationDecision::Select(1), usage)
+    }
+}
+
+#[tokio::test]
+async fn agent_loop_parallel_over_three_configurations_with_a_winner() {
+    let Some(harness) = Harness::start() else {
+        return;
+    };
+    let ids = harness
+        .record(|tx| async move {
+            let answers = [
+                "Short answer.",
+                "A longer, better answer.",
+                "Another answer.",
+            ];
+            let configs = answers
+                .iter()
+                .enumerate()
+                .map(|(i, answer)| {
+                    let provider = Arc::new(MockProvider::text(*answer));
+                    let mut config = loop_config(provider, &format!("model-{i}"));
+                    if i == 2 {
+                        config.temperature = Some(0.7);
+                        config.max_tokens = Some(1024);
+                        config.thinking_level = ThinkingLevel::High;
+                    }
+                    config
+                })
+                .collect();
+            let base = context("agent-d", "session-d", vec![]);
+            agent_loop_parallel(
+                vec![prompt("Explain recording sidecars in one line.")],
+                base,
+                configs,
+                Arc::new(PickSecond),
+                tx,
+                CancellationToken::new(),
+            )
+            .await;
+        })
+        .await;
+    assert_eq!(ids, vec!["session-d".to_string()]);
+    let saved = harness.saved("session-d");
+    assert_eq!(loop_count(&saved), 3);
+    let winners: Vec<&Value> = saved["loops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["parallel_group"]["is_selected"] == json!(true))
+        .collect();
+    assert_eq!(winners.len(), 1);
+    assert_eq!(winners[0]["parallel_group"]["selected_config_index"], 1);
+    assert_eq!(
+        winners[0]["parallel_group"]["evaluation_usage"]["input"],
+        120
+    );
     harness.assert_exports_equal(&ids);
 }
