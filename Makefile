@@ -7,7 +7,7 @@ STAMPS := .stamps
 PROTO_SRC := $(wildcard protos/agent_recorder/v1/*.proto)
 GEN_DIR := recorder_client
 
-.PHONY: setup proto demo serve test lint bench fmt clean
+.PHONY: setup proto demo serve test lint bench fmt clean rust-test rust-lint
 
 setup: $(STAMPS)/venv $(STAMPS)/node
 
@@ -47,12 +47,14 @@ serve: setup
 
 test: setup $(STAMPS)/chromium
 	$(BIN)/pytest -q
+	$(MAKE) rust-test
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	node_modules/.bin/buf lint
+	$(MAKE) rust-lint
 
 fmt: setup
 	$(BIN)/ruff format .
@@ -61,5 +63,18 @@ fmt: setup
 bench: setup
 	$(PY) -m bench.run
 
+# The Rust client (clients/rust): its integration tests drive this checkout's sidecar
+# and must not skip here. protoc comes from the protoc-bin-vendored crate.
+RUST_DIR := clients/rust
+RUST_TEST_ENV := AGENT_RECORDER_REQUIRE_SIDECAR=1 AGENT_RECORDER_BIN=$(CURDIR)/$(BIN)/agent-recorder
+
+rust-test: setup
+	cd $(RUST_DIR) && $(RUST_TEST_ENV) cargo test --features phi-core
+
+rust-lint:
+	cd $(RUST_DIR) && cargo clippy --all-targets --features phi-core -- -D warnings
+	cd $(RUST_DIR) && cargo clippy --all-targets -- -D warnings
+	cd $(RUST_DIR) && cargo fmt --check
+
 clean:
-	rm -rf $(VENV) node_modules $(STAMPS)
+	rm -rf $(VENV) node_modules $(STAMPS) $(RUST_DIR)/target
