@@ -61,7 +61,8 @@ fmt: setup
 	$(BIN)/ruff check --fix .
 
 bench: setup
-	$(PY) -m bench.run
+	cd $(RUST_DIR) && cargo build --release --example bench
+	AGENT_RECORDER_RUST_BENCH=$(CURDIR)/$(RUST_DIR)/target/release/examples/bench $(PY) -m bench.run
 
 # The Rust client (clients/rust): its integration tests drive this checkout's sidecar
 # and must not skip here. protoc comes from the protoc-bin-vendored crate.
