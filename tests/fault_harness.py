@@ -260,10 +260,11 @@ def check_store(db_path: Path, expected: dict[str, list[str]]) -> Verdict:
 class ServerProcess:
     """`agent-recorder serve` as a child process that can be killed and restarted."""
 
-    def __init__(self, db_path: Path, socket_path: Path, log_path: Path) -> None:
+    def __init__(self, db_path: Path, socket_path: Path, log_path: Path, *flags: str) -> None:
         self.db_path = db_path
         self.socket_path = socket_path
         self.log_path = log_path
+        self.flags = flags
         self.process: asyncio.subprocess.Process | None = None
         self.starts = 0
 
@@ -285,6 +286,7 @@ class ServerProcess:
                 "--listen",
                 self.target,
                 "--include-streaming-events",
+                *self.flags,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
             )
