@@ -89,6 +89,7 @@ async def test_a_killed_agents_loop_is_aborted_and_its_session_finalized(short_t
         async with asyncio.timeout(DEADLINE):
             while (api.SESSION_LIFECYCLE_FINALIZED, "crash") not in seen:
                 message = await watch.read()
+                assert isinstance(message, api.WatchSessionsResponse)
                 seen.append((message.lifecycle, message.session_id))
         watch.cancel()
         # The abandoned loop is closed: a late event is refused, naming it.

@@ -3,7 +3,7 @@ from where to catch up (RESOURCE_EXHAUSTED), while the others go on."""
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -14,6 +14,12 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 DEADLINE = 10.0
+
+
+async def read(call: Any) -> api.WatchSessionsResponse:
+    message = await call.read()
+    assert isinstance(message, api.WatchSessionsResponse), message
+    return message
 
 
 def lifecycle(session_id: str) -> api.WatchSessionsResponse:
@@ -34,12 +40,12 @@ async def test_a_subscriber_that_does_not_read_gets_an_end_that_says_so(
     slow = stub.WatchSessions(api.WatchSessionsRequest(), timeout=DEADLINE)
     live = stub.WatchSessions(api.WatchSessionsRequest(), timeout=DEADLINE)
     await stub.OpenSession(api.OpenSessionRequest(session_id="s0", agent_id="a"), timeout=DEADLINE)
-    assert (await slow.read()).session_id == "s0"  # both subscriptions are live
-    assert (await live.read()).session_id == "s0"
+    assert (await read(slow)).session_id == "s0"  # both subscriptions are live
+    assert (await read(live)).session_id == "s0"
     # Published without a pause, as a burst of commits would: nobody reads meanwhile.
     for n in range(1, 11):
         broadcast.publish(lifecycle(f"s{n}"))
-    seen = [(await slow.read()).session_id for _ in range(3)]
+    seen = [(await read(slow)).session_id for _ in range(3)]
     assert seen == ["s1", "s2", "s3"]
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await slow.read()
@@ -56,11 +62,11 @@ async def test_a_subscriber_that_does_not_read_gets_an_end_that_says_so(
     assert info.reason == "FELL_BEHIND"
     assert dict(info.metadata) == {"backlog": "3", "resume_since": ts(3).ToJsonString()}
     # The other subscriber was cut off too (it did not read either), and a new one works.
-    assert [(await live.read()).session_id for _ in range(3)] == ["s1", "s2", "s3"]
+    assert [(await read(live)).session_id for _ in range(3)] == ["s1", "s2", "s3"]
     with pytest.raises(grpc.aio.AioRpcError) as also:
         await live.read()
     assert also.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     fresh = stub.WatchSessions(api.WatchSessionsRequest(), timeout=DEADLINE)
     await stub.OpenSession(api.OpenSessionRequest(session_id="s99", agent_id="a"), timeout=DEADLINE)
-    assert (await fresh.read()).session_id == "s99"
+    assert (await read(fresh)).session_id == "s99"
     fresh.cancel()
