@@ -17,20 +17,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 from agent_recorder.v1 import session_pb2
-from events import RecordStream, agent_end, aio, progress
-from fault_harness import ServerProcess
+from support.events import RecordStream, agent_end, aio, progress
+from support.fault_harness import ServerProcess, worker_env
 
 if TYPE_CHECKING:
-    from events import Stub
+    from support.events import Stub
 
+# Real processes and real waits for the abandonment window.
+pytestmark = pytest.mark.slow
 DEADLINE = 10.0
 ABORTED = session_pb2.LOOP_STATUS_ABORTED
 RUNNING = session_pb2.LOOP_STATUS_RUNNING
 COMPLETED = session_pb2.LOOP_STATUS_COMPLETED
-AGENT = Path(__file__).with_name("vanishing_agent.py")
 
 
 @contextlib.asynccontextmanager
@@ -49,7 +51,14 @@ async def sidecar(tmp: Path, abandon_after: int) -> AsyncIterator[tuple[ServerPr
 async def killed_agent(target: str, writer_id: str, loop_id: str) -> None:
     """Run the agent until it has recorded its loop's start, then SIGKILL it."""
     agent = await asyncio.create_subprocess_exec(
-        sys.executable, str(AGENT), target, writer_id, loop_id, stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-m",
+        "support.vanishing_agent",
+        target,
+        writer_id,
+        loop_id,
+        stdout=asyncio.subprocess.PIPE,
+        env=worker_env(),
     )
     try:
         assert agent.stdout is not None

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 from agent_recorder.v1 import events_pb2, types_pb2
-from conftest import RunningRecorder
 from playwright.async_api import Page, async_playwright, expect
+from support.parts import missing
+from support.recorder import RunningRecorder
 
 from recorder_client import events as ev
 from recorder_client.client import RecorderClient
@@ -26,11 +27,8 @@ from recorder_server.ui.measure import (
     session_url,
 )
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is missing (apt-get install chromium failed or was not possible)",
-        allow_module_level=True,
-    )
+# The browser is slow: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 SCREENSHOTS = os.environ.get("AGENT_RECORDER_UI_SCREENSHOTS")
 
@@ -46,6 +44,8 @@ async def ui(recorder: RunningRecorder) -> AsyncIterator[RunningUi]:
 
 @pytest.fixture
 async def page() -> AsyncIterator[Page]:
+    if not CHROMIUM.exists():
+        missing("chromium", f"{CHROMIUM} is missing (apt-get install chromium failed)")
     async with async_playwright() as playwright:
         browser = await launch_chromium(playwright)
         try:

@@ -8,10 +8,10 @@ from typing import Any, cast
 import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
-from conftest import RunningRecorder
-from events import aio, ts
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from support.events import aio, ts
+from support.recorder import RunningRecorder
 
 DEADLINE = 10.0
 

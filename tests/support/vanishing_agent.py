@@ -9,9 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from events import agent_start, progress, turn_start
-
 from recorder_client import RecorderClient
+from support.events import agent_start, progress, turn_start
 
 
 async def main() -> None:
