@@ -41,10 +41,8 @@ T = TypeVar("T")
 BUSY_TIMEOUT = "PRAGMA busy_timeout = 5000"
 
 
-# ...except the write connection outside its transactions on the store's thread:
-# a small commit on the event loop must never wait for another process's write
-# lock (see _begin_at_once). Switching costs ~7 us a pragma, so the store's
-# thread pays it once per transaction (_begin_waiting), the event loop never.
+# ...except the write connection outside the store thread's transactions: a commit
+# on the event loop must never wait for another process's lock (_begin_at_once).
 NO_WAIT = "PRAGMA busy_timeout = 0"
 
 
@@ -63,9 +61,7 @@ WRITER_PRAGMAS = (
     # NORMAL in WAL mode: a commit survives a crash of this process (the kill -9
     # case); FULL would also survive power loss at an fsync per commit.
     "PRAGMA synchronous = {synchronous}",
-    # A 16 MiB page cache holds the hot index pages of the append path; events
-    # are appended once and rarely read back by the writer, so more only costs
-    # memory (64 MiB measured ~50 MB more peak RSS and no faster ingest).
+    # The append path's hot index pages; more only costs memory.
     "PRAGMA cache_size = -16384",
     # The background Checkpointer (checkpoints.py) copies the WAL into the
     # database, so commits do not. A commit checkpoints itself only as a backstop,
@@ -102,11 +98,8 @@ async def configure(conn: aiosqlite.Connection, pragmas: Iterable[str]) -> None:
         await conn.execute(pragma)
 
 
-# A group whose events are smaller than this commits on the caller's thread when
-# the store's thread is idle (see WriteStore.write). Set above the AgentEnd of a
-# long loop (it carries every message: 25-80 KB in the bench's mix), whose group
-# took 1.3-2 ms on the thread against 0.2-0.6 ms here when the limit was 64 KiB;
-# far below the ~1 MB batches of a client catching up, which keep the pipeline.
+# Smaller groups commit inline when the store's thread is idle (WriteStore.write):
+# above a long loop's AgentEnd, below the batches of a client catching up.
 INLINE_WRITE_BYTES: Final = 256 * 1024
 
 
@@ -190,16 +183,12 @@ class WriteStore:
         """Like fetch, from the committed state, at once, on the caller's thread.
 
         For the writer's pipeline: it asks only for what no uncommitted write
-        touches, so committed is current. A lookup is a few indexed reads of
-        pages the OS has cached (a fraction of a millisecond), where a hop to
-        another thread and back cost 10-15 ms of GIL hand-offs while the store's
-        thread was writing.
+        touches, so committed is current. A few indexed reads here cost far less
+        than a hop to the busy store's thread and back.
 
         With nothing on the store's thread and no transaction open, the write
-        connection itself holds exactly the committed state, and it reads with a
-        warm page cache: SQLite drops a reader's cache whenever another connection
-        commits, so the lookup connection starts cold after every write (a new
-        loop's lookup in situ: ~350 us there, ~130 us here).
+        connection itself holds exactly the committed state, with a warm page
+        cache (SQLite drops a reader's cache whenever another connection commits).
         """
         conn = self._lookup
         if not self._on_thread and not self._conn.in_transaction:
@@ -217,12 +206,10 @@ class WriteStore:
         for the background checkpointer.
 
         A small group, with nothing else on the store's thread, commits right here
-        instead: its transaction takes ~0.3 ms, while the hop to the thread and back
-        (several GIL hand-offs, each up to the switch interval while the event loop
-        is busy) added ~1 ms to the median acknowledgement and ~5 ms to its p99 at
-        1,000 events/s. Large groups still go to the thread, so the rules of the
-        next group run while they commit; so does a small one when SQLite's write
-        lock is not free at once, since waiting for it here would stop the loop.
+        instead: its transaction is shorter than the hop to the thread and back.
+        Large groups still go to the thread, so the rules of the next group run
+        while they commit; so does a small one when SQLite's write lock is not free
+        at once, since waiting for it here would stop the loop.
         """
         statements = self._statements(changes)
         nbytes = sum(len(row[4]) for row in changes.events)

@@ -70,9 +70,8 @@ INSERT_TURNS = "INSERT INTO turns (loop_id, turn_no, body) VALUES "
 INSERT_REFUSALS = "INSERT INTO refusals (session_id, loop_id, refused_us, body) VALUES "
 
 
-# Rows per multi-row INSERT. The store's thread takes the GIL back after every
-# statement step, and while the event loop is busy each take is a wait: with a
-# step per row (executemany), the thread spent about half of its time waiting.
+# Rows per multi-row INSERT: the store's thread waits for the GIL after every
+# statement step, so one step per row (executemany) would wait per row.
 ROWS_PER_INSERT = 500
 
 
