@@ -40,8 +40,10 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import genai_prices
-from agent_recorder.v1 import types_pb2
+from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import session_pb2, types_pb2
 from genai_prices.types import ModelPrice
+from google.protobuf.timestamp_pb2 import Timestamp
 
 CURRENCY = "USD"
 LIBRARY_SOURCE = f"genai-prices {genai_prices.__version__}"
@@ -218,3 +220,49 @@ class PriceBook:
         except ValueError as exc:  # usage the price cannot apply to, e.g. cache > input
             return unpriced(f"usage not priceable: {exc}")
         return Total(amount=result.total_price, priced_calls=1, sources=frozenset({LIBRARY_SOURCE}))
+
+
+def at_time(*stamps: Timestamp) -> datetime:
+    """The first set timestamp as an aware UTC datetime (the epoch when none is set)."""
+    for stamp in stamps:
+        if stamp.seconds or stamp.nanos:
+            return stamp.ToDatetime(tzinfo=UTC)
+    return datetime.fromtimestamp(0, tz=UTC)
+
+
+def price_loop(
+    book: PriceBook,
+    loop: session_pb2.LoopPricingView,
+    turns: Sequence[session_pb2.TurnPricingView],
+) -> tuple[api.LoopCost, Total]:
+    """A loop's cost: each turn at its own usage, model, provider and time; a loop
+    without turns at its own usage, its config's model and its start."""
+    config = loop.config
+    costs = api.LoopCost(loop_id=loop.loop_id)
+    if not turns:
+        total = book.price(
+            Call(loop.usage, config.model, config.provider, config.api, at_time(loop.started_at))
+        )
+        costs.cost.CopyFrom(total.to_proto())
+        return costs, total
+    totals = []
+    for turn in turns:
+        message = turn.output_message
+        call = Call(
+            usage=turn.usage if has_tokens(turn.usage) else message.usage,
+            model=message.model or config.model,
+            provider=message.provider or config.provider,
+            api=config.api,
+            at=at_time(turn.started_at, message.timestamp, turn.ended_at, loop.started_at),
+        )
+        total = book.price(call)
+        totals.append(total)
+        costs.turns.add(
+            turn_index=turn.turn_id.turn_index,
+            model=call.model,
+            provider=call.provider,
+            cost=total.to_proto(),
+        )
+    total = total_of(totals)
+    costs.cost.CopyFrom(total.to_proto())
+    return costs, total
