@@ -237,9 +237,9 @@ async def record(target: str) -> tuple[str, str]:
 
 async def show(target: str, session_id: str) -> None:
     async with RecorderClient.connect(target) as client:
-        session = await client.get_session(session_id, skip_events=True)
-        children = await sub_sessions(client, session)
-    Console().print(session_tree(session, children.get))
+        priced = await client.get_session_and_cost(session_id, skip_events=True)
+        children = await sub_sessions(client, priced[0])
+    Console().print(session_tree(priced, children.get))
 
 
 def main() -> None:
