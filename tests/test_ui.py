@@ -103,7 +103,7 @@ async def test_session_page_shows_tree_timeline_and_winner(
     await page.locator("#tree a.badge.sub").click()
     await expect(page.locator("#tree .node")).to_have_count(1)
     await expect(page.locator("#tree .node")).to_have_attribute(
-        "data-loop", f"{sub_session}.openai-gpt.0"
+        "data-loop", f"{sub_session}.openai-{demo.SUB_MODEL}.0"
     )
 
 
