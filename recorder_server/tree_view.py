@@ -46,7 +46,7 @@ def usage_text(usage: types_pb2.Usage) -> str:
     return text
 
 
-def money(cost: types_pb2.Cost) -> str:
+def money(cost: types_pb2.Cost, sep: str = " ") -> str:
     """A cost as people read it: "$0.0123"; "unpriced"; "$0.01 + 2 unpriced" when partly."""
     if cost.unpriced_calls and not cost.priced_calls:
         return "unpriced"
@@ -55,21 +55,26 @@ def money(cost: types_pb2.Cost) -> str:
     if cost.currency and cost.currency != "USD":
         text = f"{amount} {cost.currency}"
     if cost.unpriced_calls:
-        text += f" + {cost.unpriced_calls} unpriced"
+        text += f"{sep}+ {cost.unpriced_calls} unpriced"
     return text
 
 
-def cost_text(cost: types_pb2.Cost, style: str = "green") -> Text:
-    """`money`, marked when something had no price (with the reason)."""
-    text = Text(money(cost), style=style if cost.priced else "bold red")
-    if not cost.priced and cost.unpriced_reason:
+def cost_text(
+    cost: types_pb2.Cost, style: str = "green", why: bool = False, sep: str = " "
+) -> Text:
+    """`money`, marked when something had no price (and why, if asked)."""
+    text = Text(money(cost, sep), style=style if cost.priced else "bold red")
+    if why and not cost.priced and cost.unpriced_reason:
         text.append(f" ({cost.unpriced_reason})", style="red")
     return text
 
 
 def sessions_table(sessions: Sequence[api.SessionSummary]) -> Table:
     table = Table(title="sessions (newest first)")
-    for column in ("session", "agent", "created", "scope"):
+    # Ids wrap rather than lose characters: they are what people copy.
+    for column in ("session", "agent"):
+        table.add_column(column, overflow="fold")
+    for column in ("created", "scope"):
         table.add_column(column)
     table.add_column("loops", no_wrap=True)
     table.add_column("tokens")
@@ -102,10 +107,10 @@ def sessions_table(sessions: Sequence[api.SessionSummary]) -> Table:
 
 def _session_cost(summary: api.SessionSummary) -> Text:
     """The session's cost and, when it spawned sub-agents, its tree's ("+ subs")."""
-    text = Text(money(summary.cost), style="" if summary.cost.priced else "bold red")
+    text = Text(money(summary.cost, "\n"), style="" if summary.cost.priced else "bold red")
     if summary.tree_cost != summary.cost:
         tree = summary.tree_cost
-        text.append(f"\n+subs {money(tree)}", style="dim" if tree.priced else "bold red")
+        text.append(f"\n+subs {money(tree, chr(10))}", style="dim" if tree.priced else "bold red")
     return text
 
 
@@ -140,7 +145,7 @@ def turn_label(turn: session_pb2.Turn, cost: api.TurnCost | None = None) -> Text
     text.append(f"  {usage_text(turn.usage)}", style="dim")
     if cost is not None:
         text.append("  ")
-        text.append_text(cost_text(cost.cost))
+        text.append_text(cost_text(cost.cost, why=True))
     return text
 
 
@@ -219,46 +224,57 @@ def _event_detail(kind: str, payload: object) -> str:
     return ""
 
 
+# (header, Usage field) of the usage table; reasoning and cache writes only when used.
+_USAGE_COLUMNS = (
+    ("in", "input"),
+    ("out", "output"),
+    ("reasoning", "reasoning"),
+    ("c.read", "cache_read"),
+    ("c.write", "cache_write"),
+)
+_OPTIONAL = ("reasoning", "cache_write")
+
+
 def usage_table(
     rows: Sequence[api.UsageRow],
     total_cost: types_pb2.Cost,
     title: str,
     grouping: Sequence[str] = ("agent", "model"),
 ) -> Table:
-    table = Table(title=title)
     """One row per group (the grouping's key columns only) and a totals row."""
+    table = Table(title=title)
     keys = [
         (name, attr)
         for name, attr in (("agent", "agent_id"), ("model", "model"), ("day", "day"))
         if name in grouping
     ]
     for name, _ in keys:
-        table.add_column(name)
-    numbers = ("loops", "input", "output", "reasoning", "cache read", "cache write", "total")
-    for column in (*numbers, "cost"):
-        table.add_column(column, justify="right")
-    totals = api.UsageRow()
+        table.add_column(name, overflow="fold", min_width=6)
+    totals = api.UsageRow(loops=sum(row.loops for row in rows), cost=total_cost)
     for row in rows:
-        table.add_row(*(getattr(row, attr) or "-" for _, attr in keys), *_usage_cells(row))
-        totals.loops += row.loops
         totals.usage.CopyFrom(_summed(totals.usage, row.usage))
-    totals.cost.CopyFrom(total_cost)
+    fields = [
+        (header, field)
+        for header, field in _USAGE_COLUMNS
+        if field not in _OPTIONAL or getattr(totals.usage, field)
+    ]
+    for column in ("loops", *(header for header, _ in fields), "total"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("cost", justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(getattr(row, attr) or "-" for _, attr in keys), *_cells(row, fields))
     table.add_section()
-    table.add_row(*(["total"] + [""] * (len(keys) - 1)), *_usage_cells(totals), style="bold")
+    table.add_row(*(["total"] + [""] * (len(keys) - 1)), *_cells(totals, fields), style="bold")
     return table
 
 
-def _usage_cells(row: api.UsageRow) -> list[str | Text]:
+def _cells(row: api.UsageRow, fields: Sequence[tuple[str, str]]) -> list[str | Text]:
     u = row.usage
     return [
         str(row.loops),
-        str(u.input),
-        str(u.output),
-        str(u.reasoning),
-        str(u.cache_read),
-        str(u.cache_write),
+        *(str(getattr(u, field)) for _, field in fields),
         str(u.total_tokens or u.input + u.output),
-        cost_text(row.cost, ""),
+        cost_text(row.cost, "", sep="\n"),
     ]
 
 
