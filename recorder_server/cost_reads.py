@@ -118,6 +118,7 @@ class CostReader:
                 )
                 next_layer += [(child, grandchild) for grandchild in self._children[child]]
             layer = next_layer
+        _fill_subtrees(spawned, {sid: self.session_total(sid) for sid in seen})
         return total, spawned
 
     async def session_cost(self, session_id: str) -> api.SessionCost:
@@ -129,3 +130,13 @@ class CostReader:
             loops=[cost for cost, _ in loops],
             spawned=spawned,
         )
+
+
+def _fill_subtrees(spawned: list[api.SpawnedSessionCost], own: dict[str, Total]) -> None:
+    """Each spawned session's `tree`: itself and its descendants. Children come after
+    their parents in `spawned`, so a backward pass has folded them in first."""
+    trees = dict(own)
+    for entry in reversed(spawned):
+        subtree = trees[entry.session_id]
+        entry.tree.CopyFrom(subtree.to_proto())
+        trees[entry.parent_session_id] = trees[entry.parent_session_id] + subtree

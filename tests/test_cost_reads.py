@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from agent_recorder.v1 import events_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
-from agent_recorder.v1 import types_pb2
 from conftest import RunningRecorder
 from events import aio
 from support.priced import (
@@ -24,6 +24,7 @@ from support.priced import (
     tokens,
 )
 
+from recorder_client import events as ev
 from recorder_client.client import RecorderClient
 from recorder_server.cost import LIBRARY_SOURCE
 from recorder_server.price_file import PriceFileError
@@ -81,6 +82,7 @@ async def test_session_cost_per_turn_loop_session_and_sub_agent_tree(
             agent_id="helper",
             parent_session_id="lead",
             cost=cost(HELPER, 1, 1, reason=UNKNOWN),
+            tree=cost(HELPER, 1, 1, reason=UNKNOWN),
         )
     ]
     # The helper on its own (without messages its cost is the same).
@@ -90,6 +92,58 @@ async def test_session_cost_per_turn_loop_session_and_sub_agent_tree(
     assert helper_costs.loops[1].turns[0].model == UNKNOWN_MODEL
     assert helper_costs.session == helper_costs.tree == cost(HELPER, 1, 1, reason=UNKNOWN)
     assert not helper_costs.spawned and len(helper.loops) == 2
+
+
+def chain_events() -> list[events_pb2.AgentEvent]:
+    """Session a's loop spawns b's, which spawns c's; each makes one gpt-4o call of
+    1000 in / 100 out: (1000·2.5 + 100·10) / 1e6 = 0.0035."""
+    use = tokens(1000, 100)
+    events: list[events_pb2.AgentEvent] = []
+    for depth, name in enumerate("abc"):
+        spawner = f"{'abc'[depth - 1]}.0" if depth else None
+        events += [
+            ev.agent_start(
+                agent_id=name,
+                session_id=name,
+                loop_id=f"{name}.0",
+                parent_loop_id=spawner,
+                at=at(depth),
+            ),
+            ev.tool_start(f"{name}.0", f"call-{name}", "spawn", {}),
+        ]
+    for depth, name in reversed(list(enumerate("abc"))):
+        answer = ev.assistant_message("ok", model="gpt-4o", provider="openai", tokens=use)
+        events += [
+            ev.turn_start(f"{name}.0", 0, at=at(10 - depth)),
+            ev.turn_end(f"{name}.0", answer, tokens=use, at=at(10 - depth)),
+            ev.agent_end(f"{name}.0", messages=[answer], tokens=use, at=at(10 - depth)),
+        ]
+        if depth:
+            up = "abc"[depth - 1]
+            events.append(
+                ev.tool_end(f"{up}.0", f"call-{up}", "spawn", "ok", child_loop_id=f"{name}.0")
+            )
+    return events
+
+
+async def test_a_sub_agent_tree_rolls_up_every_generation(recorder: RunningRecorder) -> None:
+    async with RecorderClient.connect(recorder.target) as client:
+        await client.append([api.EventEnvelope(event=e) for e in chain_events()])
+        _, a = await client.get_session_and_cost("a", skip_messages=True)
+        _, b = await client.get_session_and_cost("b", skip_messages=True)
+        page = await client.list_sessions()
+    assert (a.session, a.tree) == (cost("0.0035", 1), cost("0.0105", 3))
+    assert [(s.session_id, s.parent_session_id, s.cost, s.tree) for s in a.spawned] == [
+        ("b", "a", cost("0.0035", 1), cost("0.007", 2)),
+        ("c", "b", cost("0.0035", 1), cost("0.0035", 1)),
+    ]
+    assert (b.session, b.tree, [s.session_id for s in b.spawned]) == (
+        cost("0.0035", 1),
+        cost("0.007", 2),
+        ["c"],
+    )
+    trees = {s.session_id: s.tree_cost.amount for s in page.sessions}
+    assert trees == {"a": "0.0105", "b": "0.007", "c": "0.0035"}
 
 
 async def test_get_loop_and_skip_cost(priced_tree: RunningRecorder) -> None:

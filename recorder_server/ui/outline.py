@@ -199,6 +199,7 @@ def session_outline(
                 "agentId": s.agent_id,
                 "parentSessionId": s.parent_session_id,
                 "cost": cost_dict(s.cost),
+                "treeCost": cost_dict(s.tree),
             }
             for s in (cost.spawned if cost else ())
         ],

@@ -462,12 +462,17 @@ class SpawnedSessionCost(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     PARENT_SESSION_ID_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    TREE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     agent_id: _builtins.str
     parent_session_id: _builtins.str
     """The session that spawned it (following spawn refs)."""
     @_builtins.property
     def cost(self) -> _types_pb2.Cost: ...
+    @_builtins.property
+    def tree(self) -> _types_pb2.Cost:
+        """It and every session spawned from it, transitively."""
+
     def __init__(
         self,
         *,
@@ -475,10 +480,11 @@ class SpawnedSessionCost(_message.Message):
         agent_id: _builtins.str = ...,
         parent_session_id: _builtins.str = ...,
         cost: _types_pb2.Cost | None = ...,
+        tree: _types_pb2.Cost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "tree", b"tree"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cost", b"cost", "parent_session_id", b"parent_session_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cost", b"cost", "parent_session_id", b"parent_session_id", "session_id", b"session_id", "tree", b"tree"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -281,6 +281,9 @@ function sessionPage(sessionId, params) {
 
 function setOutline(state, outline) {
   state.outline = outline;
+  // A sub-agent badge shows what that sub-agent and everything it spawned cost.
+  const spawnedCost = new Map((outline.spawned || []).map((s) => [s.sessionId, s.treeCost]));
+  for (const loop of outline.loops) for (const ref of loop.childRefs) ref.cost = spawnedCost.get(ref.childSessionId);
   state.byId = new Map(outline.loops.map((loop) => [loop.id, loop]));
 }
 
@@ -385,7 +388,7 @@ function treeNode(loop) {
     costBadge(loop.cost),
     loop.childRefs.length ? h("span", { class: "refs" }, loop.childRefs.map((ref) =>
       h("a", { class: "badge sub", href: `#/session/${encodeURIComponent(ref.childSessionId)}?loop=${encodeURIComponent(ref.childLoopId)}` },
-        `↳ ${ref.toolName}: sub-agent ${ref.childSessionId}`))) : null);
+        `↳ ${ref.toolName}: sub-agent ${ref.childSessionId}`, ref.cost ? " " : null, costBadge(ref.cost)))) : null);
 }
 
 // A chain of single continuations stays at one level (a long conversation would
