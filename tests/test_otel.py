@@ -395,6 +395,9 @@ async def test_rejected_aborted_and_parallel_loops(
     assert attributes(rejected)["agent_recorder.rejection"] == "input not allowed"
     assert attributes(rejected)["error.type"] == "rejected"
     assert (rejected.start_time_unix_nano, rejected.end_time_unix_nano) == (ns(0), ns(1))
+    # No model call, nothing to price: zero, and priced.
+    assert attributes(rejected)["agent_recorder.cost.amount"] == "0"
+    assert attributes(rejected)["agent_recorder.cost.priced"] is True
 
     assert attributes(aborted)["agent_recorder.loop_id"] == second
     assert aborted.status.code == ERROR
@@ -418,6 +421,11 @@ async def test_rejected_aborted_and_parallel_loops(
         for s in spans["invoke_agent coder"]
         if attributes(s)["agent_recorder.loop_id"] in (branch_a, branch_b)
     }
+    # Tokens without a model: unpriced, never an amount of 0.
+    for branch in branches.values():
+        assert "agent_recorder.cost.amount" not in attributes(branch)
+        assert attributes(branch)["agent_recorder.cost.priced"] is False
+        assert attributes(branch)["agent_recorder.cost.unpriced_reason"] == "no model recorded"
     for loop_id, span in branches.items():
         found = attributes(span)
         assert span.parent_span_id == aborted.span_id
