@@ -422,10 +422,11 @@ async def test_rejected_aborted_and_parallel_loops(
         if attributes(s)["agent_recorder.loop_id"] in (branch_a, branch_b)
     }
     # Tokens without a model: unpriced, never an amount of 0.
-    for branch in branches.values():
-        assert "agent_recorder.cost.amount" not in attributes(branch)
-        assert attributes(branch)["agent_recorder.cost.priced"] is False
-        assert attributes(branch)["agent_recorder.cost.unpriced_reason"] == "no model recorded"
+    for branch_span in branches.values():
+        said = attributes(branch_span)
+        assert "agent_recorder.cost.amount" not in said
+        assert said["agent_recorder.cost.priced"] is False
+        assert said["agent_recorder.cost.unpriced_reason"] == "no model recorded"
     for loop_id, span in branches.items():
         found = attributes(span)
         assert span.parent_span_id == aborted.span_id
