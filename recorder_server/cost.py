@@ -246,6 +246,8 @@ class PriceBook:
             return unpriced(f"unknown model {call.model!r}{where} (not in {LIBRARY_SOURCE})")
         except ValueError as exc:  # usage the price cannot apply to, e.g. cache > input
             return unpriced(f"usage not priceable: {exc}")
+        except Exception as exc:  # a price the library cannot compute must not fail a read
+            return unpriced(f"cannot price: {type(exc).__name__}: {exc}")
         return Total(amount=result.total_price, priced_calls=1, sources=frozenset({LIBRARY_SOURCE}))
 
 
