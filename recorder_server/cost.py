@@ -264,16 +264,11 @@ def price_loop(
     loop: session_pb2.LoopPricingView,
     turns: Sequence[session_pb2.TurnPricingView],
 ) -> tuple[api.LoopCost, Total]:
-    """A loop's cost: each turn at its own usage, model, provider and time; a loop
-    without turns at its own usage, its config's model and its start."""
+    """A loop's cost: each turn at its own usage, model, provider and time. A loop
+    whose turns carry no tokens (none recorded, or a runtime that reports usage
+    only at the end) is priced from its own usage, its config's model and its start."""
     config = loop.config
     costs = api.LoopCost(loop_id=loop.loop_id)
-    if not turns:
-        total = book.price(
-            Call(loop.usage, config.model, config.provider, config.api, at_time(loop.started_at))
-        )
-        costs.cost.CopyFrom(total.to_proto())
-        return costs, total
     totals = []
     for turn in turns:
         message = turn.output_message
@@ -293,5 +288,8 @@ def price_loop(
             cost=total.to_proto(),
         )
     total = total_of(totals)
+    if total.priced_calls + total.unpriced_calls == 0:
+        at = at_time(loop.started_at)
+        total = book.price(Call(loop.usage, config.model, config.provider, config.api, at))
     costs.cost.CopyFrom(total.to_proto())
     return costs, total

@@ -207,7 +207,16 @@ def test_a_loop_without_turns_is_priced_from_its_usage_and_config() -> None:
     loop.config.model, loop.config.provider = "o3", "openai"
     loop.started_at.FromDatetime(datetime(2025, 6, 1))
     costs, _ = price_loop(PriceBook(), loop, [])
+    # (1000·10 + 1000·40) / 1e6 at o3's price before 2025-06-10
     assert (costs.loop_id, costs.cost.amount, list(costs.turns)) == ("l", "0.05", [])
+    # Turns without tokens (usage reported only at the loop's end): the loop's usage.
+    silent = session_pb2.TurnPricingView()
+    silent.output_message.model = "o3"
+    costs, total = price_loop(PriceBook(), loop, [silent])
+    assert (costs.cost.amount, total.priced_calls) == ("0.05", 1)
+    assert [(t.turn_index, t.cost.amount, t.cost.priced_calls) for t in costs.turns] == [
+        (0, "0", 0)
+    ]
 
 
 # -- overrides -------------------------------------------------------------------
