@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
-from conftest import RunningRecorder
 from google.protobuf import json_format
 from support.priced import HELPER, LEAD, LEAD_TURNS, TREE, record_priced_tree
+from support.recorder import RunningRecorder
 
 from recorder_server.cli import build_parser, main
 from recorder_server.cli.serve import config_from

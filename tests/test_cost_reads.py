@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from agent_recorder.v1 import events_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
-from conftest import RunningRecorder
-from events import aio
+from support.events import aio
 from support.priced import (
     HELPER,
     LEAD,
@@ -23,6 +22,7 @@ from support.priced import (
     record_priced_tree,
     tokens,
 )
+from support.recorder import RunningRecorder
 
 from recorder_client import events as ev
 from recorder_client.client import RecorderClient

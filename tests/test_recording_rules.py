@@ -11,7 +11,8 @@ from collections.abc import Iterable
 
 import pytest
 from agent_recorder.v1 import session_pb2, types_pb2
-from events import (
+from google.protobuf import struct_pb2
+from support.events import (
     Envelope,
     Event,
     agent_end,
@@ -36,7 +37,6 @@ from events import (
     user,
     value,
 )
-from google.protobuf import struct_pb2
 
 from recorder_server.errors import (
     AlreadyExists,
@@ -132,8 +132,8 @@ class Rules:
             state.next_seq = slot  # the slot aside, nothing changed
         after = {k: _dump_loop(v) for k, v in self.snapshot.loops.items() if k in before}
         assert after == before
-        after = {k: _dump_session(v) for k, v in self.snapshot.sessions.items() if k in sessions}
-        assert after == sessions
+        heads = {k: _dump_session(v) for k, v in self.snapshot.sessions.items() if k in sessions}
+        assert heads == sessions
         if refusal.slot is not None:
             state = self.snapshot.loops[loop_id]
             assert state is not None

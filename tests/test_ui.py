@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 from agent_recorder.v1 import events_pb2, types_pb2
-from conftest import RunningRecorder
 from playwright.async_api import Page, async_playwright, expect
 from support import priced
+from support.parts import missing
 from support.priced import record_priced_tree
+from support.recorder import RunningRecorder
 
 from recorder_client import events as ev
 from recorder_client.client import RecorderClient
@@ -29,11 +30,8 @@ from recorder_server.ui.measure import (
     session_url,
 )
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is missing (apt-get install chromium failed or was not possible)",
-        allow_module_level=True,
-    )
+# The browser is slow: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 SCREENSHOTS = os.environ.get("AGENT_RECORDER_UI_SCREENSHOTS")
 
@@ -49,6 +47,8 @@ async def ui(recorder: RunningRecorder) -> AsyncIterator[RunningUi]:
 
 @pytest.fixture
 async def page() -> AsyncIterator[Page]:
+    if not CHROMIUM.exists():
+        missing("chromium", f"{CHROMIUM} is missing (apt-get install chromium failed)")
     async with async_playwright() as playwright:
         browser = await launch_chromium(playwright)
         try:

@@ -16,6 +16,7 @@ from recorder_server.cli.common import Commands, add_command, add_target, parse_
 from recorder_server.tree_view import (
     Priced,
     event_line,
+    refusals_table,
     session_tree,
     sessions_table,
     usage_table,
@@ -192,5 +193,8 @@ async def show_session(args: argparse.Namespace) -> int:
             print(json_format.MessageToJson(session))
             return 0
         children = await sub_sessions(client, session)
+        refusals = [r async for r in client.iter_refusals(session.session_id)]
     console.print(session_tree((session, cost), children.get))
+    if refusals:
+        console.print(refusals_table(refusals))
     return 0
