@@ -9,9 +9,9 @@ comes out as a `ChangeSet` for the storage layer to persist.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -25,11 +25,11 @@ from recorder_server.errors import (
     SequenceConflict,
     SequenceGap,
 )
+from recorder_server.vocabulary import SESSION_LEVEL
 
 RUNNING = session_pb2.LOOP_STATUS_RUNNING
 PENDING = session_pb2.LOOP_STATUS_PENDING
 OPEN_STATUSES = frozenset({RUNNING, PENDING})
-SESSION_LEVEL = frozenset({"parallel_loop_start", "parallel_loop_end"})
 # The kind of a stored row whose slot holds a refused event (DESIGN.md §Refusals).
 REFUSED = "refused"
 # What the rules remember of a stored event for re-sends: its bytes, or the
@@ -708,6 +708,53 @@ class Batch:
             pg.selected_config_index = end.selected_config_index
             pg.evaluation_usage.CopyFrom(end.evaluation_usage)
             pg.is_selected = loop_id == end.selected_loop_id
+
+
+# How many rounds of lookups a batch may need: a loop names its session and its
+# parent, the parent its session, and re-sends their stored events; never more.
+LOOKUP_ROUNDS: Final = 4
+
+
+class Rules:
+    """The recording rules over one snapshot, as the writer and the tests use them:
+    prepare a batch, load what it needs, apply it, merge what it changed."""
+
+    def __init__(self, options: RecordingOptions, snapshot: Snapshot | None = None) -> None:
+        self.options = options
+        self.snapshot = snapshot or Snapshot()
+
+    @staticmethod
+    def prepare(envelopes: Iterable[tuple[int | None, events_pb2.AgentEvent]]) -> list[Item]:
+        return prepare(envelopes)
+
+    def needed(self, items: Sequence[Item]) -> Needed:
+        return needed(self.snapshot, items)
+
+    async def load(self, items: Sequence[Item], fetch: Callable[[Needed], Awaitable[None]]) -> None:
+        """Fetch what the batch consults until nothing is missing."""
+        for _ in range(LOOKUP_ROUNDS):
+            missing = self.needed(items)
+            if not missing:
+                return
+            await fetch(missing)
+
+    def sessions_touched(self, items: Iterable[Item]) -> set[str]:
+        return sessions_touched(self.snapshot, items)
+
+    def apply(
+        self,
+        items: Iterable[Item],
+        faults: Mapping[int, RecorderError] | None = None,
+        writer_id: str = "",
+        now: Timestamp | None = None,
+    ) -> Batch:
+        """Apply a batch on top of the snapshot (which is unchanged until `merge`)."""
+        batch = Batch(self.snapshot, self.options)
+        batch.apply(items, faults, writer_id, now)
+        return batch
+
+    def merge(self, batch: Batch) -> None:
+        merge(self.snapshot, batch)
 
 
 def sessions_touched(snapshot: Snapshot, items: Iterable[Item]) -> set[str]:
