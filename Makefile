@@ -7,7 +7,7 @@ STAMPS := .stamps
 PROTO_SRC := $(wildcard protos/agent_recorder/v1/*.proto)
 GEN_DIR := recorder_client
 
-.PHONY: setup proto demo serve test lint bench fmt clean rust-test rust-lint
+.PHONY: setup proto demo serve test test-fast lint bench fmt clean rust-test rust-lint
 
 setup: $(STAMPS)/venv $(STAMPS)/node
 
@@ -48,6 +48,10 @@ serve: setup
 test: setup $(STAMPS)/chromium
 	$(BIN)/pytest -q
 	$(MAKE) rust-test
+
+# The inner loop: everything but the tests marked slow (see pyproject's markers).
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

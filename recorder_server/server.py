@@ -7,6 +7,7 @@ its queue and commits, then the store closes and the file lock is released.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -28,8 +29,10 @@ from recorder_client.defaults import (
     normalize_target,
 )
 from recorder_server.checkpoints import Checkpointer
+from recorder_server.cost import PriceBook
 from recorder_server.decoding import DecodeGuard
 from recorder_server.otel import OtlpExporter
+from recorder_server.price_file import load_overrides
 from recorder_server.reads import ReadPool, Reads
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import (
@@ -44,11 +47,6 @@ from recorder_server.validation import Limits
 from recorder_server.writer import Writer
 
 log = logging.getLogger(__name__)
-# For the process that runs the sidecar (`serve` sets it; an embedding program
-# decides for itself): the store's thread takes the GIL back after each SQL
-# statement, and the event loop gives it up only when asked and this interval has
-# passed. 1 ms instead of 5 measured ~7% more ingest (docs/performance.md).
-GIL_SWITCH_INTERVAL_S = 0.001
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["RecorderService"].full_name
 # Probes and generic tools reach these without the token: liveness and the public schema.
 OPEN_SERVICES = (
@@ -81,6 +79,10 @@ class ServerConfig:
     insecure: bool = False
     # Bearer token every RecorderService call must carry; None leaves calls open.
     token: str | None = None
+    # Open loops of a writer gone this long are aborted (0: never).
+    abandon_after_s: int = 300
+    # The user's price overrides (price_file.py), read and checked at start.
+    prices: Path | None = None
 
 
 def _lock_database(db_path: Path) -> IO[str]:
@@ -119,6 +121,9 @@ class RecorderServer:
         self.config = config
         self.address = ""
         self.writer: Writer | None = None
+        # Set when the commit pipeline died: health is NOT_SERVING and the
+        # process should exit non-zero so that a supervisor restarts it.
+        self.failed = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> RecorderServer:
@@ -139,6 +144,7 @@ class RecorderServer:
 
     async def _start(self) -> None:
         config = self.config
+        book = PriceBook(load_overrides(config.prices) if config.prices else ())
         tls = tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
         check_transport(normalize_target(config.listen), tls, config.insecure)
         credentials = None if tls is None else server_credentials(tls)
@@ -150,7 +156,7 @@ class RecorderServer:
         checkpointer = Checkpointer(config.db_path)
         await checkpointer.start()
         self._stack.push_async_callback(checkpointer.stop)
-        writer = Writer(store, config.options)
+        writer = Writer(store, config.options, abandon_after_s=config.abandon_after_s)
         writer.checkpointer = checkpointer
         await writer.start()
         self._stack.push_async_callback(writer.stop)
@@ -159,12 +165,12 @@ class RecorderServer:
         await pool.open()
         self._stack.push_async_callback(pool.close)
         if config.otlp_endpoint is not None:
-            exporter = OtlpExporter(Reads(pool), config.otlp_endpoint)
+            exporter = OtlpExporter(Reads(pool, book), config.otlp_endpoint)
             await exporter.start()
             self._stack.push_async_callback(exporter.stop)
             writer.listeners.append(exporter.on_commit)
             self._stack.callback(writer.listeners.remove, exporter.on_commit)
-        await self._serve(RecorderServicer(writer, Reads(pool), config.limits), credentials)
+        await self._serve(RecorderServicer(writer, Reads(pool, book), config.limits), credentials)
 
     async def _serve(
         self, servicer: RecorderServicer, credentials: grpc.ServerCredentials | None
@@ -200,6 +206,9 @@ class RecorderServer:
             socket_path.chmod(0o600)
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        assert self.writer is not None
+        watch = asyncio.create_task(self._watch(self.writer.pipeline.died, health_servicer))
+        self._stack.callback(watch.cancel)
 
         async def stop() -> None:
             await health_servicer.enter_graceful_shutdown()
@@ -207,3 +216,10 @@ class RecorderServer:
 
         self._stack.push_async_callback(stop)
         log.info("agent-recorder listening on %s (database %s)", self.address, self.config.db_path)
+
+    async def _watch(self, died: asyncio.Event, health_servicer: Any) -> None:
+        """A dead commit pipeline makes the sidecar NOT_SERVING and `failed`."""
+        await died.wait()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.failed.set()

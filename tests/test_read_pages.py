@@ -15,8 +15,7 @@ import grpc
 import pytest
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
-from conftest import RunningRecorder
-from events import (
+from support.events import (
     agent_end,
     agent_start,
     aio,
@@ -33,13 +32,14 @@ from events import (
     usage,
     user,
 )
+from support.recorder import RunningRecorder
 
 from recorder_client import RecorderClient, RecorderRpcError
 from recorder_server.server import SERVICE_NAME
 from recorder_server.service import EVENTS_PAGE, PAGE_BYTES
 
 if TYPE_CHECKING:
-    from events import Stub
+    from support.events import Stub
 
 DEADLINE = 10.0
 SKIPS = list(itertools.product([False, True], repeat=2))
@@ -86,14 +86,17 @@ async def message_path(
         scope=summary.scope,
         finalized_at=summary.finalized_at,
     )
+    cost = api.SessionCost()
     for loop_id in loop_ids:
         request = api.GetLoopRequest(loop_id=loop_id, skip_events=skip_events)
         loop = session.loops.add()
-        loop.CopyFrom((await stub.GetLoop(request, timeout=DEADLINE)).loop)
+        response = await stub.GetLoop(request, timeout=DEADLINE)
+        loop.CopyFrom(response.loop)
+        cost.loops.add().CopyFrom(response.cost)
         if skip_messages:
             loop.ClearField("messages")
             loop.ClearField("turns")
-    return api.GetSessionResponse(session=session)
+    return api.GetSessionResponse(session=session, cost=cost)
 
 
 async def raw_get_session(channel: grpc.aio.Channel, request: api.GetSessionRequest) -> bytes:
@@ -120,6 +123,11 @@ async def test_get_session_bytes_equal_the_message_path(
     async with grpc.aio.insecure_channel(recorder.target) as channel:
         raw = await raw_get_session(channel, request)
     got = api.GetSessionResponse.FromString(raw)
+    # The cost (read beside the stored bytes) is GetLoop's, loop by loop.
+    assert list(got.cost.loops) == list(expected.cost.loops)
+    assert got.cost.session == got.cost.tree and not got.cost.spawned
+    got.ClearField("cost")
+    expected.ClearField("cost")
     # Canonical bytes: any difference in content fails here, whatever the field order.
     assert got.SerializeToString(deterministic=True) == expected.SerializeToString(
         deterministic=True

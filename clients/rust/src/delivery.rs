@@ -33,7 +33,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Code, Request, Streaming};
 
 use crate::client::RecorderClient;
-use crate::error::{DeliveryError, EmitError, RejectedBatch, RpcError};
+use crate::error::{DeliveryError, EmitError, RefusedEvent, RejectedBatch, RpcError};
 use crate::framing::{batch_request, hello_request, RawRecordCodec};
 use crate::proto::{agent_event, AgentEvent, RecordResponse};
 
@@ -119,8 +119,12 @@ impl DeliveryConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SenderStats {
     pub emitted: u64,
+    /// Stored (acknowledged and not refused).
     pub acknowledged: u64,
+    /// In batches the server refused whole.
     pub rejected: u64,
+    /// Refused alone by the server (validation or a rule); reported by the next flush.
+    pub refused: u64,
     pub failed: u64,
     /// MessageUpdates not sent because the server said it does not store them.
     pub skipped: u64,
@@ -171,11 +175,13 @@ struct State {
     batched: u64,
     acknowledged: u64,
     rejected: u64,
+    refused: u64,
     failed: u64,
     skipped: u64,
     resent: u64,
     /// Reported, then forgotten, by the next flush.
     rejections: Vec<RejectedBatch>,
+    refusals: Vec<RefusedEvent>,
     unreported_failed: usize,
     last_cause: Option<RpcError>,
     /// The largest ordinal a running flush waits for: its events are sent without lingering.
@@ -220,6 +226,7 @@ impl State {
         DeliveryError {
             unacknowledged,
             rejections: std::mem::take(&mut self.rejections),
+            refusals: std::mem::take(&mut self.refusals),
             failed,
             cause: if failed > 0 {
                 self.last_cause.clone()
@@ -312,7 +319,15 @@ impl State {
                 self.rejections
                     .push(RejectedBatch::new(rejection, &batch.request));
             }
-            None => self.acknowledged += batch.count,
+            None => {
+                let refused = response.refusals.len() as u64;
+                if refused > 0 {
+                    self.refusals
+                        .extend(RefusedEvent::from_ack(&response.refusals, &batch.request));
+                }
+                self.refused += refused;
+                self.acknowledged += batch.count - refused;
+            }
         }
         self.resolve(batch.count, batch.nbytes);
         true
@@ -510,8 +525,8 @@ impl EventSender {
     /// Returns once every event emitted before this call is stored.
     ///
     /// Fails when the deadline (`flush_timeout` when `None`) passes first, naming
-    /// how many events are still unacknowledged, and also when any batch was
-    /// rejected or events were given up since the previous flush.
+    /// how many events are still unacknowledged, and also when, since the previous
+    /// flush, any batch was rejected, any event refused, or events were given up.
     pub async fn flush(&self, timeout: Option<Duration>) -> Result<(), DeliveryError> {
         let deadline = Instant::now() + timeout.unwrap_or(self.shared.config.flush_timeout);
         let target = {
@@ -531,7 +546,8 @@ impl EventSender {
             let unresolved = state.unresolved_before(target);
             return Err(state.error(unresolved));
         }
-        if !state.rejections.is_empty() || state.unreported_failed > 0 {
+        if !state.rejections.is_empty() || !state.refusals.is_empty() || state.unreported_failed > 0
+        {
             return Err(state.error(0));
         }
         Ok(())
@@ -555,11 +571,13 @@ impl EventSender {
             emitted: state.emitted,
             acknowledged: state.acknowledged,
             rejected: state.rejected,
+            refused: state.refused,
             failed: state.failed,
             skipped: state.skipped,
             pending: state.emitted
                 - state.acknowledged
                 - state.rejected
+                - state.refused
                 - state.failed
                 - state.skipped,
             resent: state.resent,

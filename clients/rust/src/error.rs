@@ -12,7 +12,7 @@ use prost::Message;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::proto::{AgentEvent, BatchRejection, RecordRequest};
+use crate::proto::{AgentEvent, BatchRejection, EventEnvelope, RecordRequest};
 
 /// A refused or failed RPC, with the server's `ErrorInfo` reason when it sent one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,13 +125,7 @@ pub struct RejectedBatch {
 impl RejectedBatch {
     /// Describes a rejection of the batch whose encoded `RecordRequest` is `request`.
     pub(crate) fn new(rejection: &BatchRejection, request: &[u8]) -> Self {
-        let envelopes = RecordRequest::decode(request)
-            .ok()
-            .and_then(|r| match r.kind {
-                Some(crate::proto::record_request::Kind::Batch(batch)) => Some(batch.events),
-                _ => None,
-            })
-            .unwrap_or_default();
+        let envelopes = batch_envelopes(request);
         let mut loop_ids: Vec<String> = Vec::new();
         for envelope in &envelopes {
             if let Some(loop_id) = envelope.event.as_ref().and_then(crate::event_loop_id) {
@@ -178,6 +172,17 @@ impl fmt::Display for RejectedBatch {
     }
 }
 
+/// The envelopes of an encoded batch request (decoded again only to describe a refusal).
+fn batch_envelopes(request: &[u8]) -> Vec<EventEnvelope> {
+    RecordRequest::decode(request)
+        .ok()
+        .and_then(|r| match r.kind {
+            Some(crate::proto::record_request::Kind::Batch(batch)) => Some(batch.events),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 /// The refused event: rules give its `index` in the batch, validation a field path
 /// such as `batch.events[3].turn_start.loop_id`.
 fn named_index(metadata: &HashMap<String, String>) -> Option<usize> {
@@ -190,6 +195,74 @@ fn named_index(metadata: &HashMap<String, String>) -> Option<usize> {
     digits.parse().ok()
 }
 
+/// One event the server refused alone; the other events of its batch were stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefusedEvent {
+    /// The refusal as the server reported it (code, message, reason, metadata).
+    pub error: RpcError,
+    /// True when the refusal holds the event's slot in its loop (at `sequence`), so
+    /// the loop's sequences stay gapless; false when it went to a refusal log.
+    pub holds_slot: bool,
+    /// The sequence the client gave the event (none for the session-level events).
+    pub sequence: Option<u64>,
+    /// The refused event, as sent.
+    pub event: Option<AgentEvent>,
+}
+
+impl RefusedEvent {
+    /// The refusals of one acknowledgement, matched with the events of the batch
+    /// whose encoded `RecordRequest` is `request`.
+    pub(crate) fn from_ack(refusals: &[crate::proto::EventRefusal], request: &[u8]) -> Vec<Self> {
+        let envelopes = batch_envelopes(request);
+        refusals
+            .iter()
+            .map(|refusal| {
+                let envelope = envelopes.get(refusal.index as usize);
+                RefusedEvent {
+                    error: RpcError {
+                        code: Code::from_i32(refusal.code),
+                        message: refusal.message.clone(),
+                        reason: refusal.reason.clone(),
+                        metadata: refusal.metadata.clone().into_iter().collect(),
+                    },
+                    holds_slot: refusal.holds_slot,
+                    sequence: envelope.and_then(|e| e.sequence),
+                    event: envelope.and_then(|e| e.event.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// The loop of the refused event, if it names one.
+    pub fn loop_id(&self) -> Option<&str> {
+        self.event.as_ref().and_then(crate::event_loop_id)
+    }
+}
+
+impl fmt::Display for RefusedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reason = if self.error.reason.is_empty() {
+            "-"
+        } else {
+            &self.error.reason
+        };
+        let slot = if self.holds_slot {
+            "holds its slot"
+        } else {
+            "in the refusal log"
+        };
+        write!(
+            f,
+            "event refused: {:?} {reason} (loop {}, sequence {}, {slot}): {}",
+            self.error.code,
+            self.loop_id().unwrap_or("-"),
+            self.sequence
+                .map_or_else(|| "-".to_string(), |s| s.to_string()),
+            self.error.message
+        )
+    }
+}
+
 /// Events given to an `EventSender` were not all stored.
 ///
 /// One error reports everything that went wrong since the previous flush: events
@@ -199,8 +272,11 @@ fn named_index(metadata: &HashMap<String, String>) -> Option<usize> {
 pub struct DeliveryError {
     /// Events emitted before the flush and not acknowledged when its deadline passed.
     pub unacknowledged: usize,
-    /// Batches the server refused since the previous flush, in the order it answered.
+    /// Batches the server refused whole since the previous flush, in the order it answered.
     pub rejections: Vec<RejectedBatch>,
+    /// Events the server refused alone since the previous flush (their batches'
+    /// other events were stored), in the order it answered.
+    pub refusals: Vec<RefusedEvent>,
     /// Events given up undelivered (reconnect deadline passed, or a permanent stream error).
     pub failed: usize,
     /// Why the `failed` events were given up.
@@ -224,6 +300,7 @@ impl fmt::Display for DeliveryError {
             ));
         }
         parts.extend(self.rejections.iter().map(ToString::to_string));
+        parts.extend(self.refusals.iter().map(ToString::to_string));
         if self.failed > 0 {
             let why = self
                 .cause

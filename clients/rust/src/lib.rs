@@ -48,7 +48,7 @@ pub mod proto {
 
 pub use client::{ConnectOptions, RawClient, RecorderClient};
 pub use delivery::{DeliveryConfig, EventSender, SenderStats};
-pub use error::{ConnectError, DeliveryError, EmitError, RejectedBatch, RpcError};
+pub use error::{ConnectError, DeliveryError, EmitError, RefusedEvent, RejectedBatch, RpcError};
 
 use proto::agent_event::Event;
 

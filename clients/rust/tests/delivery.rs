@@ -119,28 +119,66 @@ fn with_updates(session: &str, loop_id: &str) -> Vec<agent_recorder_client::prot
 }
 
 #[tokio::test]
-async fn a_refused_batch_is_reported_as_the_server_reports_it() {
+async fn refused_events_are_reported_as_the_server_reports_them() {
     let Some(sidecar) = Sidecar::start(&[]) else {
         return;
     };
     let client = sidecar.client();
     let sender = client.sender(DeliveryConfig::default()).unwrap();
-    // A turn of a loop that was never started.
-    sender.emit(&turn_start("s-ref.default.9", 0, 1)).unwrap();
+    let loop_id = "s-ref.default.0";
+    let mut bad_args = tool_start(loop_id);
+    if let Some(Event::ToolExecutionStart(start)) = &mut bad_args.event {
+        start.args = Some(prost_types::Value {
+            kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
+        });
+    }
+    let events = [
+        agent_start("s-ref", loop_id, 0),
+        bad_args.clone(),
+        turn_start(loop_id, 0, 1),
+        // A turn of a loop that was never started.
+        turn_start("s-ref.default.9", 0, 1),
+    ];
+    for event in &events {
+        sender.emit(event).unwrap();
+    }
     let error = sender.flush(None).await.unwrap_err();
     assert_eq!((error.unacknowledged, error.failed), (0, 0));
-    let rejection = error.rejection().expect("a rejected batch");
-    assert_eq!(rejection.error.code, Code::FailedPrecondition, "{error}");
-    assert_eq!(rejection.error.reason, "LOOP_NOT_OPEN", "{error}");
+    assert!(error.rejections.is_empty(), "{error}");
+    let [nan, not_open] = error.refusals.as_slice() else {
+        panic!("two refusals expected: {error}");
+    };
+    assert_eq!(nan.error.code, Code::InvalidArgument, "{error}");
+    assert_eq!(nan.error.reason, "INVALID_FIELD", "{error}");
+    assert!(nan.holds_slot, "{error}");
+    assert_eq!((nan.sequence, nan.loop_id()), (Some(1), Some(loop_id)));
+    // (NaN != NaN: compared as the bytes sent.)
+    let refused_bytes = nan.event.as_ref().map(prost::Message::encode_to_vec);
     assert_eq!(
-        rejection.error.metadata.get("loop_id").map(String::as_str),
-        Some("s-ref.default.9")
+        refused_bytes,
+        Some(prost::Message::encode_to_vec(&bad_args))
     );
-    assert_eq!(rejection.events, 1);
-    assert_eq!(rejection.loop_ids, vec!["s-ref.default.9".to_string()]);
+    assert_eq!(not_open.error.code, Code::FailedPrecondition, "{error}");
+    assert_eq!(not_open.error.reason, "LOOP_NOT_OPEN", "{error}");
+    assert!(!not_open.holds_slot, "{error}");
+    assert_eq!(not_open.loop_id(), Some("s-ref.default.9"));
     assert!(error.to_string().contains("LOOP_NOT_OPEN"), "{error}");
     let stats = sender.stats();
-    assert_eq!((stats.rejected, stats.pending), (1, 0));
+    assert_eq!(
+        (stats.acknowledged, stats.refused, stats.pending),
+        (2, 2, 0)
+    );
+    // The refusal holds its slot: the loop's later event is stored after it.
+    let stored = client.get_loop(loop_id).await.unwrap().events;
+    let slots: Vec<(u64, bool, bool)> = stored
+        .iter()
+        .map(|e| (e.sequence, e.event.is_some(), e.refused.is_some()))
+        .collect();
+    assert_eq!(
+        slots,
+        vec![(0, true, false), (1, false, true), (2, true, false)]
+    );
+    assert_eq!(stored[2].event.as_ref(), Some(&events[2]));
     // Reported once: the next flush has nothing to say.
     sender.flush(None).await.unwrap();
 }

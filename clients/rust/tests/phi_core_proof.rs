@@ -258,10 +258,13 @@ async fn a_loop_with_two_turns_and_a_tool_call() {
     assert_eq!(ids, vec!["session-a".to_string()]);
     let saved = harness.saved("session-a");
     assert_eq!(saved["loops"][0]["turns"].as_array().map(Vec::len), Some(2));
-    assert_eq!(
-        saved["loops"][0]["events"][7]["event"]["type"],
-        "ToolExecutionEnd"
-    );
+    let kinds: Vec<&Value> = saved["loops"][0]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["event"]["type"])
+        .collect();
+    assert!(kinds.contains(&&json!("ToolExecutionEnd")), "{kinds:?}");
     harness.assert_exports_equal(&ids);
 }
 

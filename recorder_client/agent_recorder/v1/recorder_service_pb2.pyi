@@ -46,6 +46,29 @@ SESSION_LIFECYCLE_FINALIZED: SessionLifecycle.ValueType  # 2
 SESSION_LIFECYCLE_DELETED: SessionLifecycle.ValueType  # 3
 Global___SessionLifecycle: _TypeAlias = SessionLifecycle  # noqa: Y015
 
+class _UsageGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUPING_UNSPECIFIED: _UsageGrouping.ValueType  # 0
+    """Per agent and model."""
+    USAGE_GROUPING_AGENT: _UsageGrouping.ValueType  # 1
+    USAGE_GROUPING_MODEL: _UsageGrouping.ValueType  # 2
+    USAGE_GROUPING_DAY: _UsageGrouping.ValueType  # 3
+    """Per UTC day the loops started on."""
+
+class UsageGrouping(_UsageGrouping, metaclass=_UsageGroupingEnumTypeWrapper): ...
+
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping.ValueType  # 0
+"""Per agent and model."""
+USAGE_GROUPING_AGENT: UsageGrouping.ValueType  # 1
+USAGE_GROUPING_MODEL: UsageGrouping.ValueType  # 2
+USAGE_GROUPING_DAY: UsageGrouping.ValueType  # 3
+"""Per UTC day the loops started on."""
+Global___UsageGrouping: _TypeAlias = UsageGrouping  # noqa: Y015
+
 @_typing.final
 class EventEnvelope(_message.Message):
     """An event as sent by a writer. A writer that numbers its events (as the client
@@ -148,7 +171,9 @@ Global___RecordRequest: _TypeAlias = RecordRequest  # noqa: Y015
 
 @_typing.final
 class BatchRejection(_message.Message):
-    """Why a batch was refused, as a gRPC status with a machine-readable reason."""
+    """Why a whole batch was refused (nothing of it stored), as a gRPC status with a
+    machine-readable reason.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -209,24 +234,105 @@ class RecordReady(_message.Message):
 
     INCLUDE_STREAMING_EVENTS_FIELD_NUMBER: _builtins.int
     CAPTURE_TURN_REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_ID_LENGTH_FIELD_NUMBER: _builtins.int
+    MAX_VALUE_DEPTH_FIELD_NUMBER: _builtins.int
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
+    ABANDON_AFTER_SECS_FIELD_NUMBER: _builtins.int
     include_streaming_events: _builtins.bool
     """When false, MessageUpdate events are not stored; a client should not send
     them (a numbered one would leave a gap in the loop's sequence and is refused).
     """
     capture_turn_requests: _builtins.bool
+    max_id_length: _builtins.int
+    """The limits every event is checked against, so a client can refuse its own
+    bad events at emit() before numbering them: id length in characters, nesting
+    of free-form JSON, and the largest request (a batch, or one event alone).
+    """
+    max_value_depth: _builtins.int
+    max_request_bytes: _builtins.int
+    abandon_after_secs: _builtins.int
+    """Loops of a writer whose stream ended are aborted after this long without it
+    reconnecting (0: never).
+    """
     def __init__(
         self,
         *,
         include_streaming_events: _builtins.bool = ...,
         capture_turn_requests: _builtins.bool = ...,
+        max_id_length: _builtins.int = ...,
+        max_value_depth: _builtins.int = ...,
+        max_request_bytes: _builtins.int = ...,
+        abandon_after_secs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_turn_requests", b"capture_turn_requests", "include_streaming_events", b"include_streaming_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_after_secs", b"abandon_after_secs", "capture_turn_requests", b"capture_turn_requests", "include_streaming_events", b"include_streaming_events", "max_id_length", b"max_id_length", "max_request_bytes", b"max_request_bytes", "max_value_depth", b"max_value_depth"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordReady: _TypeAlias = RecordReady  # noqa: Y015
+
+@_typing.final
+class EventRefusal(_message.Message):
+    """One event of a batch that was refused; the batch's other events were stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    HOLDS_SLOT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The event's position in its batch."""
+    code: _builtins.int
+    """A google.rpc.Code value."""
+    reason: _builtins.str
+    message: _builtins.str
+    holds_slot: _builtins.bool
+    """True when the refusal holds the event's slot in its loop (its sequence is
+    in `sequences`); false when it went to a refusal log.
+    """
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        holds_slot: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "holds_slot", b"holds_slot", "index", b"index", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventRefusal: _TypeAlias = EventRefusal  # noqa: Y015
 
 @_typing.final
 class RecordResponse(_message.Message):
@@ -236,6 +342,7 @@ class RecordResponse(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     SEQUENCES_FIELD_NUMBER: _builtins.int
     REJECTION_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     @_builtins.property
     def ready(self) -> Global___RecordReady:
@@ -244,11 +351,16 @@ class RecordResponse(_message.Message):
     @_builtins.property
     def sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Per event of the batch, the sequence it is stored under (0 for the
-        session-level Parallel* events). Empty when rejected.
+        session-level Parallel* events and for a refusal that holds no slot).
+        Empty when the whole batch was rejected.
         """
 
     @_builtins.property
     def rejection(self) -> Global___BatchRejection: ...
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventRefusal]:
+        """The events of the batch that were refused, in batch order."""
+
     def __init__(
         self,
         *,
@@ -256,10 +368,11 @@ class RecordResponse(_message.Message):
         batch_id: _builtins.int = ...,
         sequences: _abc.Iterable[_builtins.int] | None = ...,
         rejection: Global___BatchRejection | None = ...,
+        refusals: _abc.Iterable[Global___EventRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ready", b"ready", "rejection", b"rejection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "ready", b"ready", "rejection", b"rejection", "sequences", b"sequences"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "ready", b"ready", "refusals", b"refusals", "rejection", b"rejection", "sequences", b"sequences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -293,16 +406,20 @@ class AppendResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCES_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventRefusal]: ...
     def __init__(
         self,
         *,
         sequences: _abc.Iterable[_builtins.int] | None = ...,
+        refusals: _abc.Iterable[Global___EventRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequences", b"sequences"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refusals", b"refusals", "sequences", b"sequences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -315,6 +432,7 @@ class GetSessionRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SKIP_EVENTS_FIELD_NUMBER: _builtins.int
     SKIP_MESSAGES_FIELD_NUMBER: _builtins.int
+    SKIP_COST_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     skip_events: _builtins.bool
     """Leave out each loop's events (the rest of the tree is unchanged)."""
@@ -322,16 +440,19 @@ class GetSessionRequest(_message.Message):
     """Leave out each loop's messages and turns, which dominate a large session:
     an outline of the tree. GetLoop returns them loop by loop.
     """
+    skip_cost: _builtins.bool
+    """Leave out the cost (which reads every turn's usage, model and time)."""
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         skip_events: _builtins.bool = ...,
         skip_messages: _builtins.bool = ...,
+        skip_cost: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "skip_events", b"skip_events", "skip_messages", b"skip_messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "skip_cost", b"skip_cost", "skip_events", b"skip_events", "skip_messages", b"skip_messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -342,20 +463,164 @@ class GetSessionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> _session_pb2.Session: ...
+    @_builtins.property
+    def cost(self) -> Global___SessionCost:
+        """What the session and its sub-agent tree cost, per loop and turn."""
+
     def __init__(
         self,
         *,
         session: _session_pb2.Session | None = ...,
+        cost: Global___SessionCost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015
+
+@_typing.final
+class TurnCost(_message.Message):
+    """The cost of one model call (turn) at the prices in force at its time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_INDEX_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    turn_index: _builtins.int
+    model: _builtins.str
+    provider: _builtins.str
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost: ...
+    def __init__(
+        self,
+        *,
+        turn_index: _builtins.int = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        cost: _types_pb2.Cost | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "model", b"model", "provider", b"provider", "turn_index", b"turn_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnCost: _TypeAlias = TurnCost  # noqa: Y015
+
+@_typing.final
+class LoopCost(_message.Message):
+    """A loop's cost: the sum of its turns, or, without turns, its own usage priced
+    with its config's model at its start.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOOP_ID_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    loop_id: _builtins.str
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost: ...
+    @_builtins.property
+    def turns(self) -> _containers.RepeatedCompositeFieldContainer[Global___TurnCost]: ...
+    def __init__(
+        self,
+        *,
+        loop_id: _builtins.str = ...,
+        cost: _types_pb2.Cost | None = ...,
+        turns: _abc.Iterable[Global___TurnCost] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop_id", b"loop_id", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoopCost: _TypeAlias = LoopCost  # noqa: Y015
+
+@_typing.final
+class SpawnedSessionCost(_message.Message):
+    """One session of a sub-agent tree and what it cost on its own."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    PARENT_SESSION_ID_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    TREE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    agent_id: _builtins.str
+    parent_session_id: _builtins.str
+    """The session that spawned it (following spawn refs)."""
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost: ...
+    @_builtins.property
+    def tree(self) -> _types_pb2.Cost:
+        """It and every session spawned from it, transitively."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        parent_session_id: _builtins.str = ...,
+        cost: _types_pb2.Cost | None = ...,
+        tree: _types_pb2.Cost | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "tree", b"tree"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cost", b"cost", "parent_session_id", b"parent_session_id", "session_id", b"session_id", "tree", b"tree"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpawnedSessionCost: _TypeAlias = SpawnedSessionCost  # noqa: Y015
+
+@_typing.final
+class SessionCost(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    TREE_FIELD_NUMBER: _builtins.int
+    LOOPS_FIELD_NUMBER: _builtins.int
+    SPAWNED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> _types_pb2.Cost:
+        """The session's own loops."""
+
+    @_builtins.property
+    def tree(self) -> _types_pb2.Cost:
+        """The session plus every session spawned from it, transitively."""
+
+    @_builtins.property
+    def loops(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoopCost]: ...
+    @_builtins.property
+    def spawned(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpawnedSessionCost]:
+        """Every session spawned from this one, transitively, parents before children."""
+
+    def __init__(
+        self,
+        *,
+        session: _types_pb2.Cost | None = ...,
+        tree: _types_pb2.Cost | None = ...,
+        loops: _abc.Iterable[Global___LoopCost] | None = ...,
+        spawned: _abc.Iterable[Global___SpawnedSessionCost] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "tree", b"tree"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loops", b"loops", "session", b"session", "spawned", b"spawned", "tree", b"tree"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionCost: _TypeAlias = SessionCost  # noqa: Y015
 
 @_typing.final
 class ListSessionsRequest(_message.Message):
@@ -440,6 +705,8 @@ class SessionSummary(_message.Message):
     FINALIZED_AT_FIELD_NUMBER: _builtins.int
     LOOPS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    TREE_COST_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     agent_id: _builtins.str
     scope: _session_pb2.SessionScope.ValueType
@@ -457,6 +724,14 @@ class SessionSummary(_message.Message):
     def loops(self) -> Global___LoopStatusCounts: ...
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost:
+        """The session's own loops."""
+
+    @_builtins.property
+    def tree_cost(self) -> _types_pb2.Cost:
+        """The session and every session spawned from it (its sub-agent tree)."""
+
     def __init__(
         self,
         *,
@@ -470,10 +745,12 @@ class SessionSummary(_message.Message):
         finalized_at: _timestamp_pb2.Timestamp | None = ...,
         loops: Global___LoopStatusCounts | None = ...,
         usage: _types_pb2.Usage | None = ...,
+        cost: _types_pb2.Cost | None = ...,
+        tree_cost: _types_pb2.Cost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "loops", b"loops", "parent_spawn_ref", b"parent_spawn_ref", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "loops", b"loops", "parent_spawn_ref", b"parent_spawn_ref", "tree_cost", b"tree_cost", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "loops", b"loops", "parent_spawn_ref", b"parent_spawn_ref", "scope", b"scope", "session_id", b"session_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cost", b"cost", "created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "loops", b"loops", "parent_spawn_ref", b"parent_spawn_ref", "scope", b"scope", "session_id", b"session_id", "tree_cost", b"tree_cost", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -530,16 +807,20 @@ class GetLoopResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LOOP_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def loop(self) -> _session_pb2.LoopRecord: ...
+    @_builtins.property
+    def cost(self) -> Global___LoopCost: ...
     def __init__(
         self,
         *,
         loop: _session_pb2.LoopRecord | None = ...,
+        cost: Global___LoopCost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["loop", b"loop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop", b"loop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loop", b"loop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop", b"loop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1033,8 +1314,11 @@ class GetUsageRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Only this agent's loops when set."""
+    group_by: Global___UsageGrouping.ValueType
+    """What a row sums over (default: per agent and model)."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Only loops started at or after this time."""
@@ -1049,10 +1333,11 @@ class GetUsageRequest(_message.Message):
         agent_id: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGrouping.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "group_by", b"group_by", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1060,7 +1345,9 @@ Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
 
 @_typing.final
 class UsageRow(_message.Message):
-    """Usage of the loops of one agent with one model ("" when the loop had no config)."""
+    """Usage of the loops of one agent with one model ("" when the loop had no config),
+    or of one agent, one model or one day (see UsageGrouping; the others are then empty).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1068,11 +1355,19 @@ class UsageRow(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     LOOPS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     model: _builtins.str
     loops: _builtins.int
+    day: _builtins.str
+    """YYYY-MM-DD (UTC) when grouped by day."""
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost:
+        """What these loops cost (each loop priced from its turns)."""
+
     def __init__(
         self,
         *,
@@ -1080,10 +1375,12 @@ class UsageRow(_message.Message):
         model: _builtins.str = ...,
         loops: _builtins.int = ...,
         usage: _types_pb2.Usage | None = ...,
+        cost: _types_pb2.Cost | None = ...,
+        day: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "loops", b"loops", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cost", b"cost", "day", b"day", "loops", b"loops", "model", b"model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1094,19 +1391,78 @@ class GetUsageResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROWS_FIELD_NUMBER: _builtins.int
+    TOTAL_COST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]:
-        """Ordered by agent_id, then model."""
+        """Ordered by agent_id, then model (or by the grouping's key)."""
+
+    @_builtins.property
+    def total_cost(self) -> _types_pb2.Cost:
+        """The cost of all rows together."""
 
     def __init__(
         self,
         *,
         rows: _abc.Iterable[Global___UsageRow] | None = ...,
+        total_cost: _types_pb2.Cost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total_cost", b"total_cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "total_cost", b"total_cost"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class ListRefusalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """All sessions (and the global log) when unset."""
+    page_size: _builtins.int
+    """At most this many (default 100, at most 1000)."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_session_id", b"_session_id", "session_id", b"session_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_session_id", b"_session_id", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__session_id: _TypeAlias = _typing.Literal["session_id"]  # noqa: Y015
+    _WhichOneofArgType__session_id: _TypeAlias = _typing.Literal["_session_id", b"_session_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__session_id) -> _WhichOneofReturnType__session_id | None: ...
+
+Global___ListRefusalsRequest: _TypeAlias = ListRefusalsRequest  # noqa: Y015
+
+@_typing.final
+class ListRefusalsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUSALS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.RefusedEvent]: ...
+    def __init__(
+        self,
+        *,
+        refusals: _abc.Iterable[_session_pb2.RefusedEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "refusals", b"refusals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefusalsResponse: _TypeAlias = ListRefusalsResponse  # noqa: Y015

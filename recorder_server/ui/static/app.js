@@ -162,6 +162,35 @@ function usageTotal(usage) {
     Number(usage.cacheRead || 0) + Number(usage.cacheWrite || 0);
 }
 
+// What something cost, exactly as the server computed it (a decimal string, never
+// a float); "unpriced" when no call in it had a price, never $0.
+function fmtCost(cost) {
+  if (!cost) return "";
+  const unpriced = Number(cost.unpricedCalls || 0);
+  if (unpriced && !Number(cost.pricedCalls || 0)) return "unpriced";
+  let amount = cost.amount || "0";
+  const [whole, frac = ""] = amount.split(".");
+  if (frac.length < 2) amount = `${whole}.${frac.padEnd(2, "0")}`;
+  const money = (cost.currency || "USD") === "USD" ? `$${amount}` : `${amount} ${cost.currency}`;
+  return unpriced ? `${money} + ${unpriced} unpriced` : money;
+}
+
+function costTitle(cost) {
+  if (!cost) return "";
+  const parts = [cost.source ? `prices: ${cost.source}` : ""];
+  if (cost.unpricedReason) parts.push(`unpriced: ${cost.unpricedReason}`);
+  return parts.filter(Boolean).join("\n");
+}
+
+function costBadge(cost, attrs = {}) {
+  if (!cost) return null;
+  return h("span", { class: cost.priced ? "cost" : "cost unpriced", title: costTitle(cost), ...attrs }, fmtCost(cost));
+}
+
+function sameCost(a, b) {
+  return (a?.amount || "") === (b?.amount || "") && Number(a?.unpricedCalls || 0) === Number(b?.unpricedCalls || 0);
+}
+
 function sessionsTable(sessions) {
   if (!sessions.length) return h("p", { class: "muted" }, "No sessions match.");
   const rows = sessions.map((s) => h("tr", { class: "session-row", dataset: { session: s.sessionId } },
@@ -173,11 +202,14 @@ function sessionsTable(sessions) {
     h("td", {}, s.finalizedAt ? fmtTime(s.finalizedAt) : h("span", { class: "badge" }, "open")),
     h("td", {}, statusCounts(s.loops)),
     h("td", { class: "num" }, fmtNum(usageTotal(s.usage))),
+    h("td", { class: "num" }, costBadge(s.cost || {}, { dataset: { role: "session-cost" } }),
+      s.treeCost && !sameCost(s.cost, s.treeCost)
+        ? h("div", { class: "muted" }, "with sub-agents ", costBadge(s.treeCost, { dataset: { role: "tree-cost" } })) : null),
     h("td", {}, s.parentSpawnRef ? h("a", { href: `#/session/${encodeURIComponent(s.parentSpawnRef.parentSessionId)}` },
       `↑ ${s.parentSpawnRef.toolName || "parent"}`) : "")));
   return h("table", { class: "list" },
     h("thead", {}, h("tr", {}, ["session", "agent", "scope", "created", "last active", "finalized",
-      "loops", "tokens", "spawned by"].map((t) => h("th", {}, t)))),
+      "loops", "tokens", "cost", "spawned by"].map((t) => h("th", {}, t)))),
     h("tbody", {}, rows));
 }
 
@@ -249,6 +281,9 @@ function sessionPage(sessionId, params) {
 
 function setOutline(state, outline) {
   state.outline = outline;
+  // A sub-agent badge shows what that sub-agent and everything it spawned cost.
+  const spawnedCost = new Map((outline.spawned || []).map((s) => [s.sessionId, s.treeCost]));
+  for (const loop of outline.loops) for (const ref of loop.childRefs) ref.cost = spawnedCost.get(ref.childSessionId);
   state.byId = new Map(outline.loops.map((loop) => [loop.id, loop]));
 }
 
@@ -276,7 +311,7 @@ function render(state) {
 }
 
 function renderHead(state) {
-  const { session, usage, finalized, loops } = state.outline;
+  const { session, usage, finalized, loops, cost, treeCost, spawned } = state.outline;
   const spawn = session.parentSpawnRef;
   const formation = session.formation ? Object.keys(session.formation)[0] : "";
   fill(state.head, [
@@ -287,9 +322,38 @@ function renderHead(state) {
     h("span", { class: "muted" }, `created ${fmtTime(session.createdAt)}`),
     finalized ? h("span", { class: "muted" }, `finalized ${fmtTime(session.finalizedAt)}`) : h("span", { class: "badge" }, "open"),
     h("span", {}, `${loops.length} loops`),
+    refusedBadge(state.outline.refusals),
     h("span", { id: "session-usage" }, `tokens: ${fmtNum(usage.total)} (in ${fmtNum(usage.input)}, out ${fmtNum(usage.output)}, cache ${fmtNum(usage.cacheRead)})`),
+    cost ? h("span", { id: "session-cost" }, "cost ", costBadge(cost)) : null,
+    spawned && spawned.length ? h("details", { id: "tree-cost" },
+      h("summary", {}, "with sub-agents ", costBadge(treeCost)),
+      h("ul", { class: "spawned" }, spawned.map((s) => h("li", { dataset: { session: s.sessionId } },
+        h("a", { href: `#/session/${encodeURIComponent(s.sessionId)}`, class: "mono" }, s.sessionId),
+        ` (${s.agentId}) `, costBadge(s.cost))))) : null,
     spawn ? h("a", { href: `#/session/${encodeURIComponent(spawn.parentSessionId)}?loop=${encodeURIComponent(spawn.parentLoopId)}` },
       `↑ spawned by ${spawn.toolName} in ${shortLoop(spawn.parentLoopId)}`) : null]);
+}
+
+// Refused events are kept, never hidden: a red count in the head, per loop in the
+// tree, and each one (with the reason) in the details pane when the count is clicked.
+function refusedBadge(refusals) {
+  if (!refusals || !refusals.length) return null;
+  return h("a", { class: "badge refused", id: "session-refused", href: "#", onclick: (event) => {
+    event.preventDefault();
+    fill(document.getElementById("details"), refusalsDetails(refusals));
+  } }, `${refusals.length} refused`);
+}
+
+function refusalsDetails(refusals) {
+  return [h("h2", {}, "Refused events"), ...refusals.map((r) => section(
+    `${r.reason} · ${r.loopId || "no loop"} ${r.slot === null ? "(refusal log)" : `#${r.slot}`}`,
+    h("p", { class: "refusal-message" }, r.message),
+    kv([["refused", fmtTime(r.refusedAt)], ["writer", r.writerId || "-"]]),
+    r.sent ? json(r.sent) : h("p", { class: "muted" }, "the bytes sent do not decode as an event")))];
+}
+
+function loopRefusals(state, loopId) {
+  return (state.outline.refusals || []).filter((r) => r.loopId === loopId).length;
 }
 
 function kindBadge(kind) {
@@ -338,33 +402,35 @@ function onPaneClick(state, event) {
   if (item) state.reselect(selectionOf(item.dataset.key));
 }
 
-function treeNode(loop) {
+function treeNode(loop, refused) {
   return h("div", { class: "node", dataset: { loop: loop.id, key: `loop|${loop.id}` } },
     h("span", { class: `dot s-${loop.status}`, title: loop.status }),
     h("span", { class: "mono" }, shortLoop(loop.id)),
     kindBadge(loop.kind), parallelBadge(loop),
+    refused ? h("span", { class: "badge refused", title: "refused events of this loop" }, `${refused} refused`) : null,
     h("span", { class: "tokens" }, `${fmtNum(loop.usage.total)} tok`),
+    costBadge(loop.cost),
     loop.childRefs.length ? h("span", { class: "refs" }, loop.childRefs.map((ref) =>
       h("a", { class: "badge sub", href: `#/session/${encodeURIComponent(ref.childSessionId)}?loop=${encodeURIComponent(ref.childLoopId)}` },
-        `↳ ${ref.toolName}: sub-agent ${ref.childSessionId}`))) : null);
+        `↳ ${ref.toolName}: sub-agent ${ref.childSessionId}`, ref.cost ? " " : null, costBadge(ref.cost)))) : null);
 }
 
 // A chain of single continuations stays at one level (a long conversation would
 // otherwise nest a thousand deep); only a fork indents its branches.
-function treeBranch(first, children) {
+function treeBranch(state, first, children) {
   const items = [];
   for (let loop = first; loop;) {
-    const li = h("li", {}, treeNode(loop));
+    const li = h("li", {}, treeNode(loop, loopRefusals(state, loop.id)));
     items.push(li);
     const kids = children.get(loop.id) || [];
-    if (kids.length > 1) li.append(h("ul", {}, kids.flatMap((kid) => treeBranch(kid, children))));
+    if (kids.length > 1) li.append(h("ul", {}, kids.flatMap((kid) => treeBranch(state, kid, children))));
     loop = kids.length === 1 ? kids[0] : null;
   }
   return items;
 }
 
 function renderTree(state, roots, children) {
-  state.tree.replaceChildren(h("h2", {}, "Loops"), h("ul", {}, roots.flatMap((root) => treeBranch(root, children))));
+  state.tree.replaceChildren(h("h2", {}, "Loops"), h("ul", {}, roots.flatMap((root) => treeBranch(state, root, children))));
   state.tree.dataset.ready = "1";
 }
 
@@ -425,7 +491,7 @@ function renderTimeline(state, order) {
     for (const turn of loop.turns) {
       rows.append(timelineRow("turn", `turn|${loop.id}|${turn.index}`, [`turn ${turn.index}`], {},
         h("div", { class: "bar", style: pos(turn.start, turn.end),
-          title: `turn ${turn.index} · ${turn.trigger} · ${fmtNum(turn.tokens)} tok` })));
+          title: `turn ${turn.index} · ${turn.trigger} · ${fmtNum(turn.tokens)} tok · ${fmtCost(turn.cost)}` })));
       for (const tool of turn.tools) {
         rows.append(timelineRow("tool", `tool|${loop.id}|${turn.index}|${tool.id}`, [`⚙ ${tool.name}`], {},
           h("div", { class: `bar${tool.isError ? " error" : ""}`, style: pos(tool.start, tool.end),
@@ -457,9 +523,22 @@ async function showDetails(state) {
     if (state.selected !== selection) return;
     const turn = (loop.turns || []).find((t) => (t.turnId?.turnIndex || 0) === (selection.turn || 0));
     if (selection.kind === "tool") fill(box, toolDetails(state, loop, turn, selection.tool));
-    else if (selection.kind === "turn") fill(box, turnDetails(turn));
+    else if (selection.kind === "turn") fill(box, turnDetails(turn, outlineTurn(state, selection)));
     else fill(box, loopDetails(state, loop));
   } catch (error) { showError(box, error); }
+}
+
+function outlineTurn(state, selection) {
+  const loop = state.byId.get(selection.loop);
+  return ((loop && loop.turns) || []).find((t) => t.index === (selection.turn || 0));
+}
+
+function costKv(cost) {
+  if (!cost) return h("span", { class: "muted" }, "not computed");
+  return kv([["cost", costBadge(cost)], ["prices", cost.source],
+    ["calls priced", cost.pricedCalls ? String(cost.pricedCalls) : "0"],
+    ["calls unpriced", cost.unpricedCalls ? String(cost.unpricedCalls) : null],
+    ["why unpriced", cost.unpricedReason]]);
 }
 
 function section(title, ...content) {
@@ -489,6 +568,7 @@ function loopDetails(state, loop) {
       ["agent", loop.agentId], ["started", fmtTime(loop.startedAt)], ["ended", fmtTime(loop.endedAt)],
       ["rejection", loop.rejection]]),
     section("Usage", usageKv(loop.usage)),
+    section("Cost", costKv(outline && outline.cost)),
     group ? section("Parallel group", kv([["loops", group.allLoopIds.map(shortLoop).join(", ")],
       ["winner", group.selectedLoopId], ["this loop", group.isSelected ? "★ selected" : "not selected"]]),
       group.evaluationUsage ? usageKv(group.evaluationUsage) : null) : null,
@@ -500,19 +580,22 @@ function loopDetails(state, loop) {
     section(`Turns (${(loop.turns || []).length})`, ...(loop.turns || []).map((turn) => h("div", {},
       h("a", { href: "#", onclick: (e) => e.preventDefault() || state.reselect({ kind: "turn", loop: loop.loopId, turn: turn.turnId?.turnIndex || 0 }) },
         `turn ${turn.turnId?.turnIndex || 0}`), " ", h("span", { class: "muted" },
-        `${enumName(turn.triggeredBy, "TURN_TRIGGER_")} · ${fmtNum(usageTotal(turn.usage))} tok`)))),
+        `${enumName(turn.triggeredBy, "TURN_TRIGGER_")} · ${fmtNum(usageTotal(turn.usage))} tok`), " ",
+        costBadge(outlineTurn(state, { loop: loop.loopId, turn: turn.turnId?.turnIndex || 0 })?.cost)))),
     section(`Messages (${(loop.messages || []).length})`, ...(loop.messages || []).map(message)),
     eventsSection(state, loop.loopId),
   ];
 }
 
-function turnDetails(turn) {
+function turnDetails(turn, outline) {
   if (!turn) return [h("p", { class: "muted" }, "This turn is not recorded (yet).")];
   return [
     h("h2", {}, `Turn ${turn.turnId?.turnIndex || 0}`),
     kv([["loop", h("span", { class: "mono" }, turn.turnId?.loopId)], ["trigger", enumName(turn.triggeredBy, "TURN_TRIGGER_")],
       ["started", fmtTime(turn.startedAt)], ["ended", fmtTime(turn.endedAt)]]),
     section("Usage", usageKv(turn.usage)),
+    section("Cost", outline && outline.model ? h("div", { class: "muted" }, `model ${outline.model}`) : null,
+      costKv(outline && outline.cost)),
     section(`Input messages (${(turn.inputMessages || []).length})`, ...(turn.inputMessages || []).map(message)),
     section("Answer", turn.outputMessage ? message(turn.outputMessage) : h("span", { class: "muted" }, "none yet")),
     section(`Tool results (${(turn.toolResults || []).length})`, ...(turn.toolResults || []).map(message)),
@@ -571,9 +654,10 @@ function eventsSection(state, loopId) {
   let after = 0, done = false, loading = false, count = 0;
 
   const addRow = (item) => {
-    const kind = Object.keys(item.event)[0] || "?";
-    const raw = h("tr", { hidden: true }, h("td", { colspan: 3 }, json(item.event)));
-    body.append(h("tr", { class: "ev", onclick: () => { raw.hidden = !raw.hidden; } },
+    const refused = item.refused;
+    const kind = refused ? `REFUSED ${refused.reason}: ${refused.message}` : Object.keys(item.event)[0] || "?";
+    const raw = h("tr", { hidden: true }, h("td", { colspan: 3 }, json(refused || item.event)));
+    body.append(h("tr", { class: refused ? "ev refused" : "ev", onclick: () => { raw.hidden = !raw.hidden; } },
       h("td", { class: "mono" }, item.sequence ?? 0), h("td", {}, kind), h("td", { class: "muted" }, `cursor ${item.cursor}`)), raw);
     count += 1;
     after = Math.max(after, item.cursor);

@@ -298,6 +298,17 @@ pub fn turn_end(loop_id: &str, message: AgentMessage, at: i64) -> AgentEvent {
     }))
 }
 
+pub fn tool_start(loop_id: &str) -> AgentEvent {
+    event(Event::ToolExecutionStart(proto::ToolExecutionStart {
+        loop_id: loop_id.into(),
+        tool_call_id: "call-1".into(),
+        tool_name: "bash".into(),
+        args: Some(prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue("ls".into())),
+        }),
+    }))
+}
+
 pub fn progress(loop_id: &str, words: &str) -> AgentEvent {
     event(Event::ProgressMessage(proto::ProgressMessage {
         loop_id: loop_id.into(),
