@@ -88,6 +88,15 @@ impl RecorderClient {
         Self::connect_in(options, &target::process_env)
     }
 
+    /// [`connect`](Self::connect) with the environment read through `env` instead of
+    /// the process's (each variable by name; `None` when unset).
+    pub fn connect_with_env(
+        options: ConnectOptions,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConnectError> {
+        Self::connect_in(options, env)
+    }
+
     pub(crate) fn connect_in(options: ConnectOptions, env: Env<'_>) -> Result<Self, ConnectError> {
         let tls = tls_config(&options, env)?;
         let address = options

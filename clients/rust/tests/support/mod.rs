@@ -49,6 +49,8 @@ pub fn sidecar_binary() -> Option<PathBuf> {
 pub struct Sidecar {
     binary: PathBuf,
     dir: tempfile::TempDir,
+    /// `host:port` when listening on TCP; the Unix socket in `dir` otherwise.
+    tcp: Option<String>,
     args: Vec<String>,
     child: Option<Child>,
     starts: u32,
@@ -57,6 +59,19 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts `agent-recorder serve` with extra `args`; `None` when the test must skip.
     pub fn start(args: &[&str]) -> Option<Sidecar> {
+        Self::start_on(None, args)
+    }
+
+    /// Like `start`, listening on a free loopback TCP port instead of a socket.
+    pub fn start_tcp(args: &[&str]) -> Option<Sidecar> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        Self::start_on(Some(format!("127.0.0.1:{port}")), args)
+    }
+
+    fn start_on(tcp: Option<String>, args: &[&str]) -> Option<Sidecar> {
         let binary = sidecar_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("ar-rs-")
@@ -65,6 +80,7 @@ impl Sidecar {
         let mut sidecar = Sidecar {
             binary,
             dir,
+            tcp,
             args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
             starts: 0,
@@ -86,7 +102,10 @@ impl Sidecar {
     }
 
     pub fn target(&self) -> String {
-        format!("unix://{}", self.socket().display())
+        match &self.tcp {
+            Some(address) => address.clone(),
+            None => format!("unix://{}", self.socket().display()),
+        }
     }
 
     pub fn binary(&self) -> &Path {
@@ -134,7 +153,11 @@ impl Sidecar {
             {
                 panic!("sidecar exited with {status}: {}", self.log());
             }
-            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+            let up = match &self.tcp {
+                Some(address) => std::net::TcpStream::connect(address).is_ok(),
+                None => std::os::unix::net::UnixStream::connect(self.socket()).is_ok(),
+            };
+            if up {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
