@@ -8,13 +8,11 @@ its queue and commits, then the store closes and the file lock is released.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
@@ -30,15 +28,27 @@ from recorder_client.defaults import (
 from recorder_server.checkpoints import Checkpointer
 from recorder_server.decoding import DecodeGuard
 from recorder_server.otel import OtlpExporter
+from recorder_server.ownership import (
+    DatabaseInUse,
+    SocketClaim,
+    StartupError,
+    check_port_free,
+    claim_database,
+    claim_socket,
+    loose_files,
+    make_private_dirs,
+)
 from recorder_server.reads import ReadPool, Reads
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import (
     TokenInterceptor,
     check_transport,
+    open_listener_warning,
     server_credentials,
     tls_files,
 )
 from recorder_server.service import RecorderServicer, add_to_server
+from recorder_server.startup import resolve_database, split_port
 from recorder_server.storage import WriteStore
 from recorder_server.validation import Limits
 from recorder_server.writer import Writer
@@ -56,9 +66,7 @@ OPEN_SERVICES = (
     reflection.SERVICE_NAME,
 )
 
-
-class DatabaseInUse(RuntimeError):
-    """Another server process owns the database file (rule 14)."""
+__all__ = ["DatabaseInUse", "RecorderServer", "ServerConfig"]
 
 
 @dataclass
@@ -81,35 +89,8 @@ class ServerConfig:
     insecure: bool = False
     # Bearer token every RecorderService call must carry; None leaves calls open.
     token: str | None = None
-
-
-def _lock_database(db_path: Path) -> IO[str]:
-    """Hold an exclusive lock beside the database for the life of the process."""
-    lock_path = db_path.with_name(db_path.name + ".lock")
-    handle = open(lock_path, "a+")  # noqa: SIM115 - held open until shutdown
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise DatabaseInUse(
-            f"database {db_path} is in use by another agent-recorder server (pid {holder})"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-
-
-def _prepare_unix_socket(address: str) -> Path:
-    """The socket's directory is private to the owner; a stale socket is removed."""
-    path = Path(address.removeprefix("unix://").removeprefix("unix:"))
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()
-    return path
+    # Make a missing database directory anywhere; without it only under the data dir.
+    create_db_dir: bool = False
 
 
 class RecorderServer:
@@ -118,6 +99,7 @@ class RecorderServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.address = ""
+        self.db_path = config.db_path
         self.writer: Writer | None = None
         self._stack = contextlib.AsyncExitStack()
 
@@ -139,15 +121,25 @@ class RecorderServer:
 
     async def _start(self) -> None:
         config = self.config
+        listen = normalize_target(config.listen)
         tls = tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
-        check_transport(normalize_target(config.listen), tls, config.insecure)
+        check_transport(listen, tls, config.insecure)
         credentials = None if tls is None else server_credentials(tls)
-        config.db_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = _lock_database(config.db_path)
-        self._stack.callback(lock.close)
-        store = await WriteStore.open(config.db_path, config.synchronous)
+        db_path = resolve_database(config.db_path, create=config.create_db_dir)
+        # The address first: a second server is refused before it touches a database.
+        socket_claim = self._claim_address(listen)
+        if (warning := open_listener_warning(listen, tls, config.token)) is not None:
+            log.warning("%s", warning)
+        make_private_dirs(db_path.parent)
+        claim = claim_database(db_path)
+        self._stack.callback(claim.release)
+        self.db_path = db_path
+        if loose := loose_files(db_path):
+            names = " ".join(str(path) for path in loose)
+            log.warning("%s can be read by other users: chmod 600 %s", names, names)
+        store = await WriteStore.open(db_path, config.synchronous)
         self._stack.push_async_callback(store.close)
-        checkpointer = Checkpointer(config.db_path)
+        checkpointer = Checkpointer(db_path)
         await checkpointer.start()
         self._stack.push_async_callback(checkpointer.stop)
         writer = Writer(store, config.options)
@@ -155,7 +147,7 @@ class RecorderServer:
         await writer.start()
         self._stack.push_async_callback(writer.stop)
         self.writer = writer
-        pool = ReadPool(config.db_path, config.read_connections)
+        pool = ReadPool(db_path, config.read_connections)
         await pool.open()
         self._stack.push_async_callback(pool.close)
         if config.otlp_endpoint is not None:
@@ -164,10 +156,26 @@ class RecorderServer:
             self._stack.push_async_callback(exporter.stop)
             writer.listeners.append(exporter.on_commit)
             self._stack.callback(writer.listeners.remove, exporter.on_commit)
-        await self._serve(RecorderServicer(writer, Reads(pool), config.limits), credentials)
+        servicer = RecorderServicer(writer, Reads(pool), config.limits)
+        await self._serve(servicer, listen, socket_claim, credentials)
+
+    def _claim_address(self, listen: str) -> SocketClaim | None:
+        """Hold a socket path (released last) or check a TCP port is free; abstract names bind."""
+        if listen.startswith("unix:"):
+            path = Path(listen.removeprefix("unix://").removeprefix("unix:"))
+            socket_claim = claim_socket(path)
+            self._stack.callback(socket_claim.release)
+            return socket_claim
+        if not listen.startswith("unix-abstract:"):
+            check_port_free(*split_port(listen), listen)
+        return None
 
     async def _serve(
-        self, servicer: RecorderServicer, credentials: grpc.ServerCredentials | None
+        self,
+        servicer: RecorderServicer,
+        listen: str,
+        socket_claim: SocketClaim | None,
+        credentials: grpc.ServerCredentials | None,
     ) -> None:
         config = self.config
         max_bytes = config.limits.max_request_bytes
@@ -179,31 +187,37 @@ class RecorderServer:
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+                # One owner per port: never share it with another process.
+                ("grpc.so_reuseport", 0),
             ],
         )
         add_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, *OPEN_SERVICES), server)
-        listen = normalize_target(config.listen)
-        socket_path = _prepare_unix_socket(listen) if listen.startswith("unix:") else None
-        if credentials is None:
-            port = server.add_insecure_port(listen)
-        else:
-            port = server.add_secure_port(listen, credentials)
-        if socket_path is not None:
-            self.address = f"unix://{socket_path}"
-        else:
-            self.address = f"{listen.rsplit(':', 1)[0]}:{port}"
+        bind = listen if socket_claim is None else f"unix://{socket_claim.bind_path}"
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(bind)
+            else:
+                port = server.add_secure_port(bind, credentials)
+        except RuntimeError:
+            raise StartupError(f"cannot listen on {listen}") from None
         await server.start()
-        if socket_path is not None:
-            socket_path.chmod(0o600)
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         async def stop() -> None:
             await health_servicer.enter_graceful_shutdown()
+            await servicer.stop_streams()
             await server.stop(self.config.shutdown_grace_s)
 
         self._stack.push_async_callback(stop)
-        log.info("agent-recorder listening on %s (database %s)", self.address, self.config.db_path)
+        if socket_claim is not None:
+            socket_claim.publish()
+            self.address = f"unix://{socket_claim.path}"
+        elif listen.startswith("unix-abstract:"):
+            self.address = listen
+        else:
+            self.address = f"{listen.rsplit(':', 1)[0]}:{port}"
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.debug("listening on %s (database %s)", self.address, self.db_path)

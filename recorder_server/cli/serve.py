@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import signal
 import sys
 from pathlib import Path
@@ -31,6 +32,12 @@ def register(commands: Commands) -> None:
     )
     serve.add_argument(
         "--db", type=Path, default=None, help=f"SQLite file (default {default_db_path()})"
+    )
+    serve.add_argument(
+        "--create",
+        action="store_true",
+        help="make the --db directory if it does not exist (without it, only a directory "
+        "under the default data directory is made)",
     )
     serve.add_argument(
         "--listen",
@@ -124,6 +131,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
         token=_token(args.token_file),
+        create_db_dir=args.create,
     )
 
 
@@ -137,9 +145,13 @@ def _token(token_file: Path | None) -> str | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from recorder_server.server import GIL_SWITCH_INTERVAL_S, DatabaseInUse, RecorderServer
+    from recorder_server.ownership import StartupError
+    from recorder_server.server import GIL_SWITCH_INTERVAL_S, RecorderServer
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    # Everything this process creates is the owner's alone (the files it makes are
+    # also chmod-ed explicitly; this covers the socket between bind and chmod).
+    os.umask(0o077)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -153,12 +165,12 @@ async def run(args: argparse.Namespace) -> int:
             gc.collect()
             gc.freeze()
             print(
-                f"agent-recorder listening on {server.address} (database {config.db_path})",
+                f"agent-recorder listening on {server.address} (database {server.db_path})",
                 flush=True,
             )
             await stop.wait()
             print("agent-recorder: stopping (draining writes)", flush=True)
-    except (DatabaseInUse, SecurityConfigError) as exc:
+    except (StartupError, SecurityConfigError) as exc:
         print(f"agent-recorder: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
