@@ -13,6 +13,7 @@ import pytest
 from agent_recorder.v1 import events_pb2, types_pb2
 from conftest import RunningRecorder
 from playwright.async_api import Page, async_playwright, expect
+from support.tool_loops import TOOL_CALL, TOOL_OUTPUT, record_tool_result_in_end_only
 
 from recorder_client import events as ev
 from recorder_client.client import RecorderClient
@@ -212,3 +213,17 @@ async def test_a_loops_raw_events_come_a_page_at_a_time(
     await expect(page.locator("#details button", has_text="load more")).to_be_hidden()
     await rows.last.click()
     await expect(page.locator("#details table.events tr:not(.ev)").last).to_contain_text("agentEnd")
+
+
+async def test_a_tool_shows_the_result_recorded_in_its_execution_end(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    await record_tool_result_in_end_only(recorder.target, "tools")
+    await page.goto(session_url(ui.url, "tools"), wait_until="load")
+    await page.wait_for_selector(SESSION_READY)
+    await page.locator(f"#timeline .row.tool .bar[data-tool='{TOOL_CALL}']").click()
+    await expect(page.locator("#details h2")).to_have_text("Tool call ls")
+    result = page.locator("#tool-result")
+    await expect(result.locator(".block-text")).to_have_text(TOOL_OUTPUT)
+    await expect(result).to_contain_text("error")
+    await expect(result).not_to_contain_text("no result recorded")
