@@ -13,32 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
-from agent_recorder.v1 import recorder_service_pb2 as api
-from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
-from support.serving import run_serve, serving
+from support.serving import append_one, refusal, run_serve, serving
 
-from recorder_client import events as ev
 from recorder_server.server import RecorderServer, ServerConfig
-
-
-def refusal(result: subprocess.CompletedProcess[str]) -> str:
-    """The one line a refused serve prints; it exits 2."""
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert result.stdout == ""
-    return lines[0]
-
-
-async def append_one(target: str, session: str) -> list[int]:
-    start = ev.agent_start(agent_id="a", session_id=session, loop_id=f"{session}.c.0")
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = api_grpc.RecorderServiceStub(channel)
-        reply = await stub.Append(api.AppendRequest(events=[api.EventEnvelope(event=start)]))
-    return list(reply.sequences)
-
 
 # -- TCP ----------------------------------------------------------------------------
 

@@ -10,6 +10,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import grpc
+from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
+
+from recorder_client import events as ev
+
 
 def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "recorder_server.cli", "serve", *args]
@@ -75,3 +81,20 @@ def serving(
     finally:
         if process.returncode is None:
             served.stop()
+
+
+def refusal(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused serve prints; it exits 2."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert result.stdout == ""
+    return lines[0]
+
+
+async def append_one(target: str, session: str) -> list[int]:
+    start = ev.agent_start(agent_id="a", session_id=session, loop_id=f"{session}.c.0")
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = api_grpc.RecorderServiceStub(channel)
+        reply = await stub.Append(api.AppendRequest(events=[api.EventEnvelope(event=start)]))
+    return list(reply.sequences)
