@@ -24,7 +24,7 @@ def serve_command(*args: str) -> list[str]:
 def run_serve(
     *args: str,
     env: Mapping[str, str] | None = None,
-    preexec_fn: Callable[[], None] | None = None,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """A serve expected to refuse: it exits by itself (bounded: 60 s)."""
     return subprocess.run(
@@ -58,7 +58,7 @@ class Served:
 def serving(
     *args: str,
     env: Mapping[str, str] | None = None,
-    preexec_fn: Callable[[], None] | None = None,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> Iterator[Served]:
     """A running serve, its address read from its "listening on" line; stopped at exit."""
     process = subprocess.Popen(
