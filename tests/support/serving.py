@@ -50,6 +50,10 @@ class Served:
         """Signal it, wait (bounded: 60 s) and keep what it printed."""
         if self.process.returncode is None:
             self.process.send_signal(sig)
+        return self.wait()
+
+    def wait(self) -> int:
+        """Wait for it to exit (bounded: 60 s) and keep what it printed."""
         self.out, self.err = self.process.communicate(timeout=60)
         return self.process.returncode
 
