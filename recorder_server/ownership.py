@@ -180,6 +180,8 @@ def _peer_pid(path: Path) -> int | None:
             return None
         except TimeoutError:
             return 0
+        except PermissionError:
+            raise AddressInUse(f"socket {path} belongs to another user") from None
         creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid: int = struct.unpack("3i", creds)[0]
     return pid
