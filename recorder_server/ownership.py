@@ -271,6 +271,17 @@ def _remove_if_stale(path: Path) -> None:
     os.unlink(path)
 
 
+def check_abstract_free(name: str, address: str) -> None:
+    """Refuse an abstract socket name someone holds (the kernel never shares one)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind("\0" + name)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUse(f"address {address} is in use") from None
+            raise StartupError(f"cannot listen on {address}: {exc.strerror}") from None
+
+
 # -- TCP --------------------------------------------------------------------------------
 
 

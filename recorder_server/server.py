@@ -32,6 +32,7 @@ from recorder_server.ownership import (
     DatabaseInUse,
     SocketClaim,
     StartupError,
+    check_abstract_free,
     check_port_free,
     claim_database,
     claim_socket,
@@ -160,13 +161,15 @@ class RecorderServer:
         await self._serve(servicer, listen, socket_claim, credentials)
 
     def _claim_address(self, listen: str) -> SocketClaim | None:
-        """Hold a socket path (released last) or check a TCP port is free; abstract names bind."""
+        """Hold a socket path (released last), or check that a port or abstract name is free."""
         if listen.startswith("unix:"):
             path = Path(listen.removeprefix("unix://").removeprefix("unix:"))
             socket_claim = claim_socket(path)
             self._stack.callback(socket_claim.release)
             return socket_claim
-        if not listen.startswith("unix-abstract:"):
+        if listen.startswith("unix-abstract:"):
+            check_abstract_free(listen.removeprefix("unix-abstract:"), listen)
+        else:
             check_port_free(*split_port(listen), listen)
         return None
 

@@ -43,6 +43,16 @@ def test_the_port_is_not_shared_with_so_reuseport(short_tmp: Path) -> None:
             assert refused.value.errno == errno.EADDRINUSE
 
 
+async def test_a_second_server_on_a_taken_abstract_socket_is_refused(short_tmp: Path) -> None:
+    address = f"unix-abstract:agent-recorder-test-{short_tmp.name}"
+    with serving("--db", str(short_tmp / "a.db"), "--listen", address) as first:
+        assert first.address == address
+        result = run_serve("--db", str(short_tmp / "b.db"), "--listen", address)
+        assert refusal(result) == f"agent-recorder: address {address} is in use"
+        assert not (short_tmp / "b.db").exists()
+        assert await append_one(address, "s") == [0]
+
+
 # -- Unix sockets ---------------------------------------------------------------------
 
 
