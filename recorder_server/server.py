@@ -1,8 +1,10 @@
-"""The sidecar's lifecycle: lock, store, writer, readers, gRPC server.
+"""The sidecar's lifecycle: address, lock, store, writer, readers, gRPC server.
 
-Built from async context managers on one AsyncExitStack so teardown runs in the
-reverse order: the gRPC server stops accepting first, then the writer drains
-its queue and commits, then the store closes and the file lock is released.
+Settings are checked and the address claimed before any database is touched
+(ownership.py, startup.py). Built from async context managers on one
+AsyncExitStack so teardown runs in the reverse order: the open streams end and
+the gRPC server stops accepting first, then the writer drains its queue and
+commits, then the store closes, the file lock is released and the socket removed.
 """
 
 from __future__ import annotations
@@ -131,13 +133,7 @@ class RecorderServer:
         socket_claim = self._claim_address(listen)
         if (warning := open_listener_warning(listen, tls, config.token)) is not None:
             log.warning("%s", warning)
-        make_private_dirs(db_path.parent)
-        claim = claim_database(db_path)
-        self._stack.callback(claim.release)
-        self.db_path = db_path
-        if loose := loose_files(db_path):
-            names = " ".join(str(path) for path in loose)
-            log.warning("%s can be read by other users: chmod 600 %s", names, names)
+        self._claim_database(db_path)
         store = await WriteStore.open(db_path, config.synchronous)
         self._stack.push_async_callback(store.close)
         checkpointer = Checkpointer(db_path)
@@ -160,6 +156,16 @@ class RecorderServer:
         servicer = RecorderServicer(writer, Reads(pool), config.limits)
         await self._serve(servicer, listen, socket_claim, credentials)
 
+    def _claim_database(self, db_path: Path) -> None:
+        """Its directory made (0700), the file locked (released last but the address)."""
+        make_private_dirs(db_path.parent)
+        claim = claim_database(db_path)
+        self._stack.callback(claim.release)
+        self.db_path = db_path
+        if loose := loose_files(db_path):
+            names = " ".join(str(path) for path in loose)
+            log.warning("%s can be read by other users: chmod 600 %s", names, names)
+
     def _claim_address(self, listen: str) -> SocketClaim | None:
         """Hold a socket path (released last), or check that a port or abstract name is free."""
         if listen.startswith("unix:"):
@@ -173,6 +179,21 @@ class RecorderServer:
             check_port_free(*split_port(listen), listen)
         return None
 
+    def _grpc_server(self) -> grpc.aio.Server:
+        config = self.config
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [DecodeGuard()]
+        if config.token is not None:
+            interceptors.insert(0, TokenInterceptor(config.token, OPEN_SERVICES))
+        return grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", config.limits.max_request_bytes),
+                ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+                # One owner per port: never share it with another process.
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+
     async def _serve(
         self,
         servicer: RecorderServicer,
@@ -180,20 +201,7 @@ class RecorderServer:
         socket_claim: SocketClaim | None,
         credentials: grpc.ServerCredentials | None,
     ) -> None:
-        config = self.config
-        max_bytes = config.limits.max_request_bytes
-        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [DecodeGuard()]
-        if config.token is not None:
-            interceptors.insert(0, TokenInterceptor(config.token, OPEN_SERVICES))
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", max_bytes),
-                ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
-                # One owner per port: never share it with another process.
-                ("grpc.so_reuseport", 0),
-            ],
-        )
+        server = self._grpc_server()
         add_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
