@@ -9,6 +9,7 @@ commits, then the store closes, the file lock is released and the socket removed
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ class ServerConfig:
     token: str | None = None
     # Make a missing database directory anywhere; without it only under the data dir.
     create_db_dir: bool = False
+    # Open loops of a writer gone this long are aborted (0: never).
+    abandon_after_s: int = 300
 
 
 class RecorderServer:
@@ -104,6 +107,9 @@ class RecorderServer:
         self.address = ""
         self.db_path = config.db_path
         self.writer: Writer | None = None
+        # Set when the commit pipeline died: health is NOT_SERVING and the
+        # process should exit non-zero so that a supervisor restarts it.
+        self.failed = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> RecorderServer:
@@ -139,7 +145,7 @@ class RecorderServer:
         checkpointer = Checkpointer(db_path)
         await checkpointer.start()
         self._stack.push_async_callback(checkpointer.stop)
-        writer = Writer(store, config.options)
+        writer = Writer(store, config.options, abandon_after_s=config.abandon_after_s)
         writer.checkpointer = checkpointer
         await writer.start()
         self._stack.push_async_callback(writer.stop)
@@ -231,4 +237,14 @@ class RecorderServer:
             self.address = f"{listen.rsplit(':', 1)[0]}:{port}"
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        assert self.writer is not None
+        watch = asyncio.create_task(self._watch(self.writer.pipeline.died, health_servicer))
+        self._stack.callback(watch.cancel)
         log.debug("listening on %s (database %s)", self.address, self.db_path)
+
+    async def _watch(self, died: asyncio.Event, health_servicer: Any) -> None:
+        """A dead commit pipeline makes the sidecar NOT_SERVING and `failed`."""
+        await died.wait()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.failed.set()
