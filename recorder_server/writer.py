@@ -169,8 +169,7 @@ class Writer:
             vanished.timer.cancel()
         self._vanished.clear()
         await self.pipeline.stop()
-        self.lifecycle.close()
-        self.commits.fire()
+        self.release_readers()
 
     # -- writers that come and go ------------------------------------------------
 
@@ -226,6 +225,24 @@ class Writer:
             log.error("could not abandon the loops of session %r: %s", session_id, exc.message)
         else:
             log.warning("session %r: open loops aborted (%s)", session_id, rejection)
+
+    # -- what readers wait on -------------------------------------------------------
+
+    def next_commit(self) -> asyncio.Event:
+        """The event the next commit sets; take it before reading to miss nothing."""
+        return self.commits.next()
+
+    def watch(self) -> Subscription:
+        """Session admissions and finalizations from now on (WatchSessions)."""
+        return self.lifecycle.subscribe()
+
+    def unwatch(self, subscription: Subscription) -> None:
+        self.lifecycle.unsubscribe(subscription)
+
+    def release_readers(self) -> None:
+        """End every WatchSessions subscription and wake every waiting tail (stopping)."""
+        self.lifecycle.close()
+        self.commits.fire()
 
     # -- what the pipeline calls back --------------------------------------------
 

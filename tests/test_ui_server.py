@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningRecorder
+from support.recorder import RunningRecorder
 from support.tool_loops import TOOL_CALL, TOOL_OUTPUT, record_tool_result_in_end_only
 
 from recorder_client.client import RecorderClient
