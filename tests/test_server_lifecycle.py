@@ -136,7 +136,7 @@ async def test_sigint_during_a_busy_record_stream_stops_quietly(short_tmp: Path)
     """No 'Task exception was never retrieved' traceback, and what was acknowledged is kept."""
     db = short_tmp / "r.db"
     with serving("--db", str(db), "--listen", f"unix://{short_tmp / 'r.sock'}") as served:
-        acknowledged = 0
+        acknowledged, signalled = 0, False
         async with grpc.aio.insecure_channel(served.address) as channel:
             call = api_grpc.RecorderServiceStub(channel).Record(_busy_requests())
             # The stream ends with an error (UNAVAILABLE from the server, unless this
@@ -145,8 +145,9 @@ async def test_sigint_during_a_busy_record_stream_stops_quietly(short_tmp: Path)
                 async for response in call:
                     assert not response.HasField("rejection") and not response.refusals, response
                     acknowledged += len(response.sequences)
-                    if acknowledged >= 400 and served.process.returncode is None:
-                        served.process.send_signal(signal.SIGINT)
+                    if acknowledged >= 400 and not signalled:
+                        served.process.send_signal(signal.SIGINT)  # once: Ctrl-C
+                        signalled = True
         assert await asyncio.to_thread(served.wait) == 0
     assert "Traceback" not in served.err and "never retrieved" not in served.err, served.err
     assert served.err == ""
