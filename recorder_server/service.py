@@ -190,7 +190,8 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     async def GetLoop(self, request: api.GetLoopRequest, context: Context) -> api.GetLoopResponse:
         validate_request(request, self.limits)
         loop = await self.reads.get_loop(request.loop_id, request.skip_events)
-        return api.GetLoopResponse(loop=loop)
+        next_sequence = await self.reads.next_sequence(request.loop_id)
+        return api.GetLoopResponse(loop=loop, next_sequence=next_sequence)
 
     @unary
     async def ListSessions(
