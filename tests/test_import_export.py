@@ -276,17 +276,26 @@ async def test_ingest_names_the_loop_and_line_of_an_orphan_event(
     assert err.startswith("agent-recorder ingest: refused at loop s1.c.9, line 2: LOOP_NOT_OPEN:")
 
 
-async def test_ingest_names_the_line_of_an_event_the_server_finds_malformed(
+async def test_ingest_names_the_line_of_an_event_the_limits_refuse_and_goes_on(
     recorder: RunningRecorder, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """Validation names the field by its index in the batch; ingest maps it to the line."""
-    events = [agent_start("s1", "s1.c.0"), turn_start("s1.c.0", 0), turn_start("", 1)]
+    """Checked at emit against the sidecar's limits: the line is reported, the rest stored."""
+    events = [
+        agent_start("s1", "s1.c.0"),
+        turn_start("s1.c.0", 0),
+        turn_start("", 1),
+        turn_start("s1.c.0", 2),
+    ]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(event_to_json(e)) for e in events), encoding="utf-8")
     code, out, err = await cli(capsys, "ingest", "--target", recorder.target, str(path))
     assert (code, out) == (1, "")
-    assert err.startswith("agent-recorder ingest: refused at loop (none), line 3: INVALID_FIELD: ")
-    assert "events[2].event.turn_start.loop_id: must not be empty" in err
+    assert err == (
+        "agent-recorder ingest: line 3: not sent: event.turn_start.loop_id: must not be empty\n"
+    )
+    async with RecorderClient.connect(recorder.target) as client:
+        loop = await client.get_loop("s1.c.0")
+    assert [e.event for e in loop.events] == [events[0], events[1], events[3]]
 
 
 async def test_ingest_names_the_line_of_bad_json(
