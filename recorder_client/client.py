@@ -41,7 +41,7 @@ from tenacity.stop import stop_base
 
 from recorder_client import defaults
 from recorder_client.delivery import DeliveryConfig, EventSender
-from recorder_client.errors import DeliveryError, RecorderRpcError
+from recorder_client.errors import DeliveryError, EventsRefused, RecorderRpcError, RefusedEvent
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
@@ -261,9 +261,24 @@ class RecorderClient:
         writer_id: str = "",
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> list[int]:
-        """Store one batch, all or nothing; returns the sequence of each event."""
+        """Store one batch; returns the sequence of each event.
+
+        Raises EventsRefused naming the events the server refused one by one (the
+        others were stored; `error.sequences` has every event's sequence).
+        """
         request = service_pb2.AppendRequest(writer_id=writer_id, events=events)
         response: service_pb2.AppendResponse = await self._unary("Append", request, timeout)
+        if response.refusals:
+            error = EventsRefused(
+                refused=len(response.refusals),
+                refusals=[
+                    RefusedEvent.from_refusal(refusal, request.events[refusal.index])
+                    for refusal in response.refusals
+                ],
+                target=self.target,
+            )
+            error.sequences = list(response.sequences)
+            raise error
         return list(response.sequences)
 
     # -- reads ----------------------------------------------------------------------

@@ -212,8 +212,11 @@ class EventsRefused(DeliveryError):
     """The only problem since the previous flush: events the server refused one by one.
 
     Everything else emitted was stored; each refused event is kept by the server
-    with its reason (`agent-recorder refused` lists them).
+    with its reason (`agent-recorder refused` lists them). Raised by Append too,
+    with the sequence of every event of the batch in `sequences`.
     """
+
+    sequences: list[int] | None = None
 
 
 # How many refused events an error message spells out (all are counted).

@@ -51,6 +51,7 @@ from recorder_client import (
     loop,
     sync_loop,
 )
+from recorder_client.client import RPCS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -749,3 +750,9 @@ def test_every_rpc_of_the_service_has_a_client_method() -> None:
     ]
     assert missing == []
     assert callable(EventSender.flush)
+    # How each is called (retried or not, deadline or open-ended) is declared once.
+    assert set(RPCS) == set(names) - {"Record"}
+    assert {name for name, rpc in RPCS.items() if rpc.open_ended} == {
+        "StreamEvents",
+        "WatchSessions",
+    }
