@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
-from typing import Final
+from typing import Any, Final
 
 from agent_recorder.v1 import events_pb2
 from google.protobuf import struct_pb2
@@ -55,48 +55,76 @@ class EventLimits:
         return self.max_request_bytes - _FRAMING_BYTES
 
 
-def check_event(event: events_pb2.AgentEvent, data: bytes, kind: str, limits: EventLimits) -> None:
-    """Raise ValueError naming the field if the server would refuse the event's shape."""
-    body = getattr(event, kind)
-    if len(data) > limits.largest_event():
+def check_event(
+    event: events_pb2.AgentEvent,
+    data: bytes,
+    kind: str,
+    loop_id: str | None,
+    limits: EventLimits,
+) -> None:
+    """Raise ValueError naming the field if the server would refuse the event's shape.
+
+    `data`, `kind` and `loop_id` are what `encode_event` made of it (loop_id None for
+    the session-level Parallel* events). On emit's path: the common event costs a
+    few C-level string and byte scans.
+    """
+    if len(data) > limits.max_request_bytes - _FRAMING_BYTES:
+        where = f" (loop {loop_id})" if loop_id else ""
         raise ValueError(
             f"event.{kind}: {len(data)} bytes, larger than the sidecar's request limit"
-            f" of {limits.max_request_bytes} bytes{_loop_of(body)}"
+            f" of {limits.max_request_bytes} bytes{where}"
         )
-    for path, value in _ids(kind, body):
-        _check_id(value, f"event.{kind}.{path}", limits.max_id_length)
-    if not _json_cleared(data, limits.max_value_depth):
-        _walk(body, f"event.{kind}", limits.max_value_depth)
+    max_length = limits.max_id_length
+    if loop_id is not None and not (
+        0 < len(loop_id) <= max_length and loop_id.isascii() and loop_id.isprintable()
+    ):
+        _check_id(loop_id, f"event.{kind}.loop_id", max_length)
+    more = _MORE_IDS.get(kind)
+    if more is not None:
+        for path, value in more(getattr(event, kind)):
+            _check_id(value, f"event.{kind}.{path}", max_length)
+    if kind in _HOLDS_JSON and not _json_cleared(data, limits.max_value_depth):
+        _walk(getattr(event, kind), f"event.{kind}", limits.max_value_depth)
 
 
-def _loop_of(body: Message) -> str:
-    loop_id = getattr(body, "loop_id", "")
-    return f" (loop {loop_id})" if isinstance(loop_id, str) and loop_id else ""
+def _agent_start_ids(e: Any) -> Iterator[tuple[str, str]]:
+    yield "agent_id", e.agent_id
+    yield "session_id", e.session_id
+    if e.HasField("parent_loop_id"):
+        yield "parent_loop_id", e.parent_loop_id
 
 
-def _ids(kind: str, body: Message) -> Iterator[tuple[str, str]]:
-    """The ids of an event (path below its kind, value), as the server checks them."""
-    if kind == "parallel_loop_start":
-        yield "session_id", body.session_id  # type: ignore[attr-defined]
-        for j, loop_id in enumerate(body.loop_ids):  # type: ignore[attr-defined]
-            yield f"loop_ids[{j}]", loop_id
-        return
-    if kind == "parallel_loop_end":
-        yield "session_id", body.session_id  # type: ignore[attr-defined]
-        yield "selected_loop_id", body.selected_loop_id  # type: ignore[attr-defined]
-        return
-    if kind == "agent_start":
-        yield "agent_id", body.agent_id  # type: ignore[attr-defined]
-        yield "session_id", body.session_id  # type: ignore[attr-defined]
-    yield "loop_id", body.loop_id  # type: ignore[attr-defined]
-    for name in ("parent_loop_id", "child_loop_id"):
-        if name in body.DESCRIPTOR.fields_by_name and body.HasField(name):
-            yield name, getattr(body, name)
-    for name in ("result", "partial_result"):
-        if name in body.DESCRIPTOR.fields_by_name:
-            result = getattr(body, name)
-            if result.HasField("child_loop_id"):
-                yield f"{name}.child_loop_id", result.child_loop_id
+def _parallel_start_ids(e: Any) -> Iterator[tuple[str, str]]:
+    yield "session_id", e.session_id
+    for j, loop_id in enumerate(e.loop_ids):
+        yield f"loop_ids[{j}]", loop_id
+
+
+def _parallel_end_ids(e: Any) -> Iterator[tuple[str, str]]:
+    yield "session_id", e.session_id
+    yield "selected_loop_id", e.selected_loop_id
+
+
+def _tool_end_ids(e: Any) -> Iterator[tuple[str, str]]:
+    if e.HasField("child_loop_id"):
+        yield "child_loop_id", e.child_loop_id
+    if e.result.HasField("child_loop_id"):
+        yield "result.child_loop_id", e.result.child_loop_id
+
+
+def _tool_update_ids(e: Any) -> Iterator[tuple[str, str]]:
+    if e.partial_result.HasField("child_loop_id"):
+        yield "partial_result.child_loop_id", e.partial_result.child_loop_id
+
+
+# The ids an event holds besides its loop_id (path below its kind, value), by kind.
+_MORE_IDS: Final[dict[str, Callable[[Any], Iterator[tuple[str, str]]]]] = {
+    "agent_start": _agent_start_ids,
+    "parallel_loop_start": _parallel_start_ids,
+    "parallel_loop_end": _parallel_end_ids,
+    "tool_execution_end": _tool_end_ids,
+    "tool_execution_update": _tool_update_ids,
+}
 
 
 def _check_id(value: str, path: str, max_length: int) -> None:
@@ -192,3 +220,11 @@ def _check_json(root: Message, path: str, limit: int) -> None:
                 else value.list_value.values
             )
             pending.append((list(children), depth + 1))
+
+
+# The event kinds that can hold free-form JSON at all (TurnStart, for one, cannot).
+_HOLDS_JSON: Final = frozenset(
+    field.name
+    for field in events_pb2.AgentEvent.DESCRIPTOR.oneofs_by_name["event"].fields
+    if _reaches_json(field.message_type, frozenset())
+)

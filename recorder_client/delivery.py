@@ -386,7 +386,7 @@ class EventSender:
         if self._refusal is not None:
             raise RuntimeError(self._refusal)
         encoded = encode_event(event)
-        check_event(event, encoded[0], encoded[2], self.limits)
+        check_event(event, encoded[0], encoded[2], encoded[1], self.limits)
         return encoded
 
     async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109
@@ -607,7 +607,10 @@ class EventSender:
         self._resolved(count, nbytes)
 
     def _sequence_for(self, loop_id: str, kind: str) -> int | None:
-        """The next sequence of the loop, or None when the server must be asked first."""
+        """The next sequence of the loop, or None when the server must be asked first.
+
+        `_take_batch` inlines the common case (an open loop's event other than AgentEnd).
+        """
         sequence = self._next_sequence.get(loop_id)
         if sequence is None:
             sequence = self._ended.pop(loop_id, None)
@@ -636,6 +639,7 @@ class EventSender:
         """
         config = self._config
         queue = self._queue
+        next_sequence = self._next_sequence
         skip_updates = not self._stores_streaming
         largest = self.limits.largest_event()
         max_bytes = min(config.max_batch_bytes, largest)
@@ -651,8 +655,10 @@ class EventSender:
             skip = skip_updates and kind == "message_update"
             sequence = None
             if loop_id is not None and not (too_large or skip):
-                sequence = self._sequence_for(loop_id, kind)
-                if sequence is None:
+                sequence = next_sequence.get(loop_id)
+                if sequence is not None and kind != "agent_end":
+                    next_sequence[loop_id] = sequence + 1
+                elif (sequence := self._sequence_for(loop_id, kind)) is None:
                     self._unplaced = loop_id
                     break
             queue.popleft()

@@ -34,8 +34,8 @@ LIMITS = EventLimits()
 
 
 def check(event: events_pb2.AgentEvent, limits: EventLimits = LIMITS) -> None:
-    data, _, kind = encode_event(event)
-    check_event(event, data, kind, limits)
+    data, loop_id, kind = encode_event(event)
+    check_event(event, data, kind, loop_id, limits)
 
 
 def refusal(event: events_pb2.AgentEvent, limits: EventLimits = LIMITS) -> str:
