@@ -226,5 +226,5 @@ def _check_json(root: Message, path: str, limit: int) -> None:
 _HOLDS_JSON: Final = frozenset(
     field.name
     for field in events_pb2.AgentEvent.DESCRIPTOR.oneofs_by_name["event"].fields
-    if _reaches_json(field.message_type, frozenset())
+    if field.message_type is not None and _reaches_json(field.message_type, frozenset())
 )
