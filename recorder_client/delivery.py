@@ -479,17 +479,22 @@ class EventSender:
             self._waiters.remove((target, waiter))
 
     async def _drain(self, timeout: float) -> None:  # noqa: ASYNC109
-        """Wait for everything emitted, but not past timeout nor exit_grace without a stream."""
+        """Wait for everything emitted, but not past timeout nor exit_grace without a stream.
+
+        What is still pending then is given up (failed), with the cause.
+        """
         target = self._emitted
         if self._watermark() >= target:
             return
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        started = loop.time()
+        deadline = started + timeout
         waiter = self._waiter(target)
         try:
             while not waiter.done() and loop.time() < deadline:
+                # Without a stream since before the close, the grace counts from the close.
                 down = self._down_since
-                if down is not None and loop.time() - down >= self._config.exit_grace:
+                if down is not None and loop.time() - max(down, started) >= self._config.exit_grace:
                     break
                 await asyncio.wait([waiter], timeout=min(0.05, max(deadline - loop.time(), 0)))
         finally:

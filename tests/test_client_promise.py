@@ -190,3 +190,16 @@ async def test_leaving_the_sync_facade_while_unreachable_warns_once(
     assert warnings[0].endswith(
         f"1 event(s) given up undelivered: sidecar at {target} unreachable: no socket at that path"
     )
+
+
+async def test_a_sender_idle_for_long_still_delivers_what_it_emits_just_before_closing(
+    recorder: RunningRecorder,
+) -> None:
+    """The grace without a connection counts from the close, not from the sender's birth."""
+    async with RecorderClient.connect(recorder.target) as client:
+        sender = client.sender(config=IMPATIENT)
+        await asyncio.sleep(1.0)  # idle, never connected, longer than exit_grace
+        sender.emit(agent_start("g1", "g1.c.0"))
+        await sender.close()
+        assert sender.stats().acknowledged == 1
+        assert sequences(await client.get_loop("g1.c.0")) == [(0, "agent_start")]
