@@ -743,23 +743,33 @@ class EventSender:
             await retrying(self._stream_once)
 
     async def _stream_once(self) -> None:
-        """Run one Record stream until it breaks; raise unless it made progress."""
+        """Run one Record stream until it breaks; raise unless it made progress.
+
+        The reader and the writer run side by side; whichever fails first ends the
+        stream (a writer that only found the call over waits for the reader's status).
+        """
         call = self._open_stream()
         self._acked_on_stream = False
         self._ready.clear()
-        writer = asyncio.get_running_loop().create_task(self._write(call))
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read_acks(call))
+        writer = loop.create_task(self._write(call))
         try:
-            failure = await self._read_acks(call)
+            await asyncio.wait([reader, writer], return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done() and writer.exception() is None:
+                await asyncio.wait([reader])
         finally:
             call.cancel()
+            reader.cancel()
             writer.cancel()
-            await asyncio.wait([writer])
+            await asyncio.wait([reader, writer])
             if self._down_since is None:
-                self._down_since = asyncio.get_running_loop().time()
+                self._down_since = loop.time()
         if not writer.cancelled() and (error := writer.exception()) is not None:
             if isinstance(error, RecorderRpcError):
                 self._connection_error = error
             raise error
+        failure = reader.result()
         self._connection_error = failure
         if not self._acked_on_stream:
             raise failure
@@ -822,9 +832,6 @@ class EventSender:
                     await self._place(self._unplaced)
         except (aio.AioRpcError, asyncio.InvalidStateError):
             return  # the call is over; the reader reports its status
-        except BaseException:
-            call.cancel()  # unblock the reader, whatever went wrong here
-            raise
 
     async def _place(self, loop_id: str) -> None:
         """Number the loop on from where the server says it stands."""
