@@ -570,10 +570,12 @@ class EventSender:
             refused = len(response.refusals)
             if refused:
                 envelopes = batch_envelopes(batch.request)
-                for refusal in response.refusals[: max(REFUSALS_KEPT - len(self._refusals), 0)]:
-                    self._refusals.append(
-                        RefusedEvent.from_refusal(refusal, envelopes[refusal.index])
-                    )
+                room = max(REFUSALS_KEPT - len(self._refusals), 0)
+                self._refusals += [
+                    RefusedEvent.from_refusal(refusal, envelopes[refusal.index])
+                    for refusal in response.refusals[:room]
+                    if refusal.index < len(envelopes)
+                ]
                 self._refused += refused
                 self._unreported_refused += refused
             self._acknowledged += batch.count - refused
