@@ -7,6 +7,7 @@ its queue and commits, then the store closes and the file lock is released.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -81,6 +82,8 @@ class ServerConfig:
     insecure: bool = False
     # Bearer token every RecorderService call must carry; None leaves calls open.
     token: str | None = None
+    # Open loops of a writer gone this long are aborted (0: never).
+    abandon_after_s: int = 300
 
 
 def _lock_database(db_path: Path) -> IO[str]:
@@ -119,6 +122,9 @@ class RecorderServer:
         self.config = config
         self.address = ""
         self.writer: Writer | None = None
+        # Set when the commit pipeline died: health is NOT_SERVING and the
+        # process should exit non-zero so that a supervisor restarts it.
+        self.failed = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> RecorderServer:
@@ -150,7 +156,7 @@ class RecorderServer:
         checkpointer = Checkpointer(config.db_path)
         await checkpointer.start()
         self._stack.push_async_callback(checkpointer.stop)
-        writer = Writer(store, config.options)
+        writer = Writer(store, config.options, abandon_after_s=config.abandon_after_s)
         writer.checkpointer = checkpointer
         await writer.start()
         self._stack.push_async_callback(writer.stop)
@@ -200,6 +206,9 @@ class RecorderServer:
             socket_path.chmod(0o600)
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        assert self.writer is not None
+        watch = asyncio.create_task(self._watch(self.writer.pipeline.died, health_servicer))
+        self._stack.callback(watch.cancel)
 
         async def stop() -> None:
             await health_servicer.enter_graceful_shutdown()
@@ -207,3 +216,10 @@ class RecorderServer:
 
         self._stack.push_async_callback(stop)
         log.info("agent-recorder listening on %s (database %s)", self.address, self.config.db_path)
+
+    async def _watch(self, died: asyncio.Event, health_servicer: Any) -> None:
+        """A dead commit pipeline makes the sidecar NOT_SERVING and `failed`."""
+        await died.wait()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.failed.set()

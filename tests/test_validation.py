@@ -830,6 +830,8 @@ VALID_REQUESTS: list[Message] = [
     api.ImportSessionRequest(session=_FULL_SESSION, replace=True),
     api.GetUsageRequest(),
     api.GetUsageRequest(agent_id="a", since=ts(), until=ts()),
+    api.ListRefusalsRequest(),
+    api.ListRefusalsRequest(session_id="s", page_size=10),
 ]
 
 
@@ -921,6 +923,8 @@ INVALID_REQUESTS: list[tuple[Message, str, str]] = [
         "must be set",
     ),
     (api.GetUsageRequest(agent_id="\n"), "agent_id", "must not contain"),
+    (api.ListRefusalsRequest(session_id=""), "session_id", "must not be empty"),
+    (api.ListRefusalsRequest(page_size=1001), "page_size", "must be within 0..1000"),
     (
         api.GetUsageRequest(until=Timestamp(seconds=TIMESTAMP_MAX_SECONDS + 1)),
         "until.seconds",
@@ -1098,8 +1102,12 @@ def fill(message: Message, data: st.DataObject, depth: int) -> None:
         elif depth <= 0:
             continue
         elif field.message_type.GetOptions().map_entry:
+            scalar = field.message_type.fields_by_name["value"].message_type is None
             for key in data.draw(st.lists(st.text(max_size=2), max_size=2)):
-                fill(target[key], data, depth - 1)
+                if scalar:
+                    target[key] = data.draw(st.text(max_size=2))
+                else:
+                    fill(target[key], data, depth - 1)
         elif field.is_repeated:
             for _ in range(data.draw(st.integers(0, 2))):
                 fill(target.add(), data, depth - 1)

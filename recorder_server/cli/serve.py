@@ -55,6 +55,14 @@ def register(commands: Commands) -> None:
         help="send finished loops as OTLP/gRPC spans to this collector (host:port is "
         "plaintext, https://host:port uses TLS; OTEL_EXPORTER_OTLP_* variables apply)",
     )
+    serve.add_argument(
+        "--abandon-after",
+        metavar="SECONDS",
+        type=_non_negative_int,
+        default=300,
+        help="abort a writer's open loops this long after its stream ended without it "
+        "coming back (0: never; default %(default)s)",
+    )
     _add_security_flags(serve)
     _add_limit_flags(serve)
 
@@ -94,6 +102,13 @@ def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
         )
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -113,6 +128,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         ),
         synchronous=args.synchronous.upper(),
         otlp_endpoint=args.otlp_endpoint,
+        abandon_after_s=args.abandon_after,
         limits=Limits(
             max_request_bytes=args.max_request_bytes,
             max_events_per_batch=args.max_events_per_batch,
@@ -156,7 +172,19 @@ async def run(args: argparse.Namespace) -> int:
                 f"agent-recorder listening on {server.address} (database {config.db_path})",
                 flush=True,
             )
-            await stop.wait()
+            failed = asyncio.create_task(server.failed.wait())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([failed, stopped], return_when=asyncio.FIRST_COMPLETED)
+            failed.cancel()
+            stopped.cancel()
+            if server.failed.is_set():
+                print(
+                    "agent-recorder: the commit pipeline stopped; exiting so that a "
+                    "supervisor restarts the sidecar",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
             print("agent-recorder: stopping (draining writes)", flush=True)
     except (DatabaseInUse, SecurityConfigError) as exc:
         print(f"agent-recorder: {exc}", file=sys.stderr)
