@@ -126,6 +126,8 @@ class Pipeline:
         self._max_group = max_group
         self._task: asyncio.Task[None] | None = None
         self._flight: _Flight | None = None
+        # The jobs the task holds between the queue and the flight.
+        self._working: list[Job] = []
         self._stopping = False
 
     # -- the contract ----------------------------------------------------------
@@ -188,6 +190,9 @@ class Pipeline:
         flight, self._flight = self._flight, None
         if flight is not None:
             self._fail(flight.jobs, error)
+        for job in self._working:
+            if not job.future.done():
+                job.future.set_exception(error)
         self._fail_queued()
 
     def _fail_queued(self) -> None:
@@ -209,6 +214,7 @@ class Pipeline:
         while True:
             item = held if held is not None else await self._queue.get()
             held = None
+            self._working = [item] if isinstance(item, Job) else []
             if self._flight is not None and self._flight.write.done():
                 await self._land()
             if item is _STOP:
@@ -219,6 +225,7 @@ class Pipeline:
                 await self._commit_alone(item)
                 continue
             group, held = self._take_group(item)
+            self._working = [*group, *([held] if isinstance(held, Job) else [])]
             applied = await self._apply(group)
             if not await self._land():
                 self._fail(applied, StorageUnavailable("an earlier write of this group failed"))

@@ -464,6 +464,7 @@ class WriteStore:
         head = session_pb2.Session()
         head.CopyFrom(session)
         del head.loops[:]
+        del head.refusals[:]
         loops: dict[str, LoopState] = {}
         turns: list[tuple[str, int, session_pb2.Turn]] = []
         events: list[tuple[str, int, str, str, bytes]] = []
@@ -475,14 +476,16 @@ class WriteStore:
             loops[loop.loop_id] = LoopState(record, turns=len(loop.turns))
             turns += [(loop.loop_id, n, turn) for n, turn in enumerate(loop.turns)]
             for item in loop.events:
-                kind = item.event.WhichOneof("event") or ""
-                body = item.event.SerializeToString(deterministic=True)
-                events.append((loop.loop_id, item.sequence, session.session_id, kind, body))
+                stored = item.refused if item.HasField("refused") else item.event
+                kind = REFUSED if item.HasField("refused") else item.event.WhichOneof("event")
+                body = stored.SerializeToString(deterministic=True)
+                events.append((loop.loop_id, item.sequence, session.session_id, kind or "", body))
         changes = ChangeSet(
             sessions={session.session_id: SessionState(head)},
             loops=loops,
             events=events,
             turns=turns,
+            refusal_log=[(session.session_id, r.loop_id, r) for r in session.refusals],
         )
         await self._run(_execute_all, self._conn, self._statements(changes))
         return len(events)

@@ -780,6 +780,10 @@ def _check_imported_loop(loop: session_pb2.LoopRecord, session_id: str, limits: 
         try:
             if item.sequence != j:
                 raise _Fault("sequence", f"is {item.sequence}, expected {j} (gapless from 0)")
+            if item.HasField("refused"):
+                if item.HasField("event"):
+                    raise _Fault("refused", "a slot holds an event or a refusal, not both")
+                continue
             kind = item.event.WhichOneof("event")
             if kind is None:
                 raise _Fault("event", "no event kind set")

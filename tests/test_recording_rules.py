@@ -132,8 +132,8 @@ class Rules:
             state.next_seq = slot  # the slot aside, nothing changed
         after = {k: _dump_loop(v) for k, v in self.snapshot.loops.items() if k in before}
         assert after == before
-        after = {k: _dump_session(v) for k, v in self.snapshot.sessions.items() if k in sessions}
-        assert after == sessions
+        heads = {k: _dump_session(v) for k, v in self.snapshot.sessions.items() if k in sessions}
+        assert heads == sessions
         if refusal.slot is not None:
             state = self.snapshot.loops[loop_id]
             assert state is not None

@@ -1181,8 +1181,8 @@ async def test_missing_id_is_invalid_argument_naming_the_field(recorder: Running
     assert [r.message for r in session.refusals] == [bad.message]
 
     stream = RecordStream(stub, "w")
-    bad = await stream.send([progress("", "c", "t", "x")])
-    (refusal,) = bad.refusals
+    ack = await stream.send([progress("", "c", "t", "x")])
+    (refusal,) = ack.refusals
     assert refusal.code == code_pb2.INVALID_ARGUMENT
     assert refusal.reason == "INVALID_FIELD"
     assert refusal.metadata["field"] == "batch.events[0].event.progress_message.loop_id"
