@@ -358,11 +358,10 @@ class RecorderClient:
         request = service_pb2.ListRefusalsRequest(
             session_id=session_id, page_size=page_size, page_token=page_token
         )
-        return await self._call(
-            lambda t, md: self._stub.ListRefusals(request, timeout=t, metadata=md),
-            idempotent=True,
-            timeout=self._deadline(timeout),
+        response: service_pb2.ListRefusalsResponse = await self._unary(
+            "ListRefusals", request, timeout
         )
+        return response
 
     async def iter_refusals(
         self,
@@ -409,23 +408,6 @@ class RecorderClient:
                 return 0
             raise
         return response.next_sequence
-
-    async def list_refusals(
-        self,
-        session_id: str | None = None,
-        *,
-        page_size: int = 0,
-        page_token: str = "",
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> service_pb2.ListRefusalsResponse:
-        """One page of refused events (of one session, or all), oldest first."""
-        request = service_pb2.ListRefusalsRequest(
-            session_id=session_id, page_size=page_size, page_token=page_token
-        )
-        response: service_pb2.ListRefusalsResponse = await self._unary(
-            "ListRefusals", request, timeout
-        )
-        return response
 
     def stream_events(
         self,
