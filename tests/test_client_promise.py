@@ -11,14 +11,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from pathlib import Path
 
 import pytest
 from agent_recorder.v1 import session_pb2
+from agent_recorder.v1.recorder_service_pb2 import EventEnvelope
 from conftest import RunningRecorder
 from events import agent_end, agent_start, progress, tool_start, turn_start
 
-from recorder_client import DeliveryConfig, DeliveryError, RecorderClient, SyncRecorder
-from recorder_client.errors import SidecarUnreachable
+from recorder_client import (
+    DeliveryConfig,
+    DeliveryError,
+    EventsRefused,
+    RecorderClient,
+    SidecarUnreachable,
+    SyncRecorder,
+)
+from recorder_client.checks import EventLimits
+from recorder_server.server import RecorderServer, ServerConfig
+from recorder_server.validation import Limits
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -89,24 +100,6 @@ async def test_a_loop_is_continued_by_a_second_sender_where_the_server_says(
     assert [s for s, _ in sequences(loop)] == list(range(6))
     assert [e.event.turn_start.turn_index for e in loop.events[1:5]] == [0, 1, 2, 3]
     assert loop.status == session_pb2.LOOP_STATUS_COMPLETED
-
-
-async def test_an_event_after_agent_end_is_numbered_on_and_refused_as_not_open(
-    recorder: RunningRecorder,
-) -> None:
-    async with RecorderClient.connect(recorder.target) as client:
-        sender = client.sender(config=FAST)
-        sender.emit(agent_start("n1", "n1.c.0"))
-        sender.emit(agent_end("n1.c.0"))
-        await sender.flush(10)
-        sender.emit(progress("n1.c.0", "c", "t", "late"))
-        with pytest.raises(DeliveryError) as caught:
-            await sender.flush(10)
-        loop = await client.get_loop("n1.c.0")
-    assert "LOOP_NOT_OPEN" in str(caught.value)
-    assert "n1.c.0" in str(caught.value)
-    assert "re-sent" not in str(caught.value)
-    assert sequences(loop) == [(0, "agent_start"), (1, "agent_end")]
 
 
 async def test_wait_ready_names_an_unreachable_sidecar(recorder: RunningRecorder) -> None:
@@ -203,3 +196,96 @@ async def test_a_sender_idle_for_long_still_delivers_what_it_emits_just_before_c
         await sender.close()
         assert sender.stats().acknowledged == 1
         assert sequences(await client.get_loop("g1.c.0")) == [(0, "agent_start")]
+
+
+# -- against the server's per-event refusals ------------------------------------------------
+
+
+async def test_one_refused_event_costs_nothing_else_and_flush_names_it(
+    recorder: RunningRecorder,
+) -> None:
+    """A batch of two loops with one event the server refuses (an enum it does not know)."""
+    async with RecorderClient.connect(recorder.target) as client:
+        sender = client.sender(config=DeliveryConfig(linger=3600))
+        sender.emit(agent_start("b1", "b1.c.0"))
+        sender.emit(agent_start("b1", "b1.c.1"))
+        sender.emit(turn_start("b1.c.0", 0, trigger=99))  # passes emit: no limit decides it
+        sender.emit(turn_start("b1.c.1", 0))
+        sender.emit(turn_start("b1.c.0", 1))
+        sender.emit(agent_end("b1.c.0"))
+        sender.emit(agent_end("b1.c.1"))
+        with pytest.raises(EventsRefused) as caught:
+            await sender.flush(10)
+        stats = sender.stats()
+        first = await client.get_loop("b1.c.0")
+        second = await client.get_loop("b1.c.1")
+    [refused] = caught.value.refusals
+    assert (refused.loop_id, refused.sequence, refused.holds_slot) == ("b1.c.0", 1, True)
+    assert refused.reason == "INVALID_FIELD"
+    assert "turn_start.triggered_by" in refused.message
+    assert str(caught.value).startswith(
+        "1 event(s) refused by the sidecar: turn_start at loop b1.c.0 sequence 1: INVALID_FIELD:"
+    )
+    assert (stats.emitted, stats.acknowledged, stats.refused, stats.pending) == (7, 6, 1, 0)
+    assert [e.sequence for e in first.events] == [0, 1, 2, 3]
+    assert first.events[1].HasField("refused") and not first.events[1].HasField("event")
+    assert first.status == session_pb2.LOOP_STATUS_COMPLETED
+    assert sequences(second) == [(0, "agent_start"), (1, "turn_start"), (2, "agent_end")]
+
+
+async def test_a_late_event_of_an_ended_loop_is_refused_as_not_open_with_its_sequence(
+    recorder: RunningRecorder,
+) -> None:
+    async with RecorderClient.connect(recorder.target) as client:
+        sender = client.sender(config=FAST)
+        sender.emit(agent_start("n2", "n2.c.0"))
+        sender.emit(agent_end("n2.c.0"))
+        await sender.flush(10)
+        sender.emit(progress("n2.c.0", "c", "t", "late"))
+        sender.emit(agent_start("n2", "n2.c.1"))
+        with pytest.raises(EventsRefused) as caught:
+            await sender.flush(10)
+        assert sequences(await client.get_loop("n2.c.1")) == [(0, "agent_start")]
+    [refused] = caught.value.refusals
+    assert (refused.loop_id, refused.sequence, refused.reason) == ("n2.c.0", 2, "LOOP_NOT_OPEN")
+    assert refused.message == "loop 'n2.c.0' has ended (completed)"
+
+
+async def test_append_names_a_nan_refused_alone_and_stores_the_rest(
+    recorder: RunningRecorder,
+) -> None:
+    bad = tool_start("a1.c.0", "call-1", "calc", {"x": 0})
+    bad.tool_execution_start.args.struct_value.fields["x"].number_value = math.nan
+    envelopes = [
+        EventEnvelope(sequence=0, event=agent_start("a1", "a1.c.0")),
+        EventEnvelope(sequence=1, event=bad),
+        EventEnvelope(sequence=2, event=turn_start("a1.c.0", 0)),
+    ]
+    async with RecorderClient.connect(recorder.target) as client:
+        with pytest.raises(EventsRefused) as caught:
+            await client.append(envelopes)
+        loop = await client.get_loop("a1.c.0")
+    [refused] = caught.value.refusals
+    assert (refused.sequence, refused.holds_slot, refused.reason) == (1, True, "INVALID_FIELD")
+    assert "events[1].event.tool_execution_start.args" in refused.message
+    assert caught.value.sequences == [0, 1, 2]
+    assert [e.sequence for e in loop.events] == [0, 1, 2]
+    assert loop.events[2].event == envelopes[2].event
+
+
+async def test_the_server_announces_its_limits_and_emit_applies_them(short_tmp: Path) -> None:
+    config = ServerConfig(
+        db_path=short_tmp / "r.db",
+        listen=f"unix://{short_tmp}/r.sock",
+        limits=Limits(max_id_length=40, max_value_depth=4, max_request_bytes=64 * 1024),
+    )
+    async with RecorderServer(config), RecorderClient.connect(config.listen) as client:
+        sender = client.sender(config=FAST)
+        await sender.wait_ready(10)
+        assert sender.limits == EventLimits(40, 4, 64 * 1024)
+        with pytest.raises(ValueError, match="loop_id: must be at most 40 characters"):
+            sender.emit(agent_start("l1", "l1." + "c" * 40 + ".0"))
+        with pytest.raises(ValueError, match="args: must not nest deeper than 4 levels"):
+            sender.emit(tool_start("l1.c.0", "c", "t", {"a": {"b": {"c": {"d": {"e": 1}}}}}))
+        with pytest.raises(ValueError, match="request limit of 65536 bytes"):
+            sender.emit(tool_start("l1.c.0", "c", "t", {"blob": "x" * 70_000}))
