@@ -246,6 +246,8 @@ class ScriptedServer:
         default_factory=lambda: service_pb2.RecordReady(include_streaming_events=True)
     )
     refuse: Callable[[service_pb2.EventBatch], list[service_pb2.EventRefusal]] = lambda batch: []
+    # A whole-batch refusal to answer instead of storing (None: store).
+    reject: service_pb2.BatchRejection | None = None
     max_receive_bytes: int = 4 * 1024 * 1024
     server: grpc.aio.Server | None = None
 
@@ -286,6 +288,11 @@ class ScriptedServer:
         async for request in requests:
             if request.HasField("hello"):
                 yield service_pb2.RecordResponse(ready=self.ready)
+                continue
+            if self.reject is not None:
+                yield service_pb2.RecordResponse(
+                    batch_id=request.batch.batch_id, rejection=self.reject
+                )
                 continue
             self.batches.append(request.batch)
             yield service_pb2.RecordResponse(
@@ -568,3 +575,33 @@ async def test_a_loop_the_server_cannot_place_fails_its_events_not_the_sender(
         await sender.flush(10)
     sent = [e for batch in scripted.batches for e in batch.events]
     assert [(e.sequence, e.event.agent_start.loop_id) for e in sent] == [(0, "q2.c.0")]
+
+
+async def test_a_batch_refused_as_a_whole_is_reported_as_rejected_not_refused(
+    scripted: ScriptedServer,
+) -> None:
+    scripted.reject = service_pb2.BatchRejection(
+        code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        reason="STORAGE_FULL",
+        message="database or disk is full",
+    )
+    async with RecorderClient.connect(scripted.target) as client:
+        sender = client.sender(config=DeliveryConfig(linger=3600))
+        sender.emit(agent_start("h1", "h1.c.0"))
+        sender.emit(turn_start("h1.c.0", 0))
+        with pytest.raises(DeliveryError) as caught:
+            await sender.flush(10)
+        stats = sender.stats()
+        scripted.reject = None
+    assert not isinstance(caught.value, EventsRefused)
+    [rejection] = caught.value.rejections
+    assert (rejection.reason, rejection.events, rejection.loop_ids) == (
+        "STORAGE_FULL",
+        2,
+        ("h1.c.0",),
+    )
+    assert str(caught.value) == (
+        "2 event(s) rejected: RESOURCE_EXHAUSTED STORAGE_FULL (loop h1.c.0):"
+        " database or disk is full"
+    )
+    assert (stats.rejected, stats.refused, stats.acknowledged, stats.pending) == (2, 0, 0, 0)
