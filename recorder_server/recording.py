@@ -25,11 +25,11 @@ from recorder_server.errors import (
     SequenceConflict,
     SequenceGap,
 )
+from recorder_server.vocabulary import SESSION_LEVEL
 
 RUNNING = session_pb2.LOOP_STATUS_RUNNING
 PENDING = session_pb2.LOOP_STATUS_PENDING
 OPEN_STATUSES = frozenset({RUNNING, PENDING})
-SESSION_LEVEL = frozenset({"parallel_loop_start", "parallel_loop_end"})
 # The kind of a stored row whose slot holds a refused event (DESIGN.md §Refusals).
 REFUSED = "refused"
 # What the rules remember of a stored event for re-sends: its bytes, or the

@@ -227,6 +227,19 @@ class Writer:
         else:
             log.warning("session %r: open loops aborted (%s)", session_id, rejection)
 
+    # -- what readers wait on -------------------------------------------------------
+
+    def next_commit(self) -> asyncio.Event:
+        """The event the next commit sets; take it before reading to miss nothing."""
+        return self.commits.next()
+
+    def watch(self) -> Subscription:
+        """Session admissions and finalizations from now on (WatchSessions)."""
+        return self.lifecycle.subscribe()
+
+    def unwatch(self, subscription: Subscription) -> None:
+        self.lifecycle.unsubscribe(subscription)
+
     # -- what the pipeline calls back --------------------------------------------
 
     def _committed(self, jobs: Sequence[Applied], event_keys: Sequence[tuple[str, int]]) -> None:

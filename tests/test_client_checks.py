@@ -11,7 +11,7 @@ import math
 import pytest
 from agent_recorder.v1 import events_pb2
 from agent_recorder.v1.recorder_service_pb2 import EventEnvelope
-from events import (
+from support.events import (
     agent_end,
     agent_start,
     assistant,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 from agent_recorder.v1 import events_pb2, session_pb2
-from conftest import RunningRecorder
-from events import agent_end, agent_start, turn_start
+from support.events import agent_end, agent_start, turn_start
+from support.recorder import RunningRecorder
 
 from recorder_client import RecorderClient
 from recorder_client.phi_json import event_to_json
@@ -66,7 +66,7 @@ def jsonl(events: list[events_pb2.AgentEvent]) -> bytes:
 ASYNC_AGENT = textwrap.dedent(
     """
     import asyncio, logging, sys
-    from events import agent_start, turn_start
+    from support.events import agent_start, turn_start
     from recorder_client import RecorderClient
 
     async def main() -> None:
@@ -85,7 +85,7 @@ ASYNC_AGENT = textwrap.dedent(
 SYNC_AGENT = textwrap.dedent(
     """
     import logging, sys
-    from events import agent_start
+    from support.events import agent_start
     from recorder_client import SyncRecorder
 
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")

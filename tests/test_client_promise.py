@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from agent_recorder.v1 import session_pb2
 from agent_recorder.v1.recorder_service_pb2 import EventEnvelope
-from conftest import RunningRecorder
-from events import agent_end, agent_start, progress, tool_start, turn_start
+from support.events import agent_end, agent_start, progress, tool_start, turn_start
+from support.recorder import RunningRecorder
 
 from recorder_client import (
     DeliveryConfig,

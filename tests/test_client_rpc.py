@@ -21,8 +21,8 @@ import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 from agent_recorder.v1 import session_pb2
-from conftest import RunningRecorder
-from events import (
+from google.protobuf.message import Message
+from support.events import (
     EPOCH,
     agent_end,
     agent_start,
@@ -32,7 +32,7 @@ from events import (
     tool_start,
     turn_start,
 )
-from google.protobuf.message import Message
+from support.recorder import RunningRecorder
 
 from recorder_client import (
     DeliveryConfig,

@@ -18,10 +18,11 @@ import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 from agent_recorder.v1 import session_pb2
-from conftest import RunningRecorder
-from events import RecordStream, agent_start, aio, append, progress
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.events import RecordStream, agent_start, aio, append, progress
+from support.fault_harness import worker_env
+from support.recorder import RunningRecorder
 
 from recorder_server import recording
 from recorder_server.storage import WriteStore
@@ -155,12 +156,14 @@ async def test_jobs_queued_behind_a_dying_pipeline_fail_instead_of_hanging(
     assert codes == {grpc.StatusCode.UNAVAILABLE}
 
 
+@pytest.mark.slow
 async def test_serve_exits_non_zero_when_its_pipeline_dies(short_tmp: Path) -> None:
     """So that a supervisor restarts it: the batch fails, the process ends with 1."""
     socket = short_tmp / "r.sock"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(Path(__file__).with_name("dying_serve.py")),
+        "-m",
+        "support.dying_serve",
         "serve",
         "--db",
         str(short_tmp / "r.db"),
@@ -168,6 +171,7 @@ async def test_serve_exits_non_zero_when_its_pipeline_dies(short_tmp: Path) -> N
         f"unix://{socket}",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=worker_env(),
     )
     try:
         assert process.stdout is not None and process.stderr is not None

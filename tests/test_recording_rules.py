@@ -11,7 +11,8 @@ from collections.abc import Iterable
 
 import pytest
 from agent_recorder.v1 import session_pb2, types_pb2
-from events import (
+from google.protobuf import struct_pb2
+from support.events import (
     Envelope,
     Event,
     agent_end,
@@ -36,7 +37,6 @@ from events import (
     user,
     value,
 )
-from google.protobuf import struct_pb2
 
 from recorder_server.errors import (
     AlreadyExists,

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2, types_pb2
-from conftest import RunningRecorder
-from events import (
+from support.events import (
     RecordStream,
     agent_end,
     agent_start,
@@ -32,11 +31,12 @@ from events import (
     usage,
     user,
 )
+from support.recorder import RunningRecorder
 
 from recorder_server.recording import RecordingOptions
 
 if TYPE_CHECKING:
-    from events import Stub
+    from support.events import Stub
 
 DEADLINE = 10.0
 SESSIONS = ("main", "done", "kid")

@@ -19,8 +19,9 @@ import grpc
 import pytest
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
-from conftest import RunningRecorder
-from events import (
+from google.rpc import code_pb2, error_details_pb2
+from grpc_status import rpc_status
+from support.events import (
     RecordStream,
     agent_end,
     agent_start,
@@ -48,8 +49,7 @@ from events import (
     user,
     value,
 )
-from google.rpc import code_pb2, error_details_pb2
-from grpc_status import rpc_status
+from support.recorder import RunningRecorder
 
 from recorder_client.queries import (
     children_of,
@@ -61,7 +61,7 @@ from recorder_client.queries import (
 from recorder_server.recording import RecordingOptions
 
 if TYPE_CHECKING:
-    from events import Stub
+    from support.events import Stub
 
 PENDING = session_pb2.LOOP_STATUS_PENDING
 RUNNING = session_pb2.LOOP_STATUS_RUNNING

@@ -17,28 +17,26 @@ import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import types_pb2
-from conftest import RunningRecorder
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_validation import (
+from support.random_messages import JSON, fill, to_value
+from support.recorder import RunningRecorder
+from support.shapes import (
     EVENT_KINDS,
-    JSON,
     LIMITS,
     LOOP,
     SESSION,
     Event,
     agent_start,
     envelopes,
-    fill,
     full_loop,
     json_holding,
     json_sites,
     message_end,
     message_with,
     nested,
-    to_value,
     user,
     wraps,
 )
@@ -234,6 +232,7 @@ def test_random_json_is_judged_the_same(data: object, padding: str) -> None:
     same_verdict(record_of([message_end(LOOP, message), start]))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from agent_recorder.v1 import events_pb2, session_pb2
+from agent_recorder.v1 import session_pb2
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 from rich.console import Console
 
 from recorder_client.client import RecorderClient
 from recorder_server.cli.common import Commands, add_command, add_target
+from recorder_server.refused import sent_event
 from recorder_server.tree_view import refusals_table
 
 console = Console()
@@ -48,11 +48,8 @@ async def list_refused(args: argparse.Namespace) -> int:
 
 
 def refusal_json(refusal: session_pb2.RefusedEvent) -> dict[str, object]:
-    """The refusal as protobuf JSON, with the event sent decoded when it decodes."""
+    """The refusal as protobuf JSON, with the event sent decoded as far as it goes."""
     data: dict[str, object] = json_format.MessageToDict(refusal)
-    try:
-        event = events_pb2.AgentEvent.FromString(refusal.event)
-    except DecodeError:
-        return data
-    data["event"] = json_format.MessageToDict(event)
+    if (sent := sent_event(refusal)) is not None:
+        data["event"] = sent
     return data

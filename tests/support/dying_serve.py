@@ -1,5 +1,7 @@
 """`agent-recorder serve` whose commit pipeline dies at its first Record batch; not a test.
 
+Run as `python -m support.dying_serve serve ...` with tests/ on the path.
+
 The pipeline's own loop raises (as a bug in it would), so test_pipeline can check
 that the process turns NOT_SERVING, fails the batch, and exits non-zero.
 """
