@@ -7,9 +7,13 @@ numbered or queued. Only what the server's limits (announced in RecordReady)
 decide is checked: ids (non-empty, at most `max_id_length` characters, no
 control characters), free-form JSON (nesting at most `max_value_depth`, no NaN
 or Infinity, which JSON cannot carry) and the event's size (`max_request_bytes`).
+One more bound is protobuf's own: a request nesting more than 100 messages cannot
+be decoded at all (some 30 JSON levels inside an event), and the server would
+refuse it with the whole batch, so such an event is refused here too.
 
 Free-form JSON is settled from the event's bytes, which emit() has anyway, when
-they prove it valid; only an event they cannot clear is walked (`_walk`).
+they prove it valid; only an event they cannot clear is walked (`_walk`) and
+decoded as the server would (`_check_decodable`).
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from functools import cache
 from typing import Any, Final
 
 from agent_recorder.v1 import events_pb2
+from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 from google.protobuf import struct_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from recorder_client import defaults
+from recorder_client.framing import batch_request, envelope_head
 
 # C0 controls, DEL, C1 controls, and lone surrogates: as the server refuses them.
 _BAD_ID_CHAR: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -83,8 +89,11 @@ def check_event(
     if more is not None:
         for path, value in more(getattr(event, kind)):
             _check_id(value, f"event.{kind}.{path}", max_length)
-    if kind in _HOLDS_JSON and not _json_cleared(data, limits.max_value_depth):
+    if kind in _HOLDS_JSON and not _json_cleared(
+        data, min(limits.max_value_depth, _DECODABLE_DEPTH)
+    ):
         _walk(getattr(event, kind), f"event.{kind}", limits.max_value_depth)
+        _check_decodable(data, kind)
 
 
 def _agent_start_ids(e: Any) -> Iterator[tuple[str, str]]:
@@ -140,16 +149,47 @@ def _check_id(value: str, path: str, max_length: int) -> None:
 
 
 def _json_cleared(data: bytes, limit: int) -> bool:
-    """Whether the bytes alone prove every JSON value in them valid (as the server's scan).
+    """Whether the bytes alone prove every JSON value in them valid.
 
-    Each nesting level costs at least 4 bytes and one 0x2A or 0x32 tag byte, so a
-    short message, or one with few such bytes, nests no deeper than `limit`; a
-    non-finite double has all exponent bits set, so its bytes hold 0x7F or 0xFF.
-    The bounds over-count, never under-count: False means "walk to find out".
+    A JSON number is a Value's number_value: tag 0x11 and 8 little-endian bytes,
+    which for NaN or Infinity end in an exponent of all ones (`_NON_FINITE`). Each
+    level of nesting is a Value's struct_value or list_value (tag 0x2A or 0x32,
+    a length, then the container's first field, 0x0A), and costs at least 4 bytes
+    (`_NESTING`). Both patterns over-count (text can hold them), never
+    under-count: False means "walk to find out", not "invalid". Each test runs
+    only when the cheaper one before it (a byte search or count) could not decide.
     """
-    if b"\x7f" in data or b"\xff" in data:
+    if (b"\x7f" in data or b"\xff" in data) and _NON_FINITE.search(data) is not None:
         return False
-    return len(data) <= 4 * limit - 4 or data.count(b"*") + data.count(b"2") < limit
+    return (
+        len(data) <= 4 * limit - 4
+        or data.count(b"*") + data.count(b"2") < limit
+        or len(_NESTING.findall(data)) < limit
+    )
+
+
+# number_value (field 2, fixed64) whose exponent bits are all set: NaN or ±Infinity.
+_NON_FINITE: Final = re.compile(rb"\x11.{6}[\xf0-\xff][\x7f\xff]", re.DOTALL)
+# struct_value / list_value (fields 5, 6), a varint length, then the first field tag.
+_NESTING: Final = re.compile(rb"[\x2a\x32][\x80-\xff]{0,4}[\x00-\x7f]\x0a")
+
+
+# JSON levels that always decode: each costs 2-3 nested messages (Value, Struct,
+# its map entry), under at most 9 levels of request and event around the deepest
+# JSON field, within protobuf's 100.
+_DECODABLE_DEPTH: Final = 25
+
+
+def _check_decodable(data: bytes, kind: str) -> None:
+    """Refuse an event nested too deeply for the server to decode, as it would arrive."""
+    request = batch_request(0, [envelope_head(0, len(data)), data])
+    try:
+        service_pb2.RecordRequest.FromString(request)
+    except DecodeError:
+        raise ValueError(
+            f"event.{kind}: nested too deeply to be decoded (protobuf decodes at most"
+            " 100 nested messages, some 30 levels of JSON)"
+        ) from None
 
 
 def _walk(message: Message, path: str, limit: int) -> None:

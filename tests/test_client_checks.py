@@ -11,6 +11,7 @@ import math
 import pytest
 from agent_recorder.v1 import events_pb2
 from agent_recorder.v1.recorder_service_pb2 import EventEnvelope
+from google.protobuf import struct_pb2
 from support.events import (
     agent_end,
     agent_start,
@@ -151,3 +152,21 @@ def test_an_event_larger_than_the_request_limit_is_refused_naming_the_limit() ->
     message = refusal(tool_start("s1.c.0", "c", "t", {"blob": "x" * 5000}), small)
     assert message.startswith("event.tool_execution_start: ")
     assert message.endswith("larger than the sidecar's request limit of 4096 bytes (loop s1.c.0)")
+
+
+def test_json_too_deep_for_protobuf_to_decode_is_refused_below_the_depth_limit() -> None:
+    """Some 30 levels inside an event, the server could not decode the request at all
+    (and would refuse the whole batch): the sender refuses that event alone instead.
+    """
+    deep = struct_pb2.Value()
+    inner = deep
+    for _ in range(40):
+        inner = inner.struct_value.fields["next"]
+    inner.number_value = 1
+    event = tool_start("s1.c.0", "c", "t")
+    event.tool_execution_start.args.CopyFrom(deep)
+    assert refusal(event) == (
+        "event.tool_execution_start: nested too deeply to be decoded (protobuf decodes at most"
+        " 100 nested messages, some 30 levels of JSON)"
+    )
+    check(tool_start("s1.c.0", "c", "t", nested(28)))
