@@ -108,10 +108,8 @@ class Pipeline:
         committed: Callable[[list[Applied], list[tuple[str, int]]], None],
         reload: Callable[[], Awaitable[None]],
         handed_off: Callable[[], None] = lambda: None,
-        # Jobs accepted but not applied, each holding a parsed batch (~1 MB on the
-        # wire). A deeper queue does not feed group commit but holds memory (see
-        # docs/performance.md); when full, Record streams stop reading and HTTP/2
-        # flow control pushes back on the clients.
+        # Jobs accepted but not applied: deeper holds memory, not throughput; when
+        # full, Record streams stop reading and HTTP/2 flow control pushes back.
         max_queue: int = 2,
         max_group: int = 512,
     ) -> None:
