@@ -301,6 +301,8 @@ class EventSender:
         loop = asyncio.get_running_loop()
         self._down_since: float | None = loop.time()
         self._want_stream = False
+        # Set when delivery stopped trying (the pending events were given up).
+        self._gave_up = asyncio.Event()
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -392,19 +394,27 @@ class EventSender:
     async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109
         """Connect now and wait for the server's RecordReady (its limits then apply).
 
-        Raises SidecarUnreachable naming the cause when no stream is up within timeout.
+        Raises SidecarUnreachable naming the cause when no stream is up within timeout,
+        or at once when the sender gave up (a refusal no reconnect can change, such as
+        a wrong token).
         """
         if self._ready.is_set():
             return
+        self._gave_up.clear()
         self._want_stream = True
         self._wake.set()
+        ready = asyncio.ensure_future(self._ready.wait())
+        gave_up = asyncio.ensure_future(self._gave_up.wait())
         try:
-            async with asyncio.timeout(timeout):
-                await self._ready.wait()
-        except TimeoutError:
+            await asyncio.wait([ready, gave_up], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            gave_up.cancel()
+        if not self._ready.is_set():
             cause = self._connection_error
             why = describe_cause(cause, self.target) if cause else "no answer"
-            raise SidecarUnreachable(f"{why} (no Record stream within {timeout:g} s)") from cause
+            when = "gave up" if self._gave_up.is_set() else f"no Record stream within {timeout:g} s"
+            raise SidecarUnreachable(f"{why} ({when})") from cause
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Return once every event emitted before this call is stored or refused.
@@ -725,6 +735,7 @@ class EventSender:
             except RecorderRpcError as error:
                 self._fail_pending(error)
                 self._want_stream = False
+                self._gave_up.set()
 
     async def _deliver(self) -> None:
         """Keep a stream up while there is anything to deliver.

@@ -106,7 +106,7 @@ async def test_wait_ready_names_an_unreachable_sidecar(recorder: RunningRecorder
     target = recorder.target
     await recorder.stop()
     async with RecorderClient.connect(target) as client:
-        sender = client.sender(config=IMPATIENT)
+        sender = client.sender(config=FAST)
         with pytest.raises(SidecarUnreachable) as caught:
             await sender.wait_ready(1.0)
     assert str(caught.value) == (
@@ -289,3 +289,20 @@ async def test_the_server_announces_its_limits_and_emit_applies_them(short_tmp: 
             sender.emit(tool_start("l1.c.0", "c", "t", {"a": {"b": {"c": {"d": {"e": 1}}}}}))
         with pytest.raises(ValueError, match="request limit of 65536 bytes"):
             sender.emit(tool_start("l1.c.0", "c", "t", {"blob": "x" * 70_000}))
+
+
+async def test_wait_ready_gives_up_at_once_on_a_refusal_no_reconnect_changes(
+    short_tmp: Path,
+) -> None:
+    config = ServerConfig(
+        db_path=short_tmp / "r.db", listen=f"unix://{short_tmp}/r.sock", token="s3cret"
+    )
+    async with (
+        RecorderServer(config),
+        RecorderClient.connect(config.listen, token="wrong") as client,
+    ):
+        sender = client.sender(config=FAST)
+        with pytest.raises(SidecarUnreachable) as caught:
+            await sender.wait_ready(30)  # answered at once, not after 30 s
+    assert str(caught.value).startswith("UNAUTHENTICATED: ")
+    assert str(caught.value).endswith(" (gave up)")
