@@ -406,7 +406,9 @@ class EventSender:
         ready = asyncio.ensure_future(self._ready.wait())
         gave_up = asyncio.ensure_future(self._gave_up.wait())
         try:
-            await asyncio.wait([ready, gave_up], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [ready, gave_up], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             ready.cancel()
             gave_up.cancel()
