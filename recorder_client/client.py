@@ -291,11 +291,32 @@ class RecorderClient:
         skip_messages: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> session_pb2.Session:
+        """The stored session (without its cost: see `get_session_and_cost`)."""
+        request = service_pb2.GetSessionRequest(
+            session_id=session_id,
+            skip_events=skip_events,
+            skip_messages=skip_messages,
+            skip_cost=True,
+        )
+        response: service_pb2.GetSessionResponse = await self._unary(
+            "GetSession", request, timeout
+        )
+        return response.session
+
+    async def get_session_and_cost(
+        self,
+        session_id: str,
+        *,
+        skip_events: bool = False,
+        skip_messages: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[session_pb2.Session, service_pb2.SessionCost]:
+        """The session and what it, its loops and turns and its sub-agent tree cost."""
         request = service_pb2.GetSessionRequest(
             session_id=session_id, skip_events=skip_events, skip_messages=skip_messages
         )
         response: service_pb2.GetSessionResponse = await self._unary("GetSession", request, timeout)
-        return response.session
+        return response.session, response.cost
 
     async def list_sessions(
         self,
@@ -386,9 +407,19 @@ class RecorderClient:
         skip_events: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> session_pb2.LoopRecord:
+        return (await self.get_loop_and_cost(loop_id, skip_events=skip_events, timeout=timeout))[0]
+
+    async def get_loop_and_cost(
+        self,
+        loop_id: str,
+        *,
+        skip_events: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[session_pb2.LoopRecord, service_pb2.LoopCost]:
+        """The loop and what it and each of its turns cost."""
         request = service_pb2.GetLoopRequest(loop_id=loop_id, skip_events=skip_events)
         response: service_pb2.GetLoopResponse = await self._unary("GetLoop", request, timeout)
-        return response.loop
+        return response.loop, response.cost
 
     async def next_sequence(
         self,
@@ -592,12 +623,27 @@ class RecorderClient:
         until: datetime | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> list[service_pb2.UsageRow]:
-        """Token usage per agent and model over loops started in [since, until)."""
+        """Token usage and cost per agent and model over loops started in [since, until)."""
+        report = await self.get_usage_report(
+            agent_id=agent_id, since=since, until=until, timeout=timeout
+        )
+        return list(report.rows)
+
+    async def get_usage_report(
+        self,
+        *,
+        agent_id: str = "",
+        since: datetime | None = None,
+        until: datetime | None = None,
+        group_by: service_pb2.UsageGrouping.ValueType = service_pb2.USAGE_GROUPING_UNSPECIFIED,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> service_pb2.GetUsageResponse:
+        """Usage and cost per group (agent and model by default) and their total cost."""
         request = service_pb2.GetUsageRequest(
-            agent_id=agent_id, since=_timestamp(since), until=_timestamp(until)
+            agent_id=agent_id, since=_timestamp(since), until=_timestamp(until), group_by=group_by
         )
         response: service_pb2.GetUsageResponse = await self._unary("GetUsage", request, timeout)
-        return list(response.rows)
+        return response
 
     # -- the one road every call takes ------------------------------------------------
 

@@ -29,8 +29,10 @@ from recorder_common.defaults import (
     normalize_target,
 )
 from recorder_server.checkpoints import Checkpointer
+from recorder_server.cost import PriceBook
 from recorder_server.decoding import DecodeGuard
 from recorder_server.otel import OtlpExporter
+from recorder_server.price_file import load_overrides
 from recorder_server.reads import ReadPool, Reads
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import (
@@ -79,6 +81,8 @@ class ServerConfig:
     token: str | None = None
     # Open loops of a writer gone this long are aborted (0: never).
     abandon_after_s: int = 300
+    # The user's price overrides (price_file.py), read and checked at start.
+    prices: Path | None = None
 
 
 def _lock_database(db_path: Path) -> IO[str]:
@@ -140,6 +144,7 @@ class RecorderServer:
 
     async def _start(self) -> None:
         config = self.config
+        book = PriceBook(load_overrides(config.prices) if config.prices else ())
         tls = tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
         check_transport(normalize_target(config.listen), tls, config.insecure)
         credentials = None if tls is None else server_credentials(tls)
@@ -160,12 +165,12 @@ class RecorderServer:
         await pool.open()
         self._stack.push_async_callback(pool.close)
         if config.otlp_endpoint is not None:
-            exporter = OtlpExporter(Reads(pool), config.otlp_endpoint)
+            exporter = OtlpExporter(Reads(pool, book), config.otlp_endpoint)
             await exporter.start()
             self._stack.push_async_callback(exporter.stop)
             writer.listeners.append(exporter.on_commit)
             self._stack.callback(writer.listeners.remove, exporter.on_commit)
-        await self._serve(RecorderServicer(writer, Reads(pool), config.limits), credentials)
+        await self._serve(RecorderServicer(writer, Reads(pool, book), config.limits), credentials)
 
     async def _serve(
         self, servicer: RecorderServicer, credentials: grpc.ServerCredentials | None
