@@ -298,9 +298,7 @@ class RecorderClient:
             skip_messages=skip_messages,
             skip_cost=True,
         )
-        response: service_pb2.GetSessionResponse = await self._unary(
-            "GetSession", request, timeout
-        )
+        response: service_pb2.GetSessionResponse = await self._unary("GetSession", request, timeout)
         return response.session
 
     async def get_session_and_cost(
