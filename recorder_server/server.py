@@ -22,7 +22,7 @@ from agent_recorder.v1 import recorder_service_pb2 as api
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recorder_client.defaults import (
+from recorder_common.defaults import (
     MAX_RESPONSE_BYTES,
     default_db_path,
     default_target,

@@ -256,8 +256,9 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     @rpc
     async def GetLoop(self, request: api.GetLoopRequest, context: Context) -> api.GetLoopResponse:
         loop = await self.reads.get_loop(request.loop_id, request.skip_events)
+        next_sequence = await self.reads.next_sequence(request.loop_id)
         cost = await self.reads.loop_cost(request.loop_id)
-        return api.GetLoopResponse(loop=loop, cost=cost)
+        return api.GetLoopResponse(loop=loop, next_sequence=next_sequence, cost=cost)
 
     @rpc
     async def ListSessions(

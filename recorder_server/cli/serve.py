@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recorder_client import defaults
-from recorder_client.defaults import default_db_path, default_target
+from recorder_common import defaults
+from recorder_common.defaults import default_db_path, default_target
 from recorder_server import tuning
 from recorder_server.cli.common import Commands, add_command
 from recorder_server.price_file import PRICES_ENV, PriceFileError
