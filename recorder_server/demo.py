@@ -58,8 +58,8 @@ def sidecar() -> Iterator[str]:
     if "listening on" not in line:
         error = process.stderr.read()
         process.wait()
-        if "in use by another agent-recorder server" in error:
-            print("a sidecar already owns the default database; recording through it")
+        if "in use by another agent-recorder server" in error or "is served by pid" in error:
+            print("a sidecar already serves the default address; recording through it")
             yield default_target()
             return
         raise SystemExit(f"the sidecar did not start:\n{line}{error}")

@@ -113,5 +113,5 @@ def test_serve_with_a_bad_prices_file_exits_naming_the_line(short_tmp: Path) -> 
          "--listen", f"unix://{short_tmp}/r.sock", "--prices", str(prices)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert f"{prices}:4: a price must be a non-negative number" in done.stderr

@@ -20,6 +20,7 @@ from support.events import aio, append_response
 from support.parts import missing
 from support.priced import record_priced_tree
 from support.recorder import RunningRecorder
+from support.tool_loops import TOOL_CALL, TOOL_OUTPUT, record_tool_result_in_end_only
 
 from recorder_client import events as ev
 from recorder_client.client import RecorderClient
@@ -260,6 +261,21 @@ async def test_costs_on_the_list_the_session_header_loops_turns_and_sub_agent_tr
     await page.locator('#tree .node[data-loop="helper.1"]').click()
     await expect(page.locator("#details")).to_contain_text("why unpriced")
     await expect(page.locator("#details")).to_contain_text("unknown model 'my-finetune'")
+
+
+async def test_a_tool_shows_the_result_recorded_in_its_execution_end(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    await record_tool_result_in_end_only(recorder.target, "tools")
+    await page.goto(session_url(ui.url, "tools"), wait_until="load")
+    await page.wait_for_selector(SESSION_READY)
+    tool_row = page.locator(f"#timeline .row.tool:has(.bar[data-tool='{TOOL_CALL}'])")
+    await tool_row.locator(".label").click()
+    await expect(page.locator("#details h2")).to_have_text("Tool call ls")
+    result = page.locator("#tool-result")
+    await expect(result.locator(".block-text")).to_have_text(TOOL_OUTPUT)
+    await expect(result).to_contain_text("error")
+    await expect(result).not_to_contain_text("no result recorded")
 
 
 async def test_refused_events_are_marked_with_their_reason(

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recorder_client import defaults
-from recorder_client.defaults import default_db_path, default_target
+from recorder_common import defaults
+from recorder_common.defaults import default_db_path, default_target
 from recorder_server import tuning
 from recorder_server.cli.common import Commands, add_command
 from recorder_server.price_file import PRICES_ENV, PriceFileError
@@ -33,6 +33,12 @@ def register(commands: Commands) -> None:
     )
     serve.add_argument(
         "--db", type=Path, default=None, help=f"SQLite file (default {default_db_path()})"
+    )
+    serve.add_argument(
+        "--create",
+        action="store_true",
+        help="make the --db directory if it does not exist (without it, only a directory "
+        "under the default data directory is made)",
     )
     serve.add_argument(
         "--listen",
@@ -150,6 +156,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         insecure=args.insecure,
         token=_token(args.token_file),
         prices=_prices_file(args.prices),
+        create_db_dir=args.create,
     )
 
 
@@ -171,9 +178,13 @@ def _token(token_file: Path | None) -> str | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from recorder_server.server import DatabaseInUse, RecorderServer
+    from recorder_server.ownership import StartupError
+    from recorder_server.server import RecorderServer
 
     tuning.before_start()
+    # Everything this process creates is the owner's alone (the files it makes are
+    # also chmod-ed explicitly; this covers the socket between bind and chmod).
+    os.umask(0o077)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -183,7 +194,7 @@ async def run(args: argparse.Namespace) -> int:
         async with RecorderServer(config) as server:
             tuning.after_start()
             print(
-                f"agent-recorder listening on {server.address} (database {config.db_path})",
+                f"agent-recorder listening on {server.address} (database {server.db_path})",
                 flush=True,
             )
             failed = asyncio.create_task(server.failed.wait())
@@ -200,7 +211,7 @@ async def run(args: argparse.Namespace) -> int:
                 )
                 return 1
             print("agent-recorder: stopping (draining writes)", flush=True)
-    except (DatabaseInUse, SecurityConfigError, PriceFileError) as exc:
+    except (StartupError, SecurityConfigError, PriceFileError) as exc:
         print(f"agent-recorder: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0

@@ -26,7 +26,12 @@ from rich.progress import Progress
 
 from recorder_client.client import RecorderClient
 from recorder_client.delivery import DeliveryConfig, EventSender
-from recorder_client.errors import DeliveryError, RecorderRpcError
+from recorder_client.errors import (
+    DeliveryError,
+    RecorderRpcError,
+    RejectedBatch,
+    SidecarUnreachable,
+)
 from recorder_client.phi_json import (
     PhiJsonError,
     event_from_json,
@@ -38,6 +43,8 @@ from recorder_server.cli.common import Commands, add_command, add_target
 
 err = Console(stderr=True)
 FORMATS = ("phi-json", "json")
+# How long ingest waits for the sidecar to answer before saying it is unreachable.
+READY_TIMEOUT = 5.0
 
 
 def register(commands: Commands) -> None:
@@ -103,14 +110,18 @@ async def ingest_events(args: argparse.Namespace) -> int:
     try:
         async with RecorderClient.connect(args.target) as client:
             sender = client.sender(config=DeliveryConfig(on_full="block", block_timeout=120.0))
+            # Say at once when nothing answers, and learn the limits lines are checked by.
+            await sender.wait_ready(READY_TIMEOUT)
             with progress() as bar:
                 task = bar.add_task("ingesting", total=total)
                 problems += await _emit_lines(sender, source, lines, lambda n: bar.advance(task, n))
             # Closing flushes: it returns only once every emitted event is stored.
             await sender.close(timeout=120.0)
             stats = sender.stats()
+    except SidecarUnreachable as exc:
+        problems.insert(0, str(exc))
     except DeliveryError as exc:
-        problems.insert(0, _refusal(exc, lines))
+        problems[:0] = _refusals(exc, lines)
     finally:
         if source is not sys.stdin:
             source.close()
@@ -143,8 +154,13 @@ async def _emit_lines(
     lines: dict[tuple[str, bytes], int],
     advance: Callable[[int], None],
 ) -> list[str]:
-    """Emit each line's event, noting its line; stops at a line it cannot read."""
+    """Emit each line's event, noting its line; stops at a line it cannot read.
+
+    A line whose event the sidecar's limits refuse (checked at emit) is reported
+    and skipped: the lines after it are still recorded.
+    """
     lineno = 0
+    problems: list[str] = []
     async for chunk in _read_lines(source):
         for text in chunk:
             lineno += 1
@@ -153,18 +169,37 @@ async def _emit_lines(
             try:
                 event = event_from_json(json.loads(text))
             except (json.JSONDecodeError, PhiJsonError) as exc:
-                return [f"line {lineno}: {exc}"]
+                return [*problems, f"line {lineno}: {exc}"]
             lines.setdefault(_event_key(event), lineno)
-            await sender.emit_wait(event)
+            try:
+                await sender.emit_wait(event)
+            except ValueError as exc:
+                problems.append(f"line {lineno}: not sent: {exc}")
         advance(sum(len(text.encode()) for text in chunk))
-    return []
+    return problems
 
 
-def _refusal(error: DeliveryError, lines: dict[tuple[str, bytes], int]) -> str:
-    """The first refusal as loop, line and reason; later ones usually follow from it."""
-    rejection = error.rejection
-    if rejection is None:
-        return f"not every event was stored: {error}"
+def _refusals(error: DeliveryError, lines: dict[tuple[str, bytes], int]) -> list[str]:
+    """Each refused event with its line, each refused batch, then what else went wrong."""
+    problems = [
+        f"{_line_of(refusal.event, lines)}refused: {refusal.describe()}"
+        for refusal in error.refusals
+    ]
+    if error.refused > len(error.refusals):
+        problems.append(f"and {error.refused - len(error.refusals)} more event(s) refused")
+    problems += [_rejection(rejection, lines) for rejection in error.rejections]
+    if error.failed or error.unacknowledged:
+        problems.append(f"not every event was stored: {error}")
+    return problems
+
+
+def _line_of(event: events_pb2.AgentEvent, lines: dict[tuple[str, bytes], int]) -> str:
+    line = lines.get(_event_key(event))
+    return "" if line is None else f"line {line}: "
+
+
+def _rejection(rejection: RejectedBatch, lines: dict[tuple[str, bytes], int]) -> str:
+    """A refused batch as loop, line and reason."""
     if rejection.event is None:  # the server did not say which event: name the batch's loops
         loops = [loop for loop in rejection.loop_ids if loop]
         where = f"loop {rejection.metadata.get('loop_id') or ', '.join(loops) or '(none)'}"
@@ -172,10 +207,9 @@ def _refusal(error: DeliveryError, lines: dict[tuple[str, bytes], int]) -> str:
         where = f"loop {event_loop_id(rejection.event) or '(none)'}"
         line = lines.get(_event_key(rejection.event))
         where += f", line {line}" if line is not None else ""
-    more = len(error.rejections) - 1
-    tail = f" (and {more} later batch(es) refused)" if more > 0 else ""
     return (
-        f"refused at {where}: {rejection.reason or rejection.code.name}: {rejection.message}{tail}"
+        f"batch of {rejection.events} refused at {where}:"
+        f" {rejection.reason or rejection.code.name}: {rejection.message}"
     )
 
 

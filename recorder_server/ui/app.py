@@ -82,6 +82,7 @@ def create_app(client_factory: ClientFactory, *, allow_remote: bool = False) -> 
     app.router.add_get("/api/loops/{loop_id}", _loop)
     app.router.add_get("/api/loops/{loop_id}/outline", _loop_outline)
     app.router.add_get("/api/loops/{loop_id}/events", _loop_events)
+    app.router.add_get("/api/loops/{loop_id}/tools/{tool_call_id}", _tool_end)
     app.router.add_get("/api/live", _sessions_live)
     return app
 
@@ -218,6 +219,27 @@ async def _loop_events(request: web.Request) -> web.StreamResponse:
         await stream.aclose()
     more = len(events) == limit
     return web.json_response({"events": events, "more": more})
+
+
+async def _tool_end(request: web.Request) -> web.StreamResponse:
+    """The ToolExecutionEnd of one tool call, or null: the result the runtime recorded there.
+
+    A turn's tool_results carry a result only when the runtime also put it there;
+    the execution's end event always does.
+    """
+    call_id = request.match_info["tool_call_id"]
+    stream = request.app[CLIENT].stream_events(loop_id=request.match_info["loop_id"])
+    found: Any = None
+    try:
+        async for item in stream:
+            event = item.event.event
+            end = event.tool_execution_end
+            if event.WhichOneof("event") == "tool_execution_end" and end.tool_call_id == call_id:
+                found = to_json(end)
+                break
+    finally:
+        await stream.aclose()
+    return web.json_response(found)
 
 
 def _event_json(item: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 //! Where the sidecar lives and how to reach it when nobody says otherwise.
 //!
-//! The same rules as the Python client (`recorder_client/defaults.py`), so that
+//! The same rules as the Python client (`recorder_common/defaults.py`), so that
 //! `agent-recorder serve` and every client find each other without flags:
 //! `$AGENT_RECORDER_TARGET`, else the owner-only Unix socket
 //! `$XDG_RUNTIME_DIR/agent-recorder/recorder.sock` (or

@@ -808,6 +808,11 @@ class GetLoopResponse(_message.Message):
 
     LOOP_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    NEXT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    next_sequence: _builtins.int
+    """The sequence the loop's next event takes (one past its last slot, stored or
+    refused), so that another writer can continue an open loop.
+    """
     @_builtins.property
     def loop(self) -> _session_pb2.LoopRecord: ...
     @_builtins.property
@@ -817,10 +822,11 @@ class GetLoopResponse(_message.Message):
         *,
         loop: _session_pb2.LoopRecord | None = ...,
         cost: Global___LoopCost | None = ...,
+        next_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop", b"loop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop", b"loop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop", b"loop", "next_sequence", b"next_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -613,9 +613,29 @@ function toolDetails(state, loop, turn, toolId) {
     kv([["call id", h("span", { class: "mono" }, toolId)], ["loop", h("span", { class: "mono" }, loop.loopId)],
       ["turn", turn ? String(turn.turnId?.turnIndex || 0) : ""], ["error", result && result.isError ? "yes" : ""]]),
     section("Arguments", h("div", { id: "tool-arguments" }, json(call ? call.arguments ?? null : null))),
-    section("Result", result ? message(result) : h("span", { class: "muted" }, "no result recorded")),
+    section("Result", toolResult(loop.loopId, toolId, result)),
     ref ? section("Sub-agent", h("a", { href: `#/session/${encodeURIComponent(ref.childSessionId)}?loop=${encodeURIComponent(ref.childLoopId)}` },
       `session ${ref.childSessionId}, loop ${shortLoop(ref.childLoopId)}`)) : null,
+  ];
+}
+
+// The turn's tool result if it carries one, else the one recorded in the call's
+// ToolExecutionEnd (fetched: the loop record is read without its events).
+function toolResult(loopId, toolId, result) {
+  if (result) return h("div", { id: "tool-result" }, message(result));
+  const box = h("div", { id: "tool-result" }, h("span", { class: "muted" }, "loading…"));
+  getJson(`/api/loops/${encodeURIComponent(loopId)}/tools/${encodeURIComponent(toolId)}`)
+    .then((end) => fill(box, end ? toolEnd(end) : [h("span", { class: "muted" }, "no result recorded")]))
+    .catch((error) => showError(box, error));
+  return box;
+}
+
+function toolEnd(end) {
+  const result = end.result || {};
+  return [
+    h("div", { class: "muted" }, ["from its ToolExecutionEnd", end.isError && "error"].filter(Boolean).join(" · ")),
+    ...(result.content || []).map(block),
+    result.details !== undefined ? json(result.details) : null,
   ];
 }
 
