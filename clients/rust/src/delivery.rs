@@ -118,6 +118,7 @@ impl DeliveryConfig {
 /// Event counts since the sender was made; `pending` = not yet resolved either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SenderStats {
+    /// Taken by `emit` (and `emit_wait`).
     pub emitted: u64,
     /// Stored (acknowledged and not refused).
     pub acknowledged: u64,
@@ -125,9 +126,11 @@ pub struct SenderStats {
     pub rejected: u64,
     /// Refused alone by the server (validation or a rule); reported by the next flush.
     pub refused: u64,
+    /// Given up undelivered (reconnect deadline, permanent stream error).
     pub failed: u64,
     /// MessageUpdates not sent because the server said it does not store them.
     pub skipped: u64,
+    /// Not yet resolved either way: queued, in flight or awaiting a reconnect.
     pub pending: u64,
     /// Events sent again on a new stream because their batch was not acknowledged.
     pub resent: u64,

@@ -77,9 +77,13 @@ pub enum EmitError {
     /// The sender holds as many unacknowledged events or bytes as its
     /// `DeliveryConfig` allows; the caller decides what to lose.
     QueueFull {
+        /// Events emitted and not yet resolved.
         pending_events: usize,
+        /// Their encoded bytes.
         pending_bytes: usize,
+        /// `DeliveryConfig::max_pending_events`.
         max_events: usize,
+        /// `DeliveryConfig::max_pending_bytes`.
         max_bytes: usize,
     },
     /// The event has no variant set (an empty `AgentEvent`).
@@ -329,7 +333,9 @@ pub enum ConnectError {
     Target(String),
     /// A token or TLS file named by an option or environment variable could not be read.
     File {
+        /// The file.
         path: std::path::PathBuf,
+        /// Why it could not be read.
         source: std::io::Error,
     },
     /// The TLS settings contradict each other or were refused by the TLS library.

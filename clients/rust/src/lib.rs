@@ -29,6 +29,8 @@
 //! * [`phi_json`]: the seed runtime's JSON (phi-core's serde format) into protobuf.
 //! * `phi` (cargo feature `phi-core`): records a phi-core agent in one line.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod delivery;
 pub mod error;

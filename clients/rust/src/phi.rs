@@ -85,6 +85,7 @@ pub struct Bridge {
 }
 
 impl Bridge {
+    /// A bridge into `sender` (a clone of the handle: both feed one queue).
     pub fn new(sender: &EventSender) -> Self {
         Bridge {
             sender: sender.clone(),

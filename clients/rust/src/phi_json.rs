@@ -33,6 +33,7 @@ use crate::proto::{
 pub struct PhiJsonError {
     /// Keys and indices from the root, e.g. `messages[2].content[0].text`.
     pub path: String,
+    /// What is wrong with the value there.
     pub problem: String,
 }
 
