@@ -38,6 +38,7 @@ from tenacity.stop import stop_base
 from recorder_client import defaults
 from recorder_client.delivery import DeliveryConfig, EventSender
 from recorder_client.errors import DeliveryError, RecorderRpcError
+from recorder_client.version import USER_AGENT
 
 T = TypeVar("T")
 Request = TypeVar("Request")
@@ -55,7 +56,8 @@ _RECORD_METHOD: Final = (
 # gRPC's own reconnect backoff starts at 1 s and grows to 120 s; a sidecar restart
 # should be noticed within a couple of seconds. Whole sessions can exceed gRPC's
 # 4 MiB default message limit, so reads take as much as the server sends.
-_CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
+_CHANNEL_OPTIONS: Final[tuple[tuple[str, int | str], ...]] = (
+    ("grpc.primary_user_agent", USER_AGENT),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),

@@ -12,6 +12,7 @@ import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 
+from recorder_client.version import __version__
 from recorder_server.decoding import Received, wants_wire
 from recorder_server.errors import InvalidArgument, NotFound, RecorderError
 from recorder_server.framing import event_pages, response_of
@@ -66,6 +67,7 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
             ready=api.RecordReady(
                 include_streaming_events=options.include_streaming_events,
                 capture_turn_requests=options.capture_turn_requests,
+                server_version=__version__,
             )
         )
         self.writer.leases.attach(writer_id)

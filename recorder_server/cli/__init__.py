@@ -12,8 +12,9 @@ import logging
 import sys
 
 from recorder_client.errors import RecorderRpcError
+from recorder_client.version import __version__
 from recorder_server.cli import maintenance, serve, sessions, transfer, ui
-from recorder_server.cli.common import Handler
+from recorder_server.cli.common import EXIT_CODES, Handler
 
 GROUPS = (serve, sessions, transfer, maintenance, ui)
 
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent-recorder",
         description="Record what AI agents do: a local gRPC sidecar and its tools.",
+        epilog=EXIT_CODES,
     )
+    parser.add_argument("--version", action="version", version=f"agent-recorder {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.register(commands)

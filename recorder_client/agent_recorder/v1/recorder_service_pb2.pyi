@@ -209,20 +209,26 @@ class RecordReady(_message.Message):
 
     INCLUDE_STREAMING_EVENTS_FIELD_NUMBER: _builtins.int
     CAPTURE_TURN_REQUESTS_FIELD_NUMBER: _builtins.int
+    SERVER_VERSION_FIELD_NUMBER: _builtins.int
     include_streaming_events: _builtins.bool
     """When false, MessageUpdate events are not stored; a client should not send
     them (a numbered one would leave a gap in the loop's sequence and is refused).
     """
     capture_turn_requests: _builtins.bool
+    server_version: _builtins.str
+    """The sidecar's version (agent-recorder's, e.g. "0.2.0"); every response also
+    carries it in the `server-version` header.
+    """
     def __init__(
         self,
         *,
         include_streaming_events: _builtins.bool = ...,
         capture_turn_requests: _builtins.bool = ...,
+        server_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_turn_requests", b"capture_turn_requests", "include_streaming_events", b"include_streaming_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_turn_requests", b"capture_turn_requests", "include_streaming_events", b"include_streaming_events", "server_version", b"server_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
