@@ -36,6 +36,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from recorder_client import defaults
+from recorder_client.autostart import ensure_sidecar
 from recorder_client.delivery import DeliveryConfig, EventSender
 from recorder_client.errors import DeliveryError, RecorderRpcError
 from recorder_client.version import USER_AGENT
@@ -114,8 +115,12 @@ class RecorderClient:
         tls_ca: Path | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        autostart: bool = False,
     ) -> RecorderClient:
         """Dial the sidecar lazily: nothing fails here if it is not up yet.
+
+        autostart=True starts the sidecar first when nothing answers the default
+        socket, and waits for it (recorder_client.autostart).
 
         target defaults to $AGENT_RECORDER_TARGET or the default Unix socket; token to
         $AGENT_RECORDER_TOKEN (or the file $AGENT_RECORDER_TOKEN_FILE names). TLS is
@@ -125,6 +130,8 @@ class RecorderClient:
         will use the client (gRPC's asyncio channels belong to one loop).
         """
         address = defaults.normalize_target(target or defaults.default_target())
+        if autostart:
+            ensure_sidecar(address)
         options = [*_CHANNEL_OPTIONS, *channel_options]
         credentials = _tls_credentials(tls, tls_ca, tls_cert, tls_key)
         if credentials is None:

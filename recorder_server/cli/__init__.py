@@ -13,10 +13,10 @@ import sys
 
 from recorder_client.errors import RecorderRpcError
 from recorder_client.version import __version__
-from recorder_server.cli import maintenance, serve, sessions, transfer, ui
+from recorder_server.cli import maintenance, serve, service, sessions, transfer, ui
 from recorder_server.cli.common import EXIT_CODES, Handler
 
-GROUPS = (serve, sessions, transfer, maintenance, ui)
+GROUPS = (serve, sessions, transfer, maintenance, ui, service)
 
 
 def build_parser() -> argparse.ArgumentParser:
