@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.table import Table
 from rich.text import Text
@@ -44,32 +45,41 @@ def usage_text(usage: types_pb2.Usage) -> str:
     return text
 
 
+SESSION_COLUMNS = ("session", "agent", "created", "scope", "loops", "tokens")
+
+
+def session_row(s: api.SessionSummary) -> tuple[str, ...]:
+    """One `ls` line, the same whether drawn as a table or written as tab-separated text."""
+    loops = s.loops
+    counts = ", ".join(
+        f"{n} {name}"
+        for name, n in (
+            ("running", loops.running),
+            ("pending", loops.pending),
+            ("completed", loops.completed),
+            ("rejected", loops.rejected),
+            ("aborted", loops.aborted),
+        )
+        if n
+    )
+    scope = session_pb2.SessionScope.Name(s.scope).removeprefix("SESSION_SCOPE_").lower()
+    return (
+        s.session_id,
+        s.agent_id,
+        when(s.created_at),
+        scope,
+        counts or "-",
+        str(s.usage.total_tokens or s.usage.input + s.usage.output),
+    )
+
+
 def sessions_table(sessions: Sequence[api.SessionSummary]) -> Table:
     table = Table(title="sessions (newest first)")
-    for column in ("session", "agent", "created", "scope", "loops", "tokens"):
-        table.add_column(column)
+    for column in SESSION_COLUMNS:
+        # Ids are what people copy: never cut or wrapped, whatever the width.
+        table.add_column(column, no_wrap=column == "session", overflow="fold")
     for s in sessions:
-        loops = s.loops
-        counts = ", ".join(
-            f"{n} {name}"
-            for name, n in (
-                ("running", loops.running),
-                ("pending", loops.pending),
-                ("completed", loops.completed),
-                ("rejected", loops.rejected),
-                ("aborted", loops.aborted),
-            )
-            if n
-        )
-        scope = session_pb2.SessionScope.Name(s.scope).removeprefix("SESSION_SCOPE_").lower()
-        table.add_row(
-            s.session_id,
-            s.agent_id,
-            when(s.created_at),
-            scope,
-            counts or "-",
-            str(s.usage.total_tokens or s.usage.input + s.usage.output),
-        )
+        table.add_row(*session_row(s))
     return table
 
 
@@ -137,11 +147,33 @@ def session_tree(
     return tree
 
 
+def event_time(event: events_pb2.AgentEvent) -> Timestamp | None:
+    """When the event says it happened: its own timestamp, else its message's."""
+    kind = event.WhichOneof("event")
+    payload = getattr(event, kind) if kind else None
+    candidates = (payload, getattr(payload, "message", None))
+    owners: list[Message] = [o for o in candidates if o is not None]
+    for owner in owners:
+        if "timestamp" in owner.DESCRIPTOR.fields_by_name and owner.HasField("timestamp"):
+            stamp: Timestamp = getattr(owner, "timestamp")  # noqa: B009 (any message kind)
+            return stamp
+    return None
+
+
+def clock(ts: Timestamp | None) -> str:
+    """HH:MM:SS.mmm in UTC, or a dash of the same width."""
+    if ts is None:
+        return "-" + " " * 11
+    moment = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC)
+    return moment.strftime("%H:%M:%S.%f")[:12]
+
+
 def event_line(loop_id: str, item: session_pb2.LoopEvent) -> Text:
-    """One stored event as a `tail` line: loop, sequence, kind and what it says."""
+    """One stored event as a `tail` line: time, loop, sequence, kind and what it says."""
     event = item.event
     kind = event.WhichOneof("event") or "?"
-    line = Text(f"{loop_id}", style="dim")
+    line = Text(clock(event_time(event)) + " ")
+    line.append(f"{loop_id}", style="dim")
     line.append(f" #{item.sequence:<4} ", style="dim")
     line.append(kind, style="bold cyan" if kind in ("agent_start", "agent_end") else "cyan")
     payload = getattr(event, kind) if kind != "?" else None
@@ -165,6 +197,23 @@ def _event_detail(kind: str, payload: object) -> str:
     return ""
 
 
+def shown_total(usage: types_pb2.Usage) -> int:
+    """The total a usage table shows (and `usage --json` prints): input + output when
+    the agent reported no total_tokens."""
+    return usage.total_tokens or usage.input + usage.output
+
+
+def with_totals(rows: Sequence[api.UsageRow]) -> list[api.UsageRow]:
+    """Copies of the rows whose total_tokens is the total the table shows."""
+    out = []
+    for row in rows:
+        copy = api.UsageRow()
+        copy.CopyFrom(row)
+        copy.usage.total_tokens = shown_total(row.usage)
+        out.append(copy)
+    return out
+
+
 def usage_table(rows: Sequence[api.UsageRow], title: str) -> Table:
     table = Table(title=title)
     for column in ("agent", "model", "loops", "input", "output", "cache read", "total"):
@@ -178,6 +227,6 @@ def usage_table(rows: Sequence[api.UsageRow], title: str) -> Table:
             str(u.input),
             str(u.output),
             str(u.cache_read),
-            str(u.total_tokens or u.input + u.output),
+            str(shown_total(u)),
         )
     return table

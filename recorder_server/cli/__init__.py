@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from recorder_client.errors import RecorderRpcError
 from recorder_client.version import __version__
 from recorder_server.cli import maintenance, serve, service, sessions, transfer, ui
-from recorder_server.cli.common import EXIT_CODES, Handler
+from recorder_server.cli.common import EXIT_BROKEN_PIPE, EXIT_CODES, Handler
+from recorder_server.cli.lookup import NotResolved
 
 GROUPS = (serve, sessions, transfer, maintenance, ui, service)
 
@@ -38,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))
-    except RecorderRpcError as exc:
+    except (RecorderRpcError, NotResolved) as exc:
         print(f"agent-recorder {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as a killed writer would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

@@ -18,7 +18,12 @@ else:  # not subscriptable at run time on Python 3.11
 
 
 # Every command's --help ends with these; a command whose codes mean more says so.
-EXIT_CODES = "exit status: 0 ok, 1 failed, 2 refused by the sidecar or bad usage"
+EXIT_CODES = (
+    "exit status: 0 ok, 1 failed, 2 refused by the sidecar or bad usage "
+    "(141: the reader of the output went away, as with `| head`)"
+)
+# 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe.
+EXIT_BROKEN_PIPE = 141
 
 
 def add_command(

@@ -33,7 +33,8 @@ def register(commands: Commands) -> None:
         help="run the sidecar as a per-user service (systemd, or launchd on macOS)",
         description="run `agent-recorder serve` with the defaults as a per-user service "
         "that starts at login and is restarted when it fails",
-        epilog=EXIT_CODES,
+        epilog=f"example: agent-recorder service install\n\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = service.add_subparsers(dest="action", required=True)
     for name, help_text, handler in (
