@@ -14,6 +14,9 @@ import pytest
 from support.processes import run_cli
 from support.recorder import RunningRecorder
 
+# Each command is a child process: slow.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def env(short_tmp: Path) -> dict[str, str]:

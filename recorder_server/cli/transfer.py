@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import os
 import stat
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,14 +149,29 @@ async def _read_lines(source: IO[str]) -> AsyncIterator[list[str]]:
     """Chunks of lines, read in a thread so that delivery goes on meanwhile.
 
     A regular file is read 64 KiB at a time; a pipe a line at a time, so each line
-    is sent as soon as it arrives rather than when a chunk fills.
+    is sent as soon as it arrives rather than when a chunk fills. The reader is a
+    daemon thread: after Ctrl-C, a read blocked on a pipe that stays open does not
+    keep the process from exiting.
     """
     regular = stat.S_ISREG(os.fstat(source.fileno()).st_mode)
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[list[str]] = asyncio.Queue(maxsize=4)
 
     def read() -> list[str]:
         return source.readlines(1 << 16) if regular else [source.readline()]
 
-    while chunk := [line for line in await asyncio.to_thread(read) if line]:
+    def pump() -> None:
+        while True:
+            chunk = [line for line in read() if line]
+            try:
+                asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop).result()
+            except (RuntimeError, concurrent.futures.CancelledError):  # the loop is gone
+                return
+            if not chunk:
+                return
+
+    threading.Thread(target=pump, name="ingest-reader", daemon=True).start()
+    while chunk := await chunks.get():
         yield chunk
 
 
