@@ -281,6 +281,7 @@ def test_serve_sends_spans_where_otlp_endpoint_says() -> None:
     assert config_from(build_parser().parse_args(["serve"])).otlp_endpoint is None
 
 
+@pytest.mark.slow
 async def test_commands_find_the_default_sidecar_without_flags(short_tmp: Path) -> None:
     """`serve` and `ls` with no address agree on the default socket (from the XDG dirs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_RECORDER_")}

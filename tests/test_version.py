@@ -26,6 +26,7 @@ from recorder_server.server import RecorderServer, ServerConfig
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_the_cli_prints_the_version() -> None:
     script = str(Path(sys.executable).with_name("agent-recorder"))
     for command in ([sys.executable, "-m", "recorder_server.cli"], [script]):
