@@ -36,6 +36,17 @@ async def main() -> None:
 
 asyncio.run(main())
 """
+SYNC_AGENT = """
+from recorder_client import SyncRecorder
+from recorder_client import events as ev
+
+with SyncRecorder(autostart=True) as recorder:
+    sid = "SESSION_ID"
+    recorder.emit(ev.agent_start(agent_id="auto", session_id=sid, loop_id=sid + ".c.0"))
+    recorder.emit(ev.agent_end(sid + ".c.0"))
+    recorder.flush(timeout=10)
+print("recorded")
+"""
 STARTED = re.compile(
     r"nothing answered unix://(\S+), so started the sidecar there \(pid (\d+), .*its log: (\S+)"
 )
@@ -99,6 +110,15 @@ async def test_autostart_starts_a_sidecar_that_outlives_the_client(
             session = await client.get_session(sid)
             assert [loop.status for loop in session.loops] == [session_pb2.LOOP_STATUS_COMPLETED]
     await asyncio.to_thread(stop, pid)
+    assert not socket_answers(socket)
+
+    code, out, err = await run_agent(SYNC_AGENT, "auto-3", home)
+    assert (code, out) == (0, "recorded\n"), err
+    match = STARTED.search(err)
+    assert match is not None and int(match.group(2)) != pid, err
+    async with RecorderClient.connect(f"unix://{socket}") as client:
+        assert (await client.get_session("auto-3")).loops[0].loop_id == "auto-3.c.0"
+        assert (await client.get_session("auto-1")).session_id == "auto-1"  # same database
 
 
 async def test_without_autostart_nothing_is_started(home: dict[str, str], short_tmp: Path) -> None:
