@@ -126,17 +126,23 @@ class Venv:
         return names - {"pip", "setuptools", "wheel"}
 
 
-@pytest.fixture(scope="module")
-def plain(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Venv:
-    venv = Venv(tmp_path_factory.mktemp("venvs") / "plain")
-    venv.install(str(dists.wheel))
+@pytest.fixture(scope="module", params=["wheel", "sdist"])
+def plain(
+    request: pytest.FixtureRequest, dists: Dists, tmp_path_factory: pytest.TempPathFactory
+) -> Venv:
+    """A clean venv with `pip install <wheel or sdist>`."""
+    venv = Venv(tmp_path_factory.mktemp("venvs") / f"plain-{request.param}")
+    venv.install(getattr(dists, request.param).as_uri())
     return venv
 
 
-@pytest.fixture(scope="module")
-def server(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Venv:
-    venv = Venv(tmp_path_factory.mktemp("venvs") / "server")
-    venv.install(f"agent-recorder[server] @ {dists.sdist.as_uri()}")
+@pytest.fixture(scope="module", params=["wheel", "sdist"])
+def server(
+    request: pytest.FixtureRequest, dists: Dists, tmp_path_factory: pytest.TempPathFactory
+) -> Venv:
+    """A clean venv with `pip install 'agent-recorder[server] @ <wheel or sdist>'`."""
+    venv = Venv(tmp_path_factory.mktemp("venvs") / f"server-{request.param}")
+    venv.install(f"agent-recorder[server] @ {getattr(dists, request.param).as_uri()}")
     return venv
 
 
@@ -150,10 +156,12 @@ def test_the_sdist_carries_the_contract_license_and_changelog(dists: Dists) -> N
 def test_the_plain_install_is_the_client_library(plain: Venv) -> None:
     assert plain.distributions() == CLIENT_SET
     imports = (
-        "import recorder_client, agent_recorder.v1.events_pb2; print(recorder_client.__name__)"
+        "import recorder_client, agent_recorder.v1.events_pb2 as events\n"
+        "print(recorder_client.RecorderClient.__name__, events.__name__)\n"
     )
     done = run(plain.bin / "python", "-c", imports)
-    assert (done.returncode, done.stdout) == (0, "agent_recorder.v1.events_pb2\n"), done.stderr
+    expected = "RecorderClient agent_recorder.v1.events_pb2\n"
+    assert (done.returncode, done.stdout) == (0, expected), done.stderr
     version = run(plain.bin / "agent-recorder", "--version")
     assert version.stdout == f"agent-recorder {__version__} (client library only)\n"
     refused = run(plain.bin / "agent-recorder", "ls")
