@@ -7,6 +7,7 @@ its queue and commits, then the store closes and the file lock is released.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -45,11 +46,6 @@ from recorder_server.version_header import ServerVersionHeader
 from recorder_server.writer import Writer
 
 log = logging.getLogger(__name__)
-# For the process that runs the sidecar (`serve` sets it; an embedding program
-# decides for itself): the store's thread takes the GIL back after each SQL
-# statement, and the event loop gives it up only when asked and this interval has
-# passed. 1 ms instead of 5 measured ~7% more ingest (docs/performance.md).
-GIL_SWITCH_INTERVAL_S = 0.001
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["RecorderService"].full_name
 # Probes and generic tools reach these without the token: liveness and the public schema.
 OPEN_SERVICES = (
@@ -82,6 +78,8 @@ class ServerConfig:
     insecure: bool = False
     # Bearer token every RecorderService call must carry; None leaves calls open.
     token: str | None = None
+    # Open loops of a writer gone this long are aborted (0: never).
+    abandon_after_s: int = 300
 
 
 def _lock_database(db_path: Path) -> IO[str]:
@@ -120,6 +118,9 @@ class RecorderServer:
         self.config = config
         self.address = ""
         self.writer: Writer | None = None
+        # Set when the commit pipeline died: health is NOT_SERVING and the
+        # process should exit non-zero so that a supervisor restarts it.
+        self.failed = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> RecorderServer:
@@ -151,7 +152,7 @@ class RecorderServer:
         checkpointer = Checkpointer(config.db_path)
         await checkpointer.start()
         self._stack.push_async_callback(checkpointer.stop)
-        writer = Writer(store, config.options)
+        writer = Writer(store, config.options, abandon_after_s=config.abandon_after_s)
         writer.checkpointer = checkpointer
         await writer.start()
         self._stack.push_async_callback(writer.stop)
@@ -203,6 +204,9 @@ class RecorderServer:
             socket_path.chmod(0o600)
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        assert self.writer is not None
+        watch = asyncio.create_task(self._watch(self.writer.pipeline.died, health_servicer))
+        self._stack.callback(watch.cancel)
 
         async def stop() -> None:
             await health_servicer.enter_graceful_shutdown()
@@ -210,3 +214,10 @@ class RecorderServer:
 
         self._stack.push_async_callback(stop)
         log.info("agent-recorder listening on %s (database %s)", self.address, self.config.db_path)
+
+    async def _watch(self, died: asyncio.Event, health_servicer: Any) -> None:
+        """A dead commit pipeline makes the sidecar NOT_SERVING and `failed`."""
+        await died.wait()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.failed.set()

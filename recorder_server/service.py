@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from operator import itemgetter
 from typing import Any
 
@@ -14,20 +15,59 @@ from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 
 from recorder_client.version import __version__
 from recorder_server.decoding import Received, wants_wire
-from recorder_server.errors import InvalidArgument, NotFound, RecorderError
+from recorder_server.errors import FellBehind, InvalidArgument, NotFound, RecorderError
 from recorder_server.framing import event_pages, response_of
 from recorder_server.reads import Reads
-from recorder_server.recording import OPEN_STATUSES
-from recorder_server.status import internal_rejection, streaming, to_rejection, unary
+from recorder_server.recording import OPEN_STATUSES, Refusal
+from recorder_server.status import (
+    internal_rejection,
+    streaming,
+    to_event_refusal,
+    to_rejection,
+    unary,
+)
 from recorder_server.validation import Limits, validate_events, validate_request
-from recorder_server.writer import Writer
+from recorder_server.writer import Recorded, Writer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Events read per query, and the most a StreamEvents page holds.
 EVENTS_PAGE = 1000
 # A page's bytes stay well under every client's default receive limit (4 MiB).
 PAGE_BYTES = 1024 * 1024
+# Refusals per ListRefusals page unless asked otherwise.
+REFUSALS_PAGE = 100
 SESSION_FIELD = api.GetSessionResponse.DESCRIPTOR.fields_by_name["session"].number
+
+
+Handler = Callable[[Any, Any, Context], Awaitable[Any]]
+StreamHandler = Callable[[Any, Any, Context], AsyncIterator[Any]]
+
+
+def rpc(handler: Handler) -> Handler:
+    """A unary handler: its request is validated first, every failure leaves as a status."""
+
+    @functools.wraps(handler)
+    async def validated(self: RecorderServicer, request: Any, context: Context) -> Any:
+        validate_request(request, self.limits)
+        return await handler(self, request, context)
+
+    validated.validates = True  # type: ignore[attr-defined]
+    return unary(validated)
+
+
+def stream_rpc(handler: StreamHandler) -> StreamHandler:
+    """`rpc` for a response-streaming handler."""
+
+    @functools.wraps(handler)
+    async def validated(
+        self: RecorderServicer, request: Any, context: Context
+    ) -> AsyncIterator[Any]:
+        validate_request(request, self.limits)
+        async for item in handler(self, request, context):
+            yield item
+
+    validated.validates = True  # type: ignore[attr-defined]
+    return streaming(validated)
 
 
 class RecorderServicer(api_grpc.RecorderServiceServicer):
@@ -60,17 +100,21 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         except RecorderError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         writer_id = first.hello.writer_id
-        acks: asyncio.Queue[tuple[int, asyncio.Future[list[int]] | RecorderError] | None]
+        acks: asyncio.Queue[tuple[int, asyncio.Future[Recorded] | RecorderError] | None]
         acks = asyncio.Queue()
         options = self.writer.options
         yield api.RecordResponse(
             ready=api.RecordReady(
                 include_streaming_events=options.include_streaming_events,
                 capture_turn_requests=options.capture_turn_requests,
+                max_id_length=self.limits.max_id_length,
+                max_value_depth=self.limits.max_value_depth,
+                max_request_bytes=self.limits.max_request_bytes,
+                abandon_after_secs=self.writer.abandon_after_s,
                 server_version=__version__,
             )
         )
-        self.writer.leases.attach(writer_id)
+        self.writer.attach(writer_id)
         reader = asyncio.create_task(self._read_batches(writer_id, request_iterator, acks))
         try:
             while (item := await acks.get()) is not None:
@@ -80,13 +124,13 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            self.writer.leases.detach(writer_id)
+            self.writer.detach(writer_id)
 
     async def _read_batches(
         self,
         writer_id: str,
         requests: AsyncIterator[Received],
-        acks: asyncio.Queue[tuple[int, asyncio.Future[list[int]] | RecorderError] | None],
+        acks: asyncio.Queue[tuple[int, asyncio.Future[Recorded] | RecorderError] | None],
     ) -> None:
         try:
             async for received in requests:
@@ -106,111 +150,112 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
 
     @staticmethod
     async def _ack(
-        batch_id: int, outcome: asyncio.Future[list[int]] | RecorderError
+        batch_id: int, outcome: asyncio.Future[Recorded] | RecorderError
     ) -> api.RecordResponse:
         if isinstance(outcome, RecorderError):
             return api.RecordResponse(batch_id=batch_id, rejection=to_rejection(outcome))
         try:
-            sequences = await outcome
+            sequences, refused = await outcome
         except RecorderError as exc:
             return api.RecordResponse(batch_id=batch_id, rejection=to_rejection(exc))
         except Exception as exc:  # an answer, not a dead stream, for every batch
             return api.RecordResponse(batch_id=batch_id, rejection=internal_rejection(exc))
-        return api.RecordResponse(batch_id=batch_id, sequences=sequences)
+        return api.RecordResponse(
+            batch_id=batch_id, sequences=sequences, refusals=_event_refusals(refused)
+        )
 
-    @unary
+    @unary  # validated event by event: one bad event is refused alone
     async def Append(self, request: api.AppendRequest, context: Context) -> api.AppendResponse:
         events = validate_events(request, self.limits)
-        sequences = await self.writer.record(request.writer_id, events)
-        return api.AppendResponse(sequences=sequences)
+        sequences, refused = await self.writer.record(request.writer_id, events)
+        return api.AppendResponse(sequences=sequences, refusals=_event_refusals(refused))
 
-    @unary
+    @rpc
     async def OpenSession(
         self, request: api.OpenSessionRequest, context: Context
     ) -> api.OpenSessionResponse:
-        validate_request(request, self.limits)
         return api.OpenSessionResponse(session=await self.writer.open_session(request))
 
-    @unary
+    @rpc
     async def RotateSession(
         self, request: api.RotateSessionRequest, context: Context
     ) -> api.RotateSessionResponse:
-        validate_request(request, self.limits)
         return await self.writer.rotate_session(request)
 
-    @unary
+    @rpc
     async def Flush(self, request: api.FlushRequest, context: Context) -> api.FlushResponse:
-        validate_request(request, self.limits)
         sid = request.session_id if request.HasField("session_id") else None
         return await self.writer.flush(sid)
 
-    @unary
+    @rpc
     async def Checkpoint(
         self, request: api.CheckpointRequest, context: Context
     ) -> api.CheckpointResponse:
-        validate_request(request, self.limits)
         sid = request.session_id if request.HasField("session_id") else None
         return await self.writer.checkpoint(sid)
 
-    @unary
+    @rpc
     async def DeleteSession(
         self, request: api.DeleteSessionRequest, context: Context
     ) -> api.DeleteSessionResponse:
-        validate_request(request, self.limits)
         await self.writer.delete_sessions([request.session_id])
         return api.DeleteSessionResponse()
 
-    @unary
+    @rpc
     async def PruneSessions(
         self, request: api.PruneSessionsRequest, context: Context
     ) -> api.PruneSessionsResponse:
-        validate_request(request, self.limits)
         ids = await self.writer.prune(request.older_than, request.dry_run)
         return api.PruneSessionsResponse(session_ids=ids)
 
-    @unary
+    @rpc
     async def ImportSession(
         self, request: api.ImportSessionRequest, context: Context
     ) -> api.ImportSessionResponse:
-        validate_request(request, self.limits)
         return await self.writer.import_session(request.session, request.replace)
 
     # -- reading ----------------------------------------------------------------
 
-    @unary
-    async def GetSession(  # type: ignore[override]  # bytes: see add_to_server
+    @rpc
+    async def GetSession(  # answers bytes: see add_to_server
         self, request: api.GetSessionRequest, context: Context
     ) -> bytes:
         """GetSessionResponse bytes framed around the stored session, never decoded."""
-        validate_request(request, self.limits)
         session = await self.reads.session_bytes(
             request.session_id, request.skip_events, request.skip_messages
         )
         return response_of(SESSION_FIELD, session)
 
-    @unary
+    @rpc
     async def GetLoop(self, request: api.GetLoopRequest, context: Context) -> api.GetLoopResponse:
-        validate_request(request, self.limits)
         loop = await self.reads.get_loop(request.loop_id, request.skip_events)
         return api.GetLoopResponse(loop=loop)
 
-    @unary
+    @rpc
     async def ListSessions(
         self, request: api.ListSessionsRequest, context: Context
     ) -> api.ListSessionsResponse:
-        validate_request(request, self.limits)
         sessions, token = await self.reads.list_sessions(request)
         return api.ListSessionsResponse(sessions=sessions, next_page_token=token)
 
-    @unary
+    @rpc
     async def GetUsage(
         self, request: api.GetUsageRequest, context: Context
     ) -> api.GetUsageResponse:
-        validate_request(request, self.limits)
         return api.GetUsageResponse(rows=await self.reads.usage(request))
 
-    @streaming
-    async def StreamEvents(  # type: ignore[override]  # bytes: see add_to_server
+    @rpc
+    async def ListRefusals(
+        self, request: api.ListRefusalsRequest, context: Context
+    ) -> api.ListRefusalsResponse:
+        sid = request.session_id if request.HasField("session_id") else None
+        refusals, token = await self.reads.refusals(
+            sid, request.page_size or REFUSALS_PAGE, request.page_token
+        )
+        return api.ListRefusalsResponse(refusals=refusals, next_page_token=token)
+
+    @stream_rpc
+    async def StreamEvents(  # answers bytes: see add_to_server
         self, request: api.StreamEventsRequest, context: Context
     ) -> AsyncIterator[bytes]:
         """StreamEventsResponse pages as bytes framed around the stored events.
@@ -218,13 +263,12 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         Each page goes out as soon as its events are read; with follow, the stream
         then waits for the next commit, until the loop ends or the session is done.
         """
-        validate_request(request, self.limits)
         loop_id = request.loop_id if request.WhichOneof("target") == "loop_id" else None
         session_id = request.session_id if loop_id is None else None
         page_size = request.page_size or EVENTS_PAGE
         cursor = request.after_cursor
         while True:
-            next_commit = self.writer.commits.next()
+            next_commit = self.writer.next_commit()
             finished = await self._finished(session_id, loop_id) or not request.follow
             stored = await self.reads.events_after(
                 session_id=session_id, loop_id=loop_id, after_cursor=cursor, limit=EVENTS_PAGE
@@ -251,18 +295,25 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
             raise NotFound(f"session {session_id!r} not found", session_id=session_id)
         return finalized
 
-    @streaming
+    @stream_rpc
     async def WatchSessions(
         self, request: api.WatchSessionsRequest, context: Context
     ) -> AsyncIterator[api.WatchSessionsResponse]:
-        validate_request(request, self.limits)
-        queue = self.writer.lifecycle.subscribe()
+        subscription = self.writer.watch()
+        last: api.WatchSessionsResponse | None = None
         try:
-            while (message := await queue.get()) is not None:
+            while (message := await subscription.queue.get()) is not None:
                 if not request.agent_id or message.agent_id in ("", request.agent_id):
+                    last = message
                     yield message
         finally:
-            self.writer.lifecycle.unsubscribe(queue)
+            self.writer.unwatch(subscription)
+        if subscription.cut_off:
+            raise FellBehind(subscription.limit, last.timestamp if last is not None else None)
+
+
+def _event_refusals(refused: list[Refusal]) -> list[api.EventRefusal]:
+    return [to_event_refusal(r.index, r.error, r.slot is not None) for r in refused]
 
 
 def _as_is(response: bytes) -> bytes:

@@ -90,6 +90,8 @@ VALID_REQUESTS: list[Message] = [
     api.ImportSessionRequest(session=_FULL_SESSION, replace=True),
     api.GetUsageRequest(),
     api.GetUsageRequest(agent_id="a", since=ts(), until=ts()),
+    api.ListRefusalsRequest(),
+    api.ListRefusalsRequest(session_id="s", page_size=10),
 ]
 
 
@@ -181,6 +183,8 @@ INVALID_REQUESTS: list[tuple[Message, str, str]] = [
         "must be set",
     ),
     (api.GetUsageRequest(agent_id="\n"), "agent_id", "must not contain"),
+    (api.ListRefusalsRequest(session_id=""), "session_id", "must not be empty"),
+    (api.ListRefusalsRequest(page_size=1001), "page_size", "must be within 0..1000"),
     (
         api.GetUsageRequest(until=Timestamp(seconds=TIMESTAMP_MAX_SECONDS + 1)),
         "until.seconds",

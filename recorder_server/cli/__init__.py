@@ -14,11 +14,11 @@ import sys
 
 from recorder_client.errors import RecorderRpcError
 from recorder_client.version import __version__
-from recorder_server.cli import maintenance, serve, service, sessions, transfer, ui
+from recorder_server.cli import maintenance, refusals, serve, service, sessions, transfer, ui
 from recorder_server.cli.common import EXIT_BROKEN_PIPE, EXIT_CODES, Handler
 from recorder_server.cli.lookup import NotResolved
 
-GROUPS = (serve, sessions, transfer, maintenance, ui, service)
+GROUPS = (serve, sessions, refusals, transfer, maintenance, ui, service)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import signal
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from recorder_client import defaults
 from recorder_client.defaults import default_db_path, default_target
+from recorder_server import tuning
 from recorder_server.cli.common import Commands, add_command
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import SecurityConfigError, check_token
@@ -55,6 +55,14 @@ def register(commands: Commands) -> None:
         help="send finished loops as OTLP/gRPC spans to this collector (host:port is "
         "plaintext, https://host:port uses TLS; OTEL_EXPORTER_OTLP_* variables apply)",
     )
+    serve.add_argument(
+        "--abandon-after",
+        metavar="SECONDS",
+        type=_non_negative_int,
+        default=300,
+        help="abort a writer's open loops this long after its stream ended without it "
+        "coming back (0: never; default %(default)s)",
+    )
     _add_security_flags(serve)
     _add_limit_flags(serve)
 
@@ -94,6 +102,13 @@ def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
         )
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -113,6 +128,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         ),
         synchronous=args.synchronous.upper(),
         otlp_endpoint=args.otlp_endpoint,
+        abandon_after_s=args.abandon_after,
         limits=Limits(
             max_request_bytes=args.max_request_bytes,
             max_events_per_batch=args.max_events_per_batch,
@@ -137,9 +153,9 @@ def _token(token_file: Path | None) -> str | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from recorder_server.server import GIL_SWITCH_INTERVAL_S, DatabaseInUse, RecorderServer
+    from recorder_server.server import DatabaseInUse, RecorderServer
 
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    tuning.before_start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -147,16 +163,24 @@ async def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
         async with RecorderServer(config) as server:
-            # What startup made (modules, descriptors, the server) lives as long as
-            # the process: out of the collector's sight, a full collection no longer
-            # walks it. Full collections had paused the event loop for 25-45 ms.
-            gc.collect()
-            gc.freeze()
+            tuning.after_start()
             print(
                 f"agent-recorder listening on {server.address} (database {config.db_path})",
                 flush=True,
             )
-            await stop.wait()
+            failed = asyncio.create_task(server.failed.wait())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([failed, stopped], return_when=asyncio.FIRST_COMPLETED)
+            failed.cancel()
+            stopped.cancel()
+            if server.failed.is_set():
+                print(
+                    "agent-recorder: the commit pipeline stopped; exiting so that a "
+                    "supervisor restarts the sidecar",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
             print("agent-recorder: stopping (draining writes)", flush=True)
     except (DatabaseInUse, SecurityConfigError) as exc:
         print(f"agent-recorder: {exc}", file=sys.stderr)

@@ -19,6 +19,7 @@ from recorder_server.cli.lookup import Found, NotResolved, resolve
 from recorder_server.tree_view import (
     SESSION_COLUMNS,
     event_line,
+    refusals_table,
     session_row,
     session_tree,
     sessions_table,
@@ -248,7 +249,10 @@ async def show_session(args: argparse.Namespace) -> int:
         if found.loop_id is not None:
             session = subtree(session, found.loop_id)
         children = await sub_sessions(client, session)
+        refusals = [r async for r in client.iter_refusals(session.session_id)]
     console.print(session_tree(session, children.get))
+    if refusals:
+        console.print(refusals_table(refusals))
     return 0
 
 

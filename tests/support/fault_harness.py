@@ -259,7 +259,7 @@ def check_store(db_path: Path, expected: dict[str, list[str]]) -> Verdict:
 # -- processes -------------------------------------------------------------------------------
 
 
-def _worker_env() -> dict[str, str]:
+def worker_env() -> dict[str, str]:
     """This environment with tests/ first on PYTHONPATH, so `support` imports in the worker."""
     paths = [str(TESTS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
@@ -268,10 +268,11 @@ def _worker_env() -> dict[str, str]:
 class ServerProcess:
     """`agent-recorder serve` as a child process that can be killed and restarted."""
 
-    def __init__(self, db_path: Path, socket_path: Path, log_path: Path) -> None:
+    def __init__(self, db_path: Path, socket_path: Path, log_path: Path, *flags: str) -> None:
         self.db_path = db_path
         self.socket_path = socket_path
         self.log_path = log_path
+        self.flags = flags
         self.process: asyncio.subprocess.Process | None = None
         self.starts = 0
 
@@ -293,6 +294,7 @@ class ServerProcess:
                 "--listen",
                 self.target,
                 "--include-streaming-events",
+                *self.flags,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
             )
@@ -358,7 +360,7 @@ class _Workers:
                 "--seed",
                 str(seed),
                 stdout=asyncio.subprocess.PIPE,
-                env=_worker_env(),
+                env=worker_env(),
             )
             self.processes.append(process)
             self.readers.append(asyncio.create_task(self._read(client, process)))

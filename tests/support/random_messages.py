@@ -130,8 +130,12 @@ def fill(message: Message, data: st.DataObject, depth: int) -> None:
         elif depth <= 0:
             continue
         elif field.message_type.GetOptions().map_entry:
+            scalar = field.message_type.fields_by_name["value"].message_type is None
             for key in data.draw(st.lists(st.text(max_size=2), max_size=2)):
-                fill(target[key], data, depth - 1)
+                if scalar:
+                    target[key] = data.draw(st.text(max_size=2))
+                else:
+                    fill(target[key], data, depth - 1)
         elif field.is_repeated:
             for _ in range(data.draw(st.integers(0, 2))):
                 fill(target.add(), data, depth - 1)
