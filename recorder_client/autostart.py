@@ -74,7 +74,7 @@ def ensure_sidecar(target: str) -> StartedSidecar | None:
         return None
     log_path = defaults.data_dir() / LOG_NAME
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "recorder_server.cli", "serve", "--listen", target]
+    command = [sys.executable, "-m", "recorder_server.launcher", "serve", "--listen", target]
     with log_path.open("ab") as output:
         process = subprocess.Popen(
             command,
@@ -115,4 +115,4 @@ def _wait_until_answering(process: subprocess.Popen[bytes], path: Path, log_path
 
 def _last_line(log_path: Path) -> str:
     lines = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-    return lines[-1] if lines else "(nothing logged)"
+    return lines[-1].strip() if lines else "(nothing logged)"

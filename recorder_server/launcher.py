@@ -62,3 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from recorder_server.cli import main as cli_main
 
     return cli_main(args)
+
+
+if __name__ == "__main__":  # `python -m recorder_server.launcher`, as autostart runs it
+    sys.exit(main())

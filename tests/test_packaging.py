@@ -236,3 +236,27 @@ async def test_a_plain_client_records_into_the_server_install_and_reads_back(
     session = json.loads(out)
     assert (session["sessionId"], session["agentId"]) == (session_id, "my-agent")
     assert [loop["status"] for loop in session["loops"]] == ["LOOP_STATUS_COMPLETED"]
+
+
+def test_autostart_in_a_plain_install_says_the_server_extra_is_missing(
+    plain: Venv, short_tmp: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_RECORDER_")}
+    env |= {"XDG_RUNTIME_DIR": str(short_tmp / "run"), "XDG_DATA_HOME": str(short_tmp / "data")}
+    code = (
+        "from recorder_client import RecorderClient\n"
+        "from recorder_client.autostart import AutostartError\n"
+        "try:\n"
+        "    RecorderClient.connect(autostart=True)\n"
+        "except AutostartError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [plain.bin / "python", "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    log = short_tmp / "data" / "agent-recorder" / "sidecar.log"
+    assert done.stdout == (
+        "the sidecar exited with status 1 at start: install it with: pip install "
+        f"'agent-recorder[server]' (log: {log})\n"
+    )
