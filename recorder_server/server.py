@@ -57,6 +57,7 @@ from recorder_server.service import RecorderServicer, add_to_server
 from recorder_server.startup import resolve_database, split_port
 from recorder_server.storage import WriteStore
 from recorder_server.validation import Limits
+from recorder_server.version_header import ServerVersionHeader
 from recorder_server.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,8 @@ class RecorderServer:
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [DecodeGuard()]
         if config.token is not None:
             interceptors.insert(0, TokenInterceptor(config.token, OPEN_SERVICES))
+        # First: refused calls name the version too.
+        interceptors.insert(0, ServerVersionHeader())
         return grpc.aio.server(
             interceptors=interceptors,
             options=[
