@@ -14,7 +14,7 @@ def test_every_package_directory_is_listed() -> None:
     listed = set(config["packages"])
     mapped = {name: ROOT / path for name, path in config["package-dir"].items()}
     found = set()
-    for top in ("recorder_server", "recorder_client"):
+    for top in ("recorder_server", "recorder_client", "recorder_common"):
         for init in (ROOT / top).rglob("__init__.py"):
             found.add(".".join(init.parent.relative_to(ROOT).parts))
     for name, path in mapped.items():
