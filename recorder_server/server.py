@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -30,9 +31,12 @@ from recorder_client.defaults import (
 from recorder_server.checkpoints import Checkpointer
 from recorder_server.decoding import DecodeGuard
 from recorder_server.otel import OtlpExporter
+from recorder_server.otlp import receiver
+from recorder_server.otlp.ingest import OtlpIngest
 from recorder_server.reads import ReadPool, Reads
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import (
+    TlsFiles,
     TokenInterceptor,
     check_transport,
     server_credentials,
@@ -81,6 +85,10 @@ class ServerConfig:
     insecure: bool = False
     # Bearer token every RecorderService call must carry; None leaves calls open.
     token: str | None = None
+    # OTLP ingest: "host:port" for OTLP/HTTP POST /v1/traces (None: gRPC only), and
+    # how long a loop whose own span has not arrived stays open (seconds).
+    otlp_http: str | None = None
+    otlp_orphan_wait_s: float = 60.0
 
 
 def _lock_database(db_path: Path) -> IO[str]:
@@ -118,7 +126,9 @@ class RecorderServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.address = ""
+        self.otlp_http_address = ""
         self.writer: Writer | None = None
+        self.ingest: OtlpIngest | None = None
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> RecorderServer:
@@ -164,7 +174,32 @@ class RecorderServer:
             self._stack.push_async_callback(exporter.stop)
             writer.listeners.append(exporter.on_commit)
             self._stack.callback(writer.listeners.remove, exporter.on_commit)
+        ingest = OtlpIngest(writer, config.db_path, config.limits, config.otlp_orphan_wait_s)
+        await ingest.start()
+        self._stack.push_async_callback(ingest.stop)
+        self.ingest = ingest
         await self._serve(RecorderServicer(writer, Reads(pool), config.limits), credentials)
+        if config.otlp_http is not None:
+            await self._serve_otlp_http(ingest, tls)
+
+    async def _serve_otlp_http(self, ingest: OtlpIngest, tls: TlsFiles | None) -> None:
+        """OTLP/HTTP beside the gRPC listener: same token, same TLS identity."""
+        assert self.config.otlp_http is not None
+        check_transport(self.config.otlp_http, tls, self.config.insecure)
+        host, _, port = self.config.otlp_http.rpartition(":")
+        app = receiver.http_app(ingest, self.config.token, self.config.limits.max_request_bytes)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        context = None
+        if tls is not None:
+            ca = str(tls.client_ca) if tls.client_ca else None
+            context = receiver.ssl_context(str(tls.cert), str(tls.key), ca)
+        site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=context)
+        await site.start()
+        bound = runner.addresses[0]
+        self.otlp_http_address = f"{host or '127.0.0.1'}:{bound[1]}"
+        log.info("OTLP/HTTP traces on %s/v1/traces", self.otlp_http_address)
 
     async def _serve(
         self, servicer: RecorderServicer, credentials: grpc.ServerCredentials | None
@@ -182,9 +217,13 @@ class RecorderServer:
             ],
         )
         add_to_server(servicer, server)
+        assert self.ingest is not None
+        receiver.add_to_server(receiver.TraceServicer(self.ingest), server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((SERVICE_NAME, *OPEN_SERVICES), server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, receiver.SERVICE_NAME, *OPEN_SERVICES), server
+        )
         listen = normalize_target(config.listen)
         socket_path = _prepare_unix_socket(listen) if listen.startswith("unix:") else None
         if credentials is None:
@@ -198,7 +237,7 @@ class RecorderServer:
         await server.start()
         if socket_path is not None:
             socket_path.chmod(0o600)
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, receiver.SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         async def stop() -> None:

@@ -31,7 +31,7 @@ from recorder_server.recording import (
     Snapshot,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 T = TypeVar("T")
 
 MIGRATIONS: dict[int, str] = {
@@ -112,6 +112,46 @@ MIGRATIONS: dict[int, str] = {
     # before this, imported loops).
     3: """
     ALTER TABLE loops ADD COLUMN end_event INTEGER;
+    """,
+    # OTLP ingest's own state (recorder_server/otlp/store.py): spans already placed,
+    # the span each loop stands for, loops still assembling, events not yet committed.
+    4: """
+    CREATE TABLE otlp_spans (
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        loop_id TEXT NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE otlp_keys (
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        loop_id TEXT NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE otlp_loops (
+        loop_id TEXT PRIMARY KEY,
+        trace_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        next_seq INTEGER NOT NULL,
+        turns INTEGER NOT NULL,
+        usage BLOB NOT NULL,
+        messages BLOB NOT NULL,
+        ended INTEGER NOT NULL,
+        touched_us INTEGER NOT NULL,
+        late INTEGER NOT NULL,
+        last_ns INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX otlp_loops_by_trace ON otlp_loops (trace_id);
+    CREATE INDEX otlp_loops_open ON otlp_loops (touched_us) WHERE ended = 0;
+    CREATE TABLE otlp_outbox (
+        id INTEGER PRIMARY KEY,
+        loop_id TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        event BLOB NOT NULL
+    );
     """,
 }
 

@@ -55,6 +55,20 @@ def register(commands: Commands) -> None:
         help="send finished loops as OTLP/gRPC spans to this collector (host:port is "
         "plaintext, https://host:port uses TLS; OTEL_EXPORTER_OTLP_* variables apply)",
     )
+    serve.add_argument(
+        "--otlp-http",
+        metavar="HOST:PORT",
+        help="also receive OTLP/HTTP spans (POST /v1/traces) on this address; "
+        "OTLP/gRPC TraceService/Export is always served on --listen",
+    )
+    serve.add_argument(
+        "--otlp-orphan-wait",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close an OTLP loop whose own span has not arrived after this long "
+        "without new spans (default %(default)s)",
+    )
     _add_security_flags(serve)
     _add_limit_flags(serve)
 
@@ -94,6 +108,13 @@ def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
         )
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -113,6 +134,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         ),
         synchronous=args.synchronous.upper(),
         otlp_endpoint=args.otlp_endpoint,
+        otlp_http=args.otlp_http,
+        otlp_orphan_wait_s=args.otlp_orphan_wait,
         limits=Limits(
             max_request_bytes=args.max_request_bytes,
             max_events_per_batch=args.max_events_per_batch,

@@ -1,0 +1,132 @@
+"""Runs the assembler over each export and hands its events to the writer.
+
+One export at a time (a lock), so two exports of one trace never plan against the
+same state. The answer to an export is given after the writer committed its
+events: spans that were refused, or whose events the writer refused, are named
+in it; the rest of the export is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from recorder_server.errors import RecorderError, StorageFull, StorageUnavailable
+from recorder_server.otlp import mapping
+from recorder_server.otlp.assembler import Assembler
+from recorder_server.otlp.store import OtlpStore, Outgoing
+from recorder_server.validation import Limits
+from recorder_server.writer import Writer
+
+log = logging.getLogger(__name__)
+# The writer id OTLP ingest records under (leases, logs).
+WRITER_ID = "otlp"
+# How many refusals an answer spells out before it only counts the rest.
+MAX_NAMED = 10
+
+
+class Unavailable(RuntimeError):
+    """The store could not take the events now; the exporter should retry."""
+
+
+class OtlpIngest:
+    def __init__(self, writer: Writer, db_path: Path, limits: Limits, orphan_wait_s: float) -> None:
+        self.writer = writer
+        self.db_path = db_path
+        self.limits = limits
+        self.orphan_wait_s = orphan_wait_s
+        self._store: OtlpStore | None = None
+        self._lock = asyncio.Lock()
+        self._expiry: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Open the state and send what a previous run planned but did not deliver."""
+        self._store = await OtlpStore.open(self.db_path)
+        async with self._lock:
+            await self._deliver()
+        self._expiry = asyncio.create_task(self._expire_forever(), name="otlp-orphans")
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        if self._store is not None:
+            await self._store.close()
+
+    @property
+    def store(self) -> OtlpStore:
+        assert self._store is not None, "OtlpIngest.start() was not called"
+        return self._store
+
+    async def export(self, resource_spans: Sequence[Any]) -> tuple[int, str]:
+        """Record an export's spans; returns (spans refused, what was refused)."""
+        views, refused = mapping.span_views(resource_spans)
+        async with self._lock:
+            traces = await self.store.load(v.trace_id for v in views)
+            changes = Assembler(traces, self.limits, _now_us()).add(views)
+            refused += changes.refused
+            await self.store.save(changes)
+            refused += await self._deliver()
+        if refused:
+            log.warning("OTLP export: %d span(s) refused: %s", len(refused), refused[0])
+        return len(refused), _summary(refused)
+
+    async def expire(self) -> None:
+        """Close loops whose own span did not arrive within the wait."""
+        older = _now_us() - int(self.orphan_wait_s * 1_000_000)
+        async with self._lock:
+            stale = await self.store.stale_traces(older)
+            if not stale:
+                return
+            traces = await self.store.load(stale)
+            changes = Assembler(traces, self.limits, _now_us()).expire(older, self.orphan_wait_s)
+            await self.store.save(changes)
+            for refusal in await self._deliver():
+                log.warning("OTLP orphan loop: %s", refusal)
+
+    async def _expire_forever(self) -> None:
+        period = min(max(self.orphan_wait_s / 4, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.expire()
+            except Unavailable as exc:
+                log.warning("OTLP orphan pass postponed: %s", exc)
+
+    async def _deliver(self) -> list[str]:
+        """Send the outbox in order, in batches; what the writer refuses is named and dropped."""
+        outgoing = await self.store.outbox()
+        refused: list[str] = []
+        size = self.limits.max_events_per_batch
+        for start in range(0, len(outgoing), size):
+            batch = outgoing[start : start + size]
+            try:
+                await self.writer.record(WRITER_ID, [(seq, event) for _, _, seq, event in batch])
+            except (StorageFull, StorageUnavailable) as exc:
+                raise Unavailable(exc.message) from exc
+            except RecorderError as exc:
+                refused.append(_refusal(batch, exc))
+            await self.store.delivered([row[0] for row in batch])
+        return refused
+
+
+def _refusal(batch: list[Outgoing], exc: RecorderError) -> str:
+    loops = sorted({loop_id for _, loop_id, _, _ in batch})
+    return f"the recorder refused the events of loop(s) {', '.join(loops)}: {exc.message}"
+
+
+def _summary(refused: list[str]) -> str:
+    text = "; ".join(refused[:MAX_NAMED])
+    if len(refused) > MAX_NAMED:
+        text += f"; and {len(refused) - MAX_NAMED} more"
+    return text
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
