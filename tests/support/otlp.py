@@ -25,8 +25,9 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from recorder_server.server import RecorderServer, ServerConfig
 
@@ -37,8 +38,9 @@ T0_NS = 1_740_830_400 * 1_000_000_000  # 2025-03-01T12:00:00Z
 @asynccontextmanager
 async def sidecar(tmp: Path, **config: Any) -> AsyncIterator[RecorderServer]:
     """A real sidecar on a Unix socket and a SQLite file in `tmp`."""
-    base = ServerConfig(db_path=tmp / "recorder.db", listen=f"unix://{tmp}/r.sock",
-                        shutdown_grace_s=1.0)
+    base = ServerConfig(
+        db_path=tmp / "recorder.db", listen=f"unix://{tmp}/r.sock", shutdown_grace_s=1.0
+    )
     async with RecorderServer(replace(base, **config)) as server:
         yield server
 
@@ -49,24 +51,52 @@ async def run_instrumented(
     service: str = "test-agent",
     *,
     batch: bool = True,
-) -> T:
+) -> tuple[T, list[ReadableSpan]]:
     """Run `agent` with a TracerProvider exporting through `exporter`, then flush it.
 
-    On a thread of its own: the SDK exports synchronously, and the sidecar that
-    receives runs on this event loop.
+    Returns what the agent returned and the spans it made, in the order they ended
+    (a copy kept in memory to check the recording against). On a thread of its own: the SDK
+    exports synchronously, and the sidecar that receives runs on this event loop.
     """
+    kept = InMemorySpanExporter()
 
     def run() -> T:
         provider = TracerProvider(resource=Resource.create({"service.name": service}))
         processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
         provider.add_span_processor(processor)
+        provider.add_span_processor(SimpleSpanProcessor(kept))
         try:
             return agent(provider)
         finally:
             assert provider.force_flush(30_000), "the OTLP exporter did not flush"
             provider.shutdown()
 
-    return await asyncio.to_thread(run)
+    result = await asyncio.to_thread(run)
+    return result, list(kept.get_finished_spans())
+
+
+def named(spans: Sequence[ReadableSpan], name: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name == name]
+
+
+def one(spans: Sequence[ReadableSpan], name: str) -> ReadableSpan:
+    [found] = named(spans, name)
+    return found
+
+
+def span_hex(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return f"{span.context.span_id:016x}"
+
+
+def trace_hex(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return f"{span.context.trace_id:032x}"
+
+
+def loop_id_for(session_id: str, span: ReadableSpan) -> str:
+    assert span.context is not None
+    return f"{session_id}.otlp.{span.context.span_id}"
 
 
 def grpc_exporter(server: RecorderServer, token: str | None = None) -> OTLPSpanExporter:
@@ -89,18 +119,22 @@ async def list_sessions(server: RecorderServer) -> list[api.SessionSummary]:
 
 
 async def export(
-    server: RecorderServer, spans: Sequence[trace_pb2.Span], service: str = "hand-made",
+    server: RecorderServer,
+    spans: Sequence[trace_pb2.Span],
+    service: str = "hand-made",
     scope: tuple[str, str] = ("hand.made", "1.0"),
 ) -> otlp.ExportTraceServiceResponse:
     """One raw Export call with these spans under one resource and scope."""
     request = otlp.ExportTraceServiceRequest()
     resource_spans = request.resource_spans.add()
-    resource_spans.resource.CopyFrom(resource_pb2.Resource(attributes=attrs({"service.name": service})))
+    resource_spans.resource.CopyFrom(
+        resource_pb2.Resource(attributes=attrs({"service.name": service}))
+    )
     scope_spans = resource_spans.scope_spans.add()
     scope_spans.scope.name, scope_spans.scope.version = scope
     scope_spans.spans.extend(spans)
     async with grpc.aio.insecure_channel(server.address) as channel:
-        stub = otlp_grpc.TraceServiceStub(channel)
+        stub = otlp_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
         response: otlp.ExportTraceServiceResponse = await stub.Export(request)
     return response
 
@@ -146,8 +180,9 @@ def span(
         attributes=attrs(attributes),
     )
     for event_name, event_attrs in events:
-        out.events.add(name=event_name, time_unix_nano=out.start_time_unix_nano,
-                       attributes=attrs(event_attrs))
+        out.events.add(
+            name=event_name, time_unix_nano=out.start_time_unix_nano, attributes=attrs(event_attrs)
+        )
     if error is not None:
         out.status.code = trace_pb2.Status.STATUS_CODE_ERROR
         out.status.message = error
@@ -163,3 +198,7 @@ def loop_by_span(session: session_pb2.Session, span_id: int) -> session_pb2.Loop
     found = [loop for loop in session.loops if loop.loop_id.endswith(f".otlp.{span_id}")]
     assert len(found) == 1, [loop.loop_id for loop in session.loops]
     return found[0]
+
+
+def event_kinds(loop: session_pb2.LoopRecord) -> list[str]:
+    return [str(e.event.WhichOneof("event")) for e in loop.events]
