@@ -19,6 +19,7 @@ from support.otlp import (
     as_dict,
     event_kinds,
     export,
+    follow_loop,
     get_session,
     list_sessions,
     loop_by_span,
@@ -43,55 +44,124 @@ def genai_run(conversation: str = "conv-1") -> list[trace_pb2.Span]:
         "gen_ai.agent.id": "planner-v2",  # the id wins over the name
     }
     return [
-        span(TRACE, AGENT, None, "invoke_agent planner", 0, 10, {
-            **common, "gen_ai.operation.name": "invoke_agent",
-        }),
-        span(TRACE, CHAT1, AGENT, "chat gpt-x", 1, 3, {
-            **common,
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": "openai",
-            "gen_ai.request.model": "gpt-x",
-            "gen_ai.response.model": "gpt-x-2025",
-            "gen_ai.usage.input_tokens": 100,
-            "gen_ai.usage.output_tokens": 20,
-            "gen_ai.usage.cache_read.input_tokens": 40,
-            "gen_ai.usage.cache_creation.input_tokens": 7,
-            "gen_ai.usage.reasoning.output_tokens": 5,
-            "gen_ai.response.finish_reasons": ["tool_calls"],
-            "gen_ai.input.messages": json.dumps([
-                {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
-                {"role": "user", "parts": [{"type": "text", "content": "weather?"}]},
-            ]),
-            "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [
-                {"type": "reasoning", "content": "need a tool"},
-                {"type": "tool_call", "id": "c1", "name": "weather", "arguments": {"city": "Oslo"}},
-            ]}]),
-        }),
-        span(TRACE, TOOL, AGENT, "execute_tool weather", 3, 4, {
-            **common,
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": "weather",
-            "gen_ai.tool.call.id": "c1",
-            "gen_ai.tool.call.arguments": '{"city": "Oslo"}',
-            "gen_ai.tool.call.result": "rain",
-        }),
-        span(TRACE, CHAT2, AGENT, "chat gpt-x", 4, 6, {
-            **common,
-            "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": "openai",
-            "gen_ai.request.model": "gpt-x",
-            "gen_ai.usage.input_tokens": 130,
-            "gen_ai.usage.output_tokens": 8,
-            "gen_ai.input.messages": json.dumps([
-                {"role": "user", "parts": [{"type": "text", "content": "weather?"}]},
-                {"role": "assistant", "parts": [
-                    {"type": "tool_call", "id": "c1", "name": "weather", "arguments": {}}]},
-                {"role": "tool", "parts": [
-                    {"type": "tool_call_response", "id": "c1", "response": "rain"}]},
-            ]),
-            "gen_ai.output.messages": json.dumps([{"role": "assistant", "finish_reason": "stop",
-                                                  "parts": [{"type": "text", "content": "Rain."}]}]),
-        }),
+        span(
+            TRACE,
+            AGENT,
+            None,
+            "invoke_agent planner",
+            0,
+            10,
+            {
+                **common,
+                "gen_ai.operation.name": "invoke_agent",
+            },
+        ),
+        span(
+            TRACE,
+            CHAT1,
+            AGENT,
+            "chat gpt-x",
+            1,
+            3,
+            {
+                **common,
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "gpt-x",
+                "gen_ai.response.model": "gpt-x-2025",
+                "gen_ai.usage.input_tokens": 100,
+                "gen_ai.usage.output_tokens": 20,
+                "gen_ai.usage.cache_read.input_tokens": 40,
+                "gen_ai.usage.cache_creation.input_tokens": 7,
+                "gen_ai.usage.reasoning.output_tokens": 5,
+                "gen_ai.response.finish_reasons": ["tool_calls"],
+                "gen_ai.input.messages": json.dumps(
+                    [
+                        {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
+                        {"role": "user", "parts": [{"type": "text", "content": "weather?"}]},
+                    ]
+                ),
+                "gen_ai.output.messages": json.dumps(
+                    [
+                        {
+                            "role": "assistant",
+                            "parts": [
+                                {"type": "reasoning", "content": "need a tool"},
+                                {
+                                    "type": "tool_call",
+                                    "id": "c1",
+                                    "name": "weather",
+                                    "arguments": {"city": "Oslo"},
+                                },
+                            ],
+                        }
+                    ]
+                ),
+            },
+        ),
+        span(
+            TRACE,
+            TOOL,
+            AGENT,
+            "execute_tool weather",
+            3,
+            4,
+            {
+                **common,
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "weather",
+                "gen_ai.tool.call.id": "c1",
+                "gen_ai.tool.call.arguments": '{"city": "Oslo"}',
+                "gen_ai.tool.call.result": "rain",
+            },
+        ),
+        span(
+            TRACE,
+            CHAT2,
+            AGENT,
+            "chat gpt-x",
+            4,
+            6,
+            {
+                **common,
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": "gpt-x",
+                "gen_ai.usage.input_tokens": 130,
+                "gen_ai.usage.output_tokens": 8,
+                "gen_ai.input.messages": json.dumps(
+                    [
+                        {"role": "user", "parts": [{"type": "text", "content": "weather?"}]},
+                        {
+                            "role": "assistant",
+                            "parts": [
+                                {
+                                    "type": "tool_call",
+                                    "id": "c1",
+                                    "name": "weather",
+                                    "arguments": {},
+                                }
+                            ],
+                        },
+                        {
+                            "role": "tool",
+                            "parts": [
+                                {"type": "tool_call_response", "id": "c1", "response": "rain"}
+                            ],
+                        },
+                    ]
+                ),
+                "gen_ai.output.messages": json.dumps(
+                    [
+                        {
+                            "role": "assistant",
+                            "finish_reason": "stop",
+                            "parts": [{"type": "text", "content": "Rain."}],
+                        }
+                    ]
+                ),
+            },
+        ),
     ]
 
 
@@ -102,29 +172,44 @@ def check_genai_run(session: session_pb2.Session, session_id: str = "conv-1") ->
     assert (loop.status, loop.agent_id) == (COMPLETED, "planner-v2")
     assert event_kinds(loop) == [
         "agent_start",
-        "turn_start", "message_end", "message_end", "turn_end",
-        "tool_execution_start", "tool_execution_end",
-        "turn_start", "message_end", "turn_end",
+        "turn_start",
+        "message_end",
+        "message_end",
+        "turn_end",
+        "tool_execution_start",
+        "tool_execution_end",
+        "turn_start",
+        "message_end",
+        "turn_end",
         "agent_end",
     ]
     first, second = loop.turns
     assert as_dict(first.usage) == {
-        "input": "100", "output": "20", "reasoning": "5", "cache_read": "40", "cache_write": "7",
+        "input": "100",
+        "output": "20",
+        "reasoning": "5",
+        "cache_read": "40",
+        "cache_write": "7",
         "total_tokens": "120",
     }
     assert [(m.role, m.extension_kind) for m in first.input_messages] == [
-        (types_pb2.MESSAGE_ROLE_EXTENSION, "system"), (types_pb2.MESSAGE_ROLE_USER, ""),
+        (types_pb2.MESSAGE_ROLE_EXTENSION, "system"),
+        (types_pb2.MESSAGE_ROLE_USER, ""),
     ]
     answer = first.output_message
     assert (answer.model, answer.provider, answer.stop_reason) == (
-        "gpt-x-2025", "openai", types_pb2.STOP_REASON_TOOL_USE
+        "gpt-x-2025",
+        "openai",
+        types_pb2.STOP_REASON_TOOL_USE,
     )
     assert answer.content[0].thinking.thinking == "need a tool"
     call = answer.content[1].tool_call
     assert (call.id, call.name, as_dict(call.arguments)) == ("c1", "weather", {"city": "Oslo"})
     [result] = second.input_messages
     assert (result.role, result.tool_call_id, result.content[0].text.text) == (
-        types_pb2.MESSAGE_ROLE_TOOL_RESULT, "c1", "rain"
+        types_pb2.MESSAGE_ROLE_TOOL_RESULT,
+        "c1",
+        "rain",
     )
     assert second.output_message.content[0].text.text == "Rain."
     assert second.output_message.stop_reason == types_pb2.STOP_REASON_STOP
@@ -132,15 +217,29 @@ def check_genai_run(session: session_pb2.Session, session_id: str = "conv-1") ->
     start = loop.events[5].event.tool_execution_start
     end = loop.events[6].event.tool_execution_end
     assert (start.tool_call_id, start.tool_name, as_dict(start.args)) == (
-        "c1", "weather", {"city": "Oslo"}
+        "c1",
+        "weather",
+        {"city": "Oslo"},
     )
-    assert (end.tool_call_id, end.is_error, end.result.content[0].text.text) == ("c1", False, "rain")
+    assert (end.tool_call_id, end.is_error, end.result.content[0].text.text) == (
+        "c1",
+        False,
+        "rain",
+    )
     # The agent span carries no usage: the loop's is the sum of its turns.
     assert as_dict(loop.usage) == {
-        "input": "230", "output": "28", "reasoning": "5", "cache_read": "40", "cache_write": "7",
+        "input": "230",
+        "output": "28",
+        "reasoning": "5",
+        "cache_read": "40",
+        "cache_write": "7",
         "total_tokens": "258",
     }
-    assert as_dict(loop.config) == {"model": "gpt-x-2025", "provider": "openai", "config_id": "otlp"}
+    assert as_dict(loop.config) == {
+        "model": "gpt-x-2025",
+        "provider": "openai",
+        "config_id": "otlp",
+    }
     assert loop.continuation_kind.WhichOneof("kind") is None
 
 
@@ -169,7 +268,7 @@ async def test_spans_in_any_order_and_separate_exports(short_tmp: Path) -> None:
     async with sidecar(short_tmp) as server:
         await export(server, [spans[1]])
         running = await get_session(server, "conv-1")
-        assert [(l.loop_id, l.status, len(l.turns)) for l in running.loops] == [
+        assert [(lp.loop_id, lp.status, len(lp.turns)) for lp in running.loops] == [
             (f"conv-1.otlp.{AGENT}", RUNNING, 1)
         ]
         await export(server, [spans[2]])
@@ -222,12 +321,29 @@ async def test_error_statuses(short_tmp: Path) -> None:
     """ERROR on a tool: is_error; on a model call: an error answer; on the agent: not COMPLETED."""
     common = {"session.id": "s-err"}
     spans = [
-        span(7, 1, None, "agent", 0, 9, {**common, "openinference.span.kind": "AGENT",
-                                         "agent.name": "fixer"}, error="gave up: budget"),
-        span(7, 2, 1, "llm", 1, 2, {**common, "openinference.span.kind": "LLM"},
-             error="rate limited"),
-        span(7, 3, 1, "tool", 2, 3, {**common, "openinference.span.kind": "TOOL",
-                                     "tool.name": "shell"}, error="exit 1"),
+        span(
+            7,
+            1,
+            None,
+            "agent",
+            0,
+            9,
+            {**common, "openinference.span.kind": "AGENT", "agent.name": "fixer"},
+            error="gave up: budget",
+        ),
+        span(
+            7, 2, 1, "llm", 1, 2, {**common, "openinference.span.kind": "LLM"}, error="rate limited"
+        ),
+        span(
+            7,
+            3,
+            1,
+            "tool",
+            2,
+            3,
+            {**common, "openinference.span.kind": "TOOL", "tool.name": "shell"},
+            error="exit 1",
+        ),
     ]
     async with sidecar(short_tmp) as server:
         await export(server, spans)
@@ -235,9 +351,386 @@ async def test_error_statuses(short_tmp: Path) -> None:
     [loop] = session.loops
     assert (loop.agent_id, loop.status, loop.rejection) == ("fixer", REJECTED, "gave up: budget")
     answer = loop.turns[0].output_message
-    assert (answer.stop_reason, answer.error_message) == (types_pb2.STOP_REASON_ERROR, "rate limited")
-    end = loop.events[-2].event.tool_execution_end
-    assert (end.tool_call_id, end.tool_name, end.is_error) == (
-        f"otlp-span-{3:016x}", "shell", True
+    assert (answer.stop_reason, answer.error_message) == (
+        types_pb2.STOP_REASON_ERROR,
+        "rate limited",
     )
+    end = loop.events[-2].event.tool_execution_end
+    assert (end.tool_call_id, end.tool_name, end.is_error) == (f"otlp-span-{3:016x}", "shell", True)
     assert end.result.content[0].text.text == "exit 1"
+
+
+async def test_genai_1_36_names_and_no_agent_span(short_tmp: Path) -> None:
+    """Older names (gen_ai.system, prompt/completion tokens, message events); no agent span:
+    the trace is one loop for its root, its session the trace id, its agent service.name."""
+    trace = 0x136
+    spans = [
+        span(trace, 1, None, "workflow", 0, 5, {}),
+        span(
+            trace,
+            2,
+            1,
+            "chat claude",
+            1,
+            2,
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": "anthropic",
+                "gen_ai.request.model": "claude-x",
+                "gen_ai.usage.prompt_tokens": 11,
+                "gen_ai.usage.completion_tokens": 4,
+            },
+            events=[
+                ("gen_ai.system.message", {"content": "be kind"}),
+                ("gen_ai.user.message", {"content": "hi"}),
+                (
+                    "gen_ai.choice",
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": json.dumps({"role": "assistant", "content": "hello"}),
+                    },
+                ),
+            ],
+        ),
+        span(
+            trace,
+            3,
+            1,
+            "chat claude",
+            3,
+            4,
+            {
+                "gen_ai.operation.name": "text_completion",
+                "gen_ai.system": "anthropic",
+                "gen_ai.request.model": "claude-x",
+                "gen_ai.usage.prompt_tokens": 5,
+                "gen_ai.usage.completion_tokens": 2,
+            },
+            events=[
+                (
+                    "gen_ai.content.completion",
+                    {"gen_ai.completion": json.dumps([{"role": "assistant", "content": "bye"}])},
+                )
+            ],
+        ),
+    ]
+    async with sidecar(short_tmp) as server:
+        await export(server, spans, service="legacy-bot")
+        session = await get_session(server, f"{trace:032x}")
+    assert session.agent_id == "legacy-bot"
+    [loop] = session.loops
+    assert (loop.loop_id, loop.status) == (f"{trace:032x}.otlp.1", COMPLETED)
+    assert as_dict(loop.metadata)["span_name"] == "workflow"
+    first, second = loop.turns
+    assert [(m.role, m.content[0].text.text) for m in first.input_messages] == [
+        (types_pb2.MESSAGE_ROLE_EXTENSION, "be kind"),
+        (types_pb2.MESSAGE_ROLE_USER, "hi"),
+    ]
+    assert (first.output_message.content[0].text.text, first.output_message.provider) == (
+        "hello",
+        "anthropic",
+    )
+    assert as_dict(first.usage) == {"input": "11", "output": "4", "total_tokens": "15"}
+    assert second.output_message.content[0].text.text == "bye"
+    assert as_dict(loop.usage) == {"input": "16", "output": "6", "total_tokens": "22"}
+
+
+async def test_openinference_names(short_tmp: Path) -> None:
+    trace, common = 0x01, {"session.id": "oi-session"}
+    llm = {
+        **common,
+        "openinference.span.kind": "LLM",
+        "llm.model_name": "m-1",
+        "llm.provider": "acme",
+        "llm.token_count.prompt": 50,
+        "llm.token_count.completion": 6,
+        "llm.token_count.total": 56,
+        "llm.token_count.prompt_details.cache_read": 30,
+        "llm.token_count.prompt_details.cache_write": 2,
+        "llm.token_count.completion_details.reasoning": 1,
+        "llm.input_messages.0.message.role": "user",
+        "llm.input_messages.0.message.content": "sum 2 and 3",
+        "llm.output_messages.0.message.role": "assistant",
+        "llm.output_messages.0.message.tool_calls.0.tool_call.id": "t1",
+        "llm.output_messages.0.message.tool_calls.0.tool_call.function.name": "add",
+        "llm.output_messages.0.message.tool_calls.0.tool_call.function.arguments": '{"a": 2}',
+    }
+    spans = [
+        span(
+            trace,
+            1,
+            None,
+            "Agent",
+            0,
+            9,
+            {**common, "openinference.span.kind": "AGENT", "agent.name": "adder"},
+        ),
+        span(trace, 2, 1, "step", 0.5, 8, {**common, "openinference.span.kind": "CHAIN"}),
+        span(trace, 3, 2, "llm", 1, 2, llm),
+        span(
+            trace,
+            4,
+            2,
+            "add",
+            3,
+            4,
+            {
+                **common,
+                "openinference.span.kind": "TOOL",
+                "tool.name": "add",
+                "tool_call.id": "t1",
+                "input.value": '{"a": 2}',
+                "output.value": "5",
+            },
+        ),
+    ]
+    async with sidecar(short_tmp) as server:
+        await export(server, spans)
+        session = await get_session(server, "oi-session")
+    [loop] = session.loops
+    assert (loop.loop_id, loop.agent_id, loop.status) == ("oi-session.otlp.1", "adder", COMPLETED)
+    [turn] = loop.turns
+    assert as_dict(turn.usage) == {
+        "input": "50",
+        "output": "6",
+        "reasoning": "1",
+        "cache_read": "30",
+        "cache_write": "2",
+        "total_tokens": "56",
+    }
+    assert turn.input_messages[0].content[0].text.text == "sum 2 and 3"
+    call = turn.output_message.content[0].tool_call
+    assert (call.id, call.name, as_dict(call.arguments)) == ("t1", "add", {"a": 2})
+    assert (turn.output_message.model, turn.output_message.provider) == ("m-1", "acme")
+    end = loop.events[-2].event.tool_execution_end
+    assert (end.tool_call_id, end.tool_name, end.result.content[0].text.text) == ("t1", "add", "5")
+
+
+async def test_openllmetry_names(short_tmp: Path) -> None:
+    trace = 0x02
+    common = {"traceloop.association.properties.session_id": "tl-1"}
+    spans = [
+        span(
+            trace,
+            1,
+            None,
+            "researcher.agent",
+            0,
+            9,
+            {
+                **common,
+                "traceloop.span.kind": "agent",
+                "traceloop.entity.name": "researcher",
+            },
+        ),
+        span(
+            trace,
+            2,
+            1,
+            "openai.chat",
+            1,
+            2,
+            {
+                **common,
+                "llm.request.type": "chat",
+                "gen_ai.system": "OpenAI",
+                "gen_ai.request.model": "gpt-4o",
+                "gen_ai.response.model": "gpt-4o-2024",
+                "gen_ai.usage.prompt_tokens": 9,
+                "gen_ai.usage.completion_tokens": 3,
+                "llm.usage.total_tokens": 12,
+                "gen_ai.usage.cache_read_input_tokens": 4,
+                "gen_ai.prompt.0.role": "user",
+                "gen_ai.prompt.0.content": "find it",
+                "gen_ai.completion.0.role": "assistant",
+                "gen_ai.completion.0.finish_reason": "tool_calls",
+                "gen_ai.completion.0.tool_calls.0.id": "q1",
+                "gen_ai.completion.0.tool_calls.0.name": "search",
+                "gen_ai.completion.0.tool_calls.0.arguments": '{"q": "it"}',
+            },
+        ),
+        span(
+            trace,
+            3,
+            1,
+            "search.tool",
+            3,
+            4,
+            {
+                **common,
+                "traceloop.span.kind": "tool",
+                "traceloop.entity.name": "search",
+                "traceloop.entity.input": '{"q": "it"}',
+                "traceloop.entity.output": '{"hits": 1}',
+            },
+        ),
+    ]
+    async with sidecar(short_tmp) as server:
+        await export(server, spans)
+        session = await get_session(server, "tl-1")
+    [loop] = session.loops
+    assert (loop.agent_id, loop.status, as_dict(loop.metadata)["convention"]) == (
+        "researcher",
+        COMPLETED,
+        "openllmetry",
+    )
+    [turn] = loop.turns
+    assert as_dict(turn.usage) == {
+        "input": "9",
+        "output": "3",
+        "cache_read": "4",
+        "total_tokens": "12",
+    }
+    answer = turn.output_message
+    assert (answer.model, answer.provider, answer.stop_reason) == (
+        "gpt-4o-2024",
+        "OpenAI",
+        types_pb2.STOP_REASON_TOOL_USE,
+    )
+    assert as_dict(answer.content[0].tool_call) == {
+        "id": "q1",
+        "name": "search",
+        "arguments": {"q": "it"},
+    }
+    start = loop.events[-3].event.tool_execution_start
+    end = loop.events[-2].event.tool_execution_end
+    assert (start.tool_name, as_dict(start.args)) == ("search", {"q": "it"})
+    assert end.result.content[0].text.text == '{"hits": 1}'
+
+
+async def test_bad_spans_are_refused_and_the_rest_kept(short_tmp: Path) -> None:
+    good = genai_run()
+    short_id = span(TRACE, 0x99, AGENT, "broken", 1, 2, {})
+    short_id.span_id = b"\x01\x02\x03"
+    backwards = span(TRACE, 0x98, AGENT, "backwards", 5, 4, {})
+    bad_json = span(
+        TRACE,
+        0x97,
+        AGENT,
+        "chat",
+        2,
+        3,
+        {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.output.messages": "[{not json",
+        },
+    )
+    async with sidecar(short_tmp) as server:
+        response = await export(server, [short_id, *good, backwards, bad_json])
+        session = await get_session(server, "conv-1")
+    assert response.partial_success.rejected_spans == 3
+    message = response.partial_success.error_message
+    assert "span 010203 ('broken'): span_id must be 8 bytes" in message
+    assert f"span {0x98:016x} ('backwards'): end_time_unix_nano is before" in message
+    assert (
+        f"span {0x97:016x} of trace {TRACE:032x} ('chat'): gen_ai.output.messages: not JSON"
+        in message
+    )
+    check_genai_run(session)
+
+
+async def test_orphans_are_recorded_after_the_wait(short_tmp: Path) -> None:
+    """Children whose agent span never comes: their loop is closed, not dropped."""
+    spans = genai_run()
+    async with sidecar(short_tmp, otlp_orphan_wait_s=0.2) as server:
+        await export(server, spans[1:3])
+        async with asyncio.timeout(20):
+            await follow_loop(server, f"conv-1.otlp.{AGENT}")
+        session = await get_session(server, "conv-1")
+    [loop] = session.loops
+    assert loop.status == REJECTED
+    assert loop.rejection == (
+        f"otlp: the loop's own span ({AGENT:016x}) did not arrive within 0.2 s; "
+        "closed with what arrived"
+    )
+    assert event_kinds(loop) == [
+        "agent_start",
+        "turn_start",
+        "message_end",
+        "message_end",
+        "turn_end",
+        "tool_execution_start",
+        "tool_execution_end",
+        "agent_end",
+    ]
+    assert loop.ended_at.ToNanoseconds() == spans[2].end_time_unix_nano
+    assert as_dict(loop.usage)["input"] == "100"
+
+
+async def test_a_span_after_its_loop_ended_gets_a_loop_of_its_own(short_tmp: Path) -> None:
+    spans = genai_run()
+    async with sidecar(short_tmp) as server:
+        await export(server, [spans[0], spans[1]])
+        await export(server, [spans[3]])
+        session = await get_session(server, "conv-1")
+    main = loop_by_span(session, AGENT)
+    [late] = [loop for loop in session.loops if loop.loop_id != main.loop_id]
+    assert (main.status, len(main.turns), list(main.children_loop_ids)) == (
+        COMPLETED,
+        1,
+        [late.loop_id],
+    )
+    assert late.loop_id == f"conv-1.otlp-late.{CHAT2}"
+    assert (late.parent_loop_id, late.status, len(late.turns)) == (main.loop_id, COMPLETED, 1)
+    assert as_dict(late.metadata)["late_for_loop_id"] == main.loop_id
+
+
+async def test_nested_agents(short_tmp: Path) -> None:
+    """Agent under agent: a child loop of the same session. Agent under a tool: a
+    sub-agent session, derived from the parent's when it names no conversation."""
+    common = {"session.id": "nest"}
+    oi = "openinference.span.kind"
+    spans = [
+        span(5, 1, None, "boss", 0, 20, {**common, oi: "AGENT", "agent.name": "boss"}),
+        span(5, 2, 1, "llm", 1, 2, {**common, oi: "LLM"}),
+        span(5, 3, 1, "helper", 3, 6, {**common, oi: "AGENT", "agent.name": "helper"}),
+        span(5, 4, 3, "llm", 4, 5, {**common, oi: "LLM"}),
+        span(
+            5,
+            5,
+            1,
+            "delegate",
+            7,
+            12,
+            {**common, oi: "TOOL", "tool.name": "delegate", "tool_call.id": "d1"},
+        ),
+        span(5, 6, 5, "worker", 8, 11, {**common, oi: "AGENT", "agent.name": "worker"}),
+        span(5, 7, 6, "llm", 9, 10, {**common, oi: "LLM"}),
+    ]
+    async with sidecar(short_tmp) as server:
+        await export(server, spans)
+        nest = await get_session(server, "nest")
+        sub_id = f"nest-sub-{6:016x}"
+        sub = await get_session(server, sub_id)
+    boss, helper = loop_by_span(nest, 1), loop_by_span(nest, 3)
+    assert (helper.parent_loop_id, list(boss.children_loop_ids)) == (boss.loop_id, [helper.loop_id])
+    [worker] = sub.loops
+    assert (worker.agent_id, worker.parent_loop_id, worker.loop_id) == (
+        "worker",
+        boss.loop_id,
+        f"{sub_id}.otlp.6",
+    )
+    assert as_dict(sub.parent_spawn_ref) == {
+        "parent_session_id": "nest",
+        "parent_loop_id": boss.loop_id,
+        "tool_call_id": "d1",
+        "tool_name": "delegate",
+    }
+    assert [as_dict(ref) for ref in boss.child_loop_refs] == [
+        {
+            "tool_call_id": "d1",
+            "tool_name": "delegate",
+            "child_loop_id": worker.loop_id,
+            "child_session_id": sub_id,
+        }
+    ]
+
+
+async def test_export_needs_the_token_when_the_sidecar_has_one(short_tmp: Path) -> None:
+    async with sidecar(short_tmp, token="s3cret") as server:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await export(server, genai_run())
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        response = await export(server, genai_run(), token="s3cret")
+        assert not response.HasField("partial_success")

@@ -123,6 +123,7 @@ async def export(
     spans: Sequence[trace_pb2.Span],
     service: str = "hand-made",
     scope: tuple[str, str] = ("hand.made", "1.0"),
+    token: str | None = None,
 ) -> otlp.ExportTraceServiceResponse:
     """One raw Export call with these spans under one resource and scope."""
     request = otlp.ExportTraceServiceRequest()
@@ -135,7 +136,8 @@ async def export(
     scope_spans.spans.extend(spans)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = otlp_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
-        response: otlp.ExportTraceServiceResponse = await stub.Export(request)
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
+        response: otlp.ExportTraceServiceResponse = await stub.Export(request, metadata=metadata)
     return response
 
 
@@ -202,3 +204,13 @@ def loop_by_span(session: session_pb2.Session, span_id: int) -> session_pb2.Loop
 
 def event_kinds(loop: session_pb2.LoopRecord) -> list[str]:
     return [str(e.event.WhichOneof("event")) for e in loop.events]
+
+
+async def follow_loop(server: RecorderServer, loop_id: str) -> int:
+    """Tail a loop's events until it ends (StreamEvents with follow); how many came."""
+    count = 0
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = api_grpc.RecorderServiceStub(channel)
+        async for page in stub.StreamEvents(api.StreamEventsRequest(loop_id=loop_id, follow=True)):
+            count += len(page.events)
+    return count
