@@ -28,6 +28,7 @@ from support.otlp import (
 )
 
 from recorder_server.otlp.mapping import fit_id
+from recorder_server.ui.outline import loop_outline
 
 COMPLETED = session_pb2.LOOP_STATUS_COMPLETED
 RUNNING = session_pb2.LOOP_STATUS_RUNNING
@@ -241,6 +242,8 @@ def check_genai_run(session: session_pb2.Session, session_id: str = "conv-1") ->
         "config_id": "otlp",
     }
     assert loop.continuation_kind.WhichOneof("kind") is None
+    # ...and the web view says so instead of showing the proto's default, "initial".
+    assert loop_outline(loop)["kind"] == {"name": "unknown", "tag": ""}
 
 
 async def test_genai_latest_names(short_tmp: Path) -> None:

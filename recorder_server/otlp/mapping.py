@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from agent_recorder.v1 import events_pb2, types_pb2
+from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry.proto.common.v1 import common_pb2
@@ -744,3 +744,17 @@ def tool_events(
     if child_loop_id is not None:
         end.child_loop_id = child_loop_id
     return [_event(tool_execution_start=start), _event(tool_execution_end=end)]
+
+
+def continuation_unknown(loop: session_pb2.LoopRecord) -> bool:
+    """A loop recorded from OTLP that was never told how it continued (OTLP cannot say).
+
+    Readers show "unknown" for it instead of the proto's default, "initial".
+    """
+    if loop.continuation_kind.WhichOneof("kind") is not None:
+        return False
+    metadata = loop.metadata
+    if metadata.WhichOneof("kind") != "struct_value":
+        return False
+    source = metadata.struct_value.fields.get("source")
+    return source is not None and source.string_value == "otlp"
