@@ -111,10 +111,14 @@ async def get_session(server: RecorderServer, session_id: str) -> session_pb2.Se
     return response.session
 
 
-async def list_sessions(server: RecorderServer) -> list[api.SessionSummary]:
+async def list_sessions(
+    server: RecorderServer, token: str | None = None
+) -> list[api.SessionSummary]:
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = api_grpc.RecorderServiceStub(channel)
-        response = await stub.ListSessions(api.ListSessionsRequest(page_size=1000))
+        request = api.ListSessionsRequest(page_size=1000)
+        response = await stub.ListSessions(request, metadata=metadata)
     return list(response.sessions)
 
 

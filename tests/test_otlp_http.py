@@ -1,0 +1,100 @@
+"""OTLP/HTTP ingest (`serve --otlp-http`): the SDK's HTTP exporter, OTLP/JSON, the token."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from google.protobuf import json_format
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
+from opentelemetry.proto.trace.v1 import trace_pb2
+from support.otlp import attrs, get_session, list_sessions, run_instrumented, sidecar
+from test_otlp_frameworks import run_pydantic_ai
+from test_otlp_ingest import check_genai_run, genai_run
+
+from recorder_server.server import RecorderServer
+
+PROTOBUF = "application/x-protobuf"
+
+
+def url(server: RecorderServer) -> str:
+    return f"http://{server.otlp_http_address}/v1/traces"
+
+
+def request_of(spans: list[trace_pb2.Span]) -> otlp.ExportTraceServiceRequest:
+    request = otlp.ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(attrs({"service.name": "json-app"}))
+    resource_spans.scope_spans.add().spans.extend(spans)
+    return request
+
+
+def otlp_json(spans: list[trace_pb2.Span]) -> dict[str, Any]:
+    """OTLP/JSON as exporters write it: camelCase, ids in hex (not protobuf's base64)."""
+    body = json_format.MessageToDict(request_of(spans))
+    for resource in body["resourceSpans"]:
+        for scope in resource["scopeSpans"]:
+            for span in scope["spans"]:
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = base64.b64decode(span[key]).hex()
+    return body
+
+
+async def test_sdk_http_exporter(short_tmp: Path) -> None:
+    async with sidecar(short_tmp, otlp_http="127.0.0.1:0") as server:
+        exporter = OTLPSpanExporter(endpoint=url(server), timeout=10)
+        output, _ = await run_instrumented(run_pydantic_ai, exporter, "pai-http")
+        assert output == '{"delegate":"helped"}'
+        sessions = {s.agent_id: s.session_id for s in await list_sessions(server)}
+        main = await get_session(server, sessions["main"])
+    [loop] = main.loops
+    assert (len(loop.turns), [r.tool_name for r in loop.child_loop_refs]) == (2, ["delegate"])
+    assert loop.child_loop_refs[0].child_session_id == sessions["helper"]
+
+
+async def test_otlp_json_with_a_bad_span(short_tmp: Path) -> None:
+    bad = trace_pb2.Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="no start")
+    async with sidecar(short_tmp, otlp_http="127.0.0.1:0") as server:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url(server), json=otlp_json([*genai_run(), bad])) as response:
+                assert (response.status, response.content_type) == (200, "application/json")
+                answer = await response.json()
+            # The same spans again, as protobuf: nothing changes, nothing refused.
+            body = request_of(genai_run()).SerializeToString()
+            headers = {"Content-Type": PROTOBUF}
+            async with http.post(url(server), data=body, headers=headers) as response:
+                again = otlp.ExportTraceServiceResponse.FromString(await response.read())
+        session = await get_session(server, "conv-1")
+    assert answer == {
+        "partialSuccess": {
+            "rejectedSpans": "1",
+            "errorMessage": "span 0202020202020202 ('no start'): start_time_unix_nano is missing",
+        }
+    }
+    assert not again.HasField("partial_success")
+    check_genai_run(session)
+
+
+async def test_http_refusals(short_tmp: Path) -> None:
+    async with sidecar(short_tmp, otlp_http="127.0.0.1:0", token="s3cret") as server:
+        body = request_of(genai_run()).SerializeToString()
+        async with aiohttp.ClientSession() as http:
+
+            async def post(data: bytes, **headers: str) -> tuple[int, str]:
+                async with http.post(url(server), data=data, headers=headers) as response:
+                    return response.status, (await response.read()).decode("latin-1")
+
+            status, text = await post(body, **{"Content-Type": PROTOBUF})
+            assert status == 401 and "missing or invalid bearer token" in text
+            status, _ = await post(body, **{"Content-Type": "text/plain"})
+            assert status == 415
+            auth = {"Content-Type": PROTOBUF, "Authorization": "Bearer s3cret"}
+            status, text = await post(b"\xff\xff not protobuf", **auth)
+            assert status == 400 and "not an ExportTraceServiceRequest" in text
+            status, _ = await post(body, **auth)
+            assert status == 200
+        assert [s.session_id for s in await list_sessions(server, token="s3cret")] == ["conv-1"]
