@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
@@ -15,6 +16,9 @@ from support.otlp import attrs, get_session, list_sessions, run_instrumented, si
 from test_otlp_frameworks import run_pydantic_ai
 from test_otlp_ingest import check_genai_run, genai_run
 
+from recorder_server.cli import build_parser
+from recorder_server.cli.serve import config_from
+from recorder_server.security import SecurityConfigError
 from recorder_server.server import RecorderServer
 
 PROTOBUF = "application/x-protobuf"
@@ -98,3 +102,21 @@ async def test_http_refusals(short_tmp: Path) -> None:
             status, _ = await post(body, **auth)
             assert status == 200
         assert [s.session_id for s in await list_sessions(server, token="s3cret")] == ["conv-1"]
+
+
+def test_serve_flags() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--otlp-http", "127.0.0.1:4318", "--otlp-orphan-wait", "2.5"]
+    )
+    config = config_from(args)
+    assert (config.otlp_http, config.otlp_orphan_wait_s) == ("127.0.0.1:4318", 2.5)
+    default = config_from(build_parser().parse_args(["serve"]))
+    assert (default.otlp_http, default.otlp_orphan_wait_s) == (None, 60.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--otlp-orphan-wait", "0"])
+
+
+async def test_plaintext_http_beyond_loopback_is_refused(short_tmp: Path) -> None:
+    with pytest.raises(SecurityConfigError, match="requires TLS"):
+        async with sidecar(short_tmp, otlp_http="0.0.0.0:0"):
+            pass
