@@ -30,10 +30,6 @@ WRITER_ID = "otlp"
 MAX_NAMED = 10
 
 
-class Unavailable(RuntimeError):
-    """The store could not take the events now; the exporter should retry."""
-
-
 class OtlpIngest:
     def __init__(self, writer: Writer, db_path: Path, limits: Limits, orphan_wait_s: float) -> None:
         self.writer = writer
@@ -65,7 +61,11 @@ class OtlpIngest:
         return self._store
 
     async def export(self, resource_spans: Sequence[Any]) -> tuple[int, str]:
-        """Record an export's spans; returns (spans refused, what was refused)."""
+        """Record an export's spans; returns (spans refused, what was refused).
+
+        Raises StorageFull/StorageUnavailable when the store cannot take the events
+        now: they stay in the outbox, and the next export or pass delivers them.
+        """
         views, refused = mapping.span_views(resource_spans)
         async with self._lock:
             traces = await self.store.load(v.trace_id for v in views)
@@ -78,17 +78,16 @@ class OtlpIngest:
         return len(refused), _summary(refused)
 
     async def expire(self) -> None:
-        """Close loops whose own span did not arrive within the wait."""
+        """Close loops whose own span did not arrive within the wait; deliver what waits."""
         older = _now_us() - int(self.orphan_wait_s * 1_000_000)
         async with self._lock:
             stale = await self.store.stale_traces(older)
-            if not stale:
-                return
-            traces = await self.store.load(stale)
-            changes = Assembler(traces, self.limits, _now_us()).expire(older, self.orphan_wait_s)
-            await self.store.save(changes)
+            if stale:
+                traces = await self.store.load(stale)
+                assembler = Assembler(traces, self.limits, _now_us())
+                await self.store.save(assembler.expire(older, self.orphan_wait_s))
             for refusal in await self._deliver():
-                log.warning("OTLP orphan loop: %s", refusal)
+                log.warning("OTLP events refused: %s", refusal)
 
     async def _expire_forever(self) -> None:
         period = min(max(self.orphan_wait_s / 4, 0.05), 5.0)
@@ -96,8 +95,8 @@ class OtlpIngest:
             await asyncio.sleep(period)
             try:
                 await self.expire()
-            except Unavailable as exc:
-                log.warning("OTLP orphan pass postponed: %s", exc)
+            except (StorageFull, StorageUnavailable) as exc:
+                log.warning("OTLP orphan pass postponed: %s", exc.message)
 
     async def _deliver(self) -> list[str]:
         """Send the outbox in order, in batches; what the writer refuses is named and dropped."""
@@ -108,8 +107,8 @@ class OtlpIngest:
             batch = outgoing[start : start + size]
             try:
                 await self.writer.record(WRITER_ID, [(seq, event) for _, _, seq, event in batch])
-            except (StorageFull, StorageUnavailable) as exc:
-                raise Unavailable(exc.message) from exc
+            except (StorageFull, StorageUnavailable):
+                raise  # kept in the outbox: delivered by a later pass
             except RecorderError as exc:
                 refused.append(_refusal(batch, exc))
             await self.store.delivered([row[0] for row in batch])

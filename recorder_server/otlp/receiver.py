@@ -23,7 +23,9 @@ from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 
-from recorder_server.otlp.ingest import OtlpIngest, Unavailable
+from recorder_server.errors import StorageFull, StorageUnavailable
+from recorder_server.otlp.ingest import OtlpIngest
+from recorder_server.status import unary
 
 SERVICE_NAME: Final = otlp.DESCRIPTOR.services_by_name["TraceService"].full_name
 PROTOBUF: Final = "application/x-protobuf"
@@ -46,13 +48,11 @@ class TraceServicer(otlp_grpc.TraceServiceServicer):
     def __init__(self, ingest: OtlpIngest) -> None:
         self.ingest = ingest
 
+    @unary
     async def Export(
         self, request: otlp.ExportTraceServiceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> otlp.ExportTraceServiceResponse:
-        try:
-            rejected, message = await self.ingest.export(request.resource_spans)
-        except Unavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"recorder storage: {exc}")
+        rejected, message = await self.ingest.export(request.resource_spans)
         return _response(rejected, message)
 
 
@@ -132,8 +132,8 @@ def http_app(ingest: OtlpIngest, token: str | None, max_bytes: int) -> web.Appli
             return _http_error(400, code_pb2.INVALID_ARGUMENT, str(exc), kind)
         try:
             rejected, message = await ingest.export(export.resource_spans)
-        except Unavailable as exc:
-            return _http_error(503, code_pb2.UNAVAILABLE, f"recorder storage: {exc}", kind)
+        except (StorageFull, StorageUnavailable) as exc:
+            return _http_error(503, code_pb2.UNAVAILABLE, exc.message, kind)
         answer = _response(rejected, message)
         if kind == JSON:
             return web.json_response(json_format.MessageToDict(answer))
