@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import base64
+import ssl
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
+from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 from google.protobuf import json_format
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from support.otlp import attrs, get_session, list_sessions, run_instrumented, sidecar
 from test_otlp_frameworks import run_pydantic_ai
 from test_otlp_ingest import check_genai_run, genai_run
+from test_security import make_ca, make_leaf
 
 from recorder_server.cli import build_parser
 from recorder_server.cli.serve import config_from
@@ -120,3 +126,32 @@ async def test_plaintext_http_beyond_loopback_is_refused(short_tmp: Path) -> Non
     with pytest.raises(SecurityConfigError, match="requires TLS"):
         async with sidecar(short_tmp, otlp_http="0.0.0.0:0"):
             pass
+
+
+async def test_both_endpoints_serve_the_sidecar_tls(short_tmp: Path) -> None:
+    ca = make_ca(short_tmp, "ca")
+    leaf = make_leaf(short_tmp, "server", ca, server=True)
+    trust = ssl.create_default_context(cafile=str(ca[0].cert))
+    body = request_of(genai_run()).SerializeToString()
+    async with sidecar(
+        short_tmp,
+        listen="127.0.0.1:0",
+        otlp_http="127.0.0.1:0",
+        tls_cert=leaf.cert,
+        tls_key=leaf.key,
+    ) as server:
+        https = f"https://{server.otlp_http_address}/v1/traces"
+        async with aiohttp.ClientSession() as http:
+            headers = {"Content-Type": PROTOBUF}
+            async with http.post(https, data=body, headers=headers, ssl=trust) as response:
+                assert response.status == 200
+            with pytest.raises(aiohttp.ClientError):
+                await http.post(url(server), data=body, headers=headers)
+        credentials = grpc.ssl_channel_credentials(ca[0].cert.read_bytes())
+        async with grpc.aio.secure_channel(server.address, credentials) as channel:
+            stub = otlp_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+            answer = await stub.Export(request_of(genai_run()[:1]))
+            assert not answer.HasField("partial_success")
+            reads = api_grpc.RecorderServiceStub(channel)
+            got = await reads.GetSession(api.GetSessionRequest(session_id="conv-1"))
+    check_genai_run(got.session)
