@@ -17,7 +17,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
-from support.otlp import attrs, get_session, list_sessions, run_instrumented, sidecar
+from support.otlp import get_session, list_sessions, request_of, run_instrumented, sidecar
 from test_otlp_frameworks import run_pydantic_ai
 from test_otlp_ingest import check_genai_run, genai_run
 from test_security import make_ca, make_leaf
@@ -32,14 +32,6 @@ PROTOBUF = "application/x-protobuf"
 
 def url(server: RecorderServer) -> str:
     return f"http://{server.otlp_http_address}/v1/traces"
-
-
-def request_of(spans: list[trace_pb2.Span]) -> otlp.ExportTraceServiceRequest:
-    request = otlp.ExportTraceServiceRequest()
-    resource_spans = request.resource_spans.add()
-    resource_spans.resource.attributes.extend(attrs({"service.name": "json-app"}))
-    resource_spans.scope_spans.add().spans.extend(spans)
-    return request
 
 
 def otlp_json(spans: list[trace_pb2.Span]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -23,12 +25,16 @@ from support.otlp import (
     get_session,
     list_sessions,
     loop_by_span,
+    request_of,
     sidecar,
     span,
 )
 
-from recorder_server.otlp.mapping import fit_id
+from recorder_server.otlp.assembler import Assembler
+from recorder_server.otlp.mapping import fit_id, span_views
+from recorder_server.otlp.store import OtlpStore
 from recorder_server.ui.outline import loop_outline
+from recorder_server.validation import Limits
 
 COMPLETED = session_pb2.LOOP_STATUS_COMPLETED
 RUNNING = session_pb2.LOOP_STATUS_RUNNING
@@ -737,3 +743,38 @@ async def test_export_needs_the_token_when_the_sidecar_has_one(short_tmp: Path) 
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         response = await export(server, genai_run(), token="s3cret")
         assert not response.HasField("partial_success")
+
+
+async def test_events_planned_before_a_crash_are_delivered_once(short_tmp: Path) -> None:
+    """The outbox after a crash: events already committed are recognised, the rest land."""
+    db = short_tmp / "recorder.db"
+    async with sidecar(short_tmp) as server:
+        await export(server, genai_run())
+        before = await get_session(server, "conv-1")
+    # As if the process died after the writer committed but before the outbox was
+    # cleared, and after a second export was planned but before it was sent.
+    store = await OtlpStore.open(db)
+    try:
+        with sqlite3.connect(db) as conn:
+            committed = conn.execute(
+                "SELECT loop_id, sequence, body FROM events WHERE session_id = 'conv-1' "
+                "ORDER BY sequence"
+            ).fetchall()
+            conn.executemany(
+                "INSERT INTO otlp_outbox (loop_id, sequence, event) VALUES (?, ?, ?)", committed
+            )
+        views, refused = span_views(request_of(genai_run("conv-2")).resource_spans)
+        assert not refused
+        # Another trace id: a second run, not a re-export of the first.
+        second = [replace(v, trace_id=f"{0xDEF:032x}") for v in views]
+        traces = await store.load(v.trace_id for v in second)
+        await store.save(Assembler(traces, Limits(), 0).add(second))
+    finally:
+        await store.close()
+    async with sidecar(short_tmp) as server:
+        after = await get_session(server, "conv-1")
+        planned = await get_session(server, "conv-2")
+    assert after == before
+    check_genai_run(planned, "conv-2")
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM otlp_outbox").fetchone() == (0,)

@@ -22,7 +22,6 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as otlp_grpc
 from opentelemetry.proto.common.v1 import common_pb2
-from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -122,6 +121,21 @@ async def list_sessions(
     return list(response.sessions)
 
 
+def request_of(
+    spans: Sequence[trace_pb2.Span],
+    service: str = "hand-made",
+    scope: tuple[str, str] = ("hand.made", "1.0"),
+) -> otlp.ExportTraceServiceRequest:
+    """An export of these spans under one resource and scope."""
+    request = otlp.ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    resource_spans.resource.attributes.extend(attrs({"service.name": service}))
+    scope_spans = resource_spans.scope_spans.add()
+    scope_spans.scope.name, scope_spans.scope.version = scope
+    scope_spans.spans.extend(spans)
+    return request
+
+
 async def export(
     server: RecorderServer,
     spans: Sequence[trace_pb2.Span],
@@ -130,14 +144,7 @@ async def export(
     token: str | None = None,
 ) -> otlp.ExportTraceServiceResponse:
     """One raw Export call with these spans under one resource and scope."""
-    request = otlp.ExportTraceServiceRequest()
-    resource_spans = request.resource_spans.add()
-    resource_spans.resource.CopyFrom(
-        resource_pb2.Resource(attributes=attrs({"service.name": service}))
-    )
-    scope_spans = resource_spans.scope_spans.add()
-    scope_spans.scope.name, scope_spans.scope.version = scope
-    scope_spans.spans.extend(spans)
+    request = request_of(spans, service, scope)
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = otlp_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
         metadata = (("authorization", f"Bearer {token}"),) if token else None
