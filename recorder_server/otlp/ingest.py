@@ -39,6 +39,9 @@ class OtlpIngest:
         self._store: OtlpStore | None = None
         self._lock = asyncio.Lock()
         self._expiry: asyncio.Task[None] | None = None
+        # Nothing open and nothing to deliver: passes skip the database until the
+        # next export (a sidecar that never receives OTLP never reads these tables).
+        self._quiet = False
 
     async def start(self) -> None:
         """Open the state and send what a previous run planned but did not deliver."""
@@ -68,6 +71,7 @@ class OtlpIngest:
         """
         views, refused = mapping.span_views(resource_spans)
         async with self._lock:
+            self._quiet = False
             traces = await self.store.load(v.trace_id for v in views)
             changes = Assembler(traces, self.limits, _now_us()).add(views)
             refused += changes.refused
@@ -81,6 +85,8 @@ class OtlpIngest:
         """Close loops whose own span did not arrive within the wait; deliver what waits."""
         older = _now_us() - int(self.orphan_wait_s * 1_000_000)
         async with self._lock:
+            if self._quiet:
+                return
             stale = await self.store.stale_traces(older)
             if stale:
                 traces = await self.store.load(stale)
@@ -88,6 +94,7 @@ class OtlpIngest:
                 await self.store.save(assembler.expire(older, self.orphan_wait_s))
             for refusal in await self._deliver():
                 log.warning("OTLP events refused: %s", refusal)
+            self._quiet = not await self.store.has_open_loops()
 
     async def _expire_forever(self) -> None:
         period = min(max(self.orphan_wait_s / 4, 0.05), 5.0)

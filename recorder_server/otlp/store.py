@@ -65,6 +65,10 @@ class OtlpStore:
         rows = await self._run(_rows, self._conn, sql, (touched_before_us,))
         return [str(row[0]) for row in rows]
 
+    async def has_open_loops(self) -> bool:
+        sql = "SELECT 1 FROM otlp_loops WHERE ended = 0 LIMIT 1"
+        return bool(await self._run(_rows, self._conn, sql, ()))
+
     async def save(self, changes: Changes) -> None:
         await self._run(_save, self._conn, changes)
 
