@@ -778,3 +778,23 @@ async def test_events_planned_before_a_crash_are_delivered_once(short_tmp: Path)
     check_genai_run(planned, "conv-2")
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM otlp_outbox").fetchone() == (0,)
+
+
+async def test_a_child_ending_with_its_agent_span_is_still_its_child(short_tmp: Path) -> None:
+    spans = [
+        span(9, 1, None, "agent", 0, 5, {"gen_ai.operation.name": "invoke_agent"}),
+        span(9, 2, 1, "chat", 1, 5, {"gen_ai.operation.name": "chat"}),
+        span(9, 3, 1, "tool", 0, 5, {"gen_ai.operation.name": "execute_tool"}),
+    ]
+    async with sidecar(short_tmp) as server:
+        await export(server, spans)
+        session = await get_session(server, f"{9:032x}")
+    [loop] = session.loops
+    assert event_kinds(loop) == [
+        "agent_start",
+        "turn_start",
+        "turn_end",
+        "tool_execution_start",
+        "tool_execution_end",
+        "agent_end",
+    ]

@@ -96,7 +96,10 @@ class Assembler:
     def add(self, views: Sequence[SpanView]) -> Changes:
         """Place each new span; re-exported ones change nothing, bad ones are refused."""
         fresh = []
-        for view in sorted(views, key=lambda v: (v.end_ns, v.start_ns)):
+        # Children before parents: by end, a later start first when ends tie, an
+        # agent span last when both tie.
+        order = sorted(views, key=lambda v: (v.end_ns, -v.start_ns, v.role == Role.AGENT))
+        for view in order:
             key = (view.trace_id, view.span_id)
             if key in self._arriving or view.span_id in self._trace(view.trace_id).spans:
                 continue
