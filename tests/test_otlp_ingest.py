@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from agent_recorder.v1 import session_pb2, types_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from support.otlp import (
     as_dict,
@@ -743,6 +744,11 @@ async def test_export_needs_the_token_when_the_sidecar_has_one(short_tmp: Path) 
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         response = await export(server, genai_run(), token="s3cret")
         assert not response.HasField("partial_success")
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            service = "opentelemetry.proto.collector.trace.v1.TraceService"
+            check = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_events_planned_before_a_crash_are_delivered_once(short_tmp: Path) -> None:
