@@ -83,11 +83,9 @@ def genai_run(conversation: str = "conv-1") -> list[trace_pb2.Span]:
                 "gen_ai.usage.cache_creation.input_tokens": 7,
                 "gen_ai.usage.reasoning.output_tokens": 5,
                 "gen_ai.response.finish_reasons": ["tool_calls"],
+                "gen_ai.system_instructions": json.dumps([{"type": "text", "content": "be brief"}]),
                 "gen_ai.input.messages": json.dumps(
-                    [
-                        {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
-                        {"role": "user", "parts": [{"type": "text", "content": "weather?"}]},
-                    ]
+                    [{"role": "user", "parts": [{"type": "text", "content": "weather?"}]}]
                 ),
                 "gen_ai.output.messages": json.dumps(
                     [
@@ -200,9 +198,9 @@ def check_genai_run(session: session_pb2.Session, session_id: str = "conv-1") ->
         "cache_write": "7",
         "total_tokens": "120",
     }
-    assert [(m.role, m.extension_kind) for m in first.input_messages] == [
-        (types_pb2.MESSAGE_ROLE_EXTENSION, "system"),
-        (types_pb2.MESSAGE_ROLE_USER, ""),
+    assert [(m.role, m.extension_kind, m.content[0].text.text) for m in first.input_messages] == [
+        (types_pb2.MESSAGE_ROLE_EXTENSION, "system", "be brief"),
+        (types_pb2.MESSAGE_ROLE_USER, "", "weather?"),
     ]
     answer = first.output_message
     assert (answer.model, answer.provider, answer.stop_reason) == (

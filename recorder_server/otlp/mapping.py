@@ -541,6 +541,13 @@ def _messages(view: SpanView) -> tuple[list[_Message], list[_Message]]:
         outputs = _openllmetry_messages(attrs, "gen_ai.completion.")
     if not inputs and not outputs:
         inputs, outputs = _event_messages(view)
+    if "gen_ai.system_instructions" in attrs:
+        where = f"{view.label}: gen_ai.system_instructions"
+        parts = _loads(attrs["gen_ai.system_instructions"], where)
+        inputs = [
+            *_split_parts("system", parts if isinstance(parts, list) else [parts], ""),
+            *inputs,
+        ]
     return inputs, outputs
 
 
