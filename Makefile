@@ -7,7 +7,7 @@ STAMPS := .stamps
 PROTO_SRC := $(wildcard protos/agent_recorder/v1/*.proto)
 GEN_DIR := recorder_client
 
-.PHONY: setup proto demo serve test lint bench fmt clean
+.PHONY: setup proto demo serve test test-fast lint bench fmt clean
 
 setup: $(STAMPS)/venv $(STAMPS)/node
 
@@ -47,6 +47,10 @@ serve: setup
 
 test: setup $(STAMPS)/chromium
 	$(BIN)/pytest -q
+
+# The inner loop: everything but the tests marked slow (see pyproject's markers).
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -271,6 +271,40 @@ class RecorderClient:
             if not page_token:
                 return
 
+    async def list_refusals(
+        self,
+        session_id: str | None = None,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> service_pb2.ListRefusalsResponse:
+        """One page of refused events (of one session, or all), oldest first."""
+        request = service_pb2.ListRefusalsRequest(
+            session_id=session_id, page_size=page_size, page_token=page_token
+        )
+        return await self._call(
+            lambda t, md: self._stub.ListRefusals(request, timeout=t, metadata=md),
+            idempotent=True,
+            timeout=self._deadline(timeout),
+        )
+
+    async def iter_refusals(
+        self,
+        session_id: str | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> AsyncIterator[session_pb2.RefusedEvent]:
+        """Every refused event (of one session, or all) across all pages."""
+        page_token = ""
+        while True:
+            page = await self.list_refusals(session_id, page_token=page_token, timeout=timeout)
+            for refusal in page.refusals:
+                yield refusal
+            page_token = page.next_page_token
+            if not page_token:
+                return
+
     async def get_loop(
         self,
         loop_id: str,

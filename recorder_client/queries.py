@@ -13,8 +13,20 @@ from collections.abc import Iterable
 from datetime import timedelta
 
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
+from google.protobuf.descriptor import FieldDescriptor
 
-_SESSION_LEVEL_EVENTS = frozenset({"parallel_loop_start", "parallel_loop_end"})
+
+def _names_a_loop(kind: FieldDescriptor) -> bool:
+    payload = kind.message_type
+    return payload is not None and "loop_id" in payload.fields_by_name
+
+
+# Kinds that name a session rather than a loop (no loop_id), read from the proto.
+_SESSION_LEVEL_EVENTS = frozenset(
+    kind.name
+    for kind in events_pb2.AgentEvent.DESCRIPTOR.oneofs_by_name["event"].fields
+    if not _names_a_loop(kind)
+)
 
 
 def root_loops(session: session_pb2.Session) -> list[session_pb2.LoopRecord]:

@@ -29,6 +29,9 @@ def _key(number: int, wire_type: int) -> bytes:
 
 _SEQUENCE_KEY = _key(_LOOP_EVENT["sequence"].number, 0)
 _EVENT_KEY = _key(_LOOP_EVENT["event"].number, _LENGTH_DELIMITED)
+# A slot holding a refusal: its stored body is a RefusedEvent (storage.py).
+_REFUSED_KEY = _key(_LOOP_EVENT["refused"].number, _LENGTH_DELIMITED)
+_BODY_KEYS = (_EVENT_KEY, _REFUSED_KEY)
 _LOOP_ID_KEY = _key(_STREAMED["loop_id"].number, _LENGTH_DELIMITED)
 _STREAMED_EVENT_KEY = _key(_STREAMED["event"].number, _LENGTH_DELIMITED)
 _CURSOR_KEY = _key(_STREAMED["cursor"].number, 0)
@@ -59,10 +62,10 @@ class Pieces:
         self.parts += message.parts
         self.size += len(head) + message.size
 
-    def add_loop_event(self, number: int, sequence: int, body: bytes) -> None:
-        """A LoopEvent field around a stored event."""
+    def add_loop_event(self, number: int, sequence: int, refused: int, body: bytes) -> None:
+        """A LoopEvent field around a stored event (or, when `refused`, a refusal)."""
         size = len(body)  # inlined: this runs once per event of a whole session
-        inner = _SEQUENCE_KEY + varint(sequence) + _EVENT_KEY + varint(size)
+        inner = _SEQUENCE_KEY + varint(sequence) + _BODY_KEYS[refused] + varint(size)
         head = varint(number << 3 | _LENGTH_DELIMITED) + varint(len(inner) + size) + inner
         self.parts += (head, body)
         self.size += len(head) + size
@@ -78,26 +81,27 @@ def response_of(number: int, message: Pieces) -> bytes:
     return response.join()
 
 
-# A stored event as its row comes: (cursor, loop_id, sequence, body).
-StoredEvent: TypeAlias = tuple[int, str, int, bytes]
+# A stored event as its row comes: (cursor, loop_id, sequence, refused (0 or 1), body).
+StoredEvent: TypeAlias = tuple[int, str, int, int, bytes]
 
 
 def event_pages(events: Iterable[StoredEvent], page_size: int, page_bytes: int) -> Iterator[bytes]:
     """StreamEventsResponse bytes of at most page_size events and page_bytes bytes each.
 
     An event larger than page_bytes makes a page of its own. Each event becomes a
-    StreamedEvent{loop_id, event: LoopEvent{sequence, event}, cursor} around its body.
+    StreamedEvent{loop_id, event: LoopEvent{sequence, event or refused}, cursor} around
+    its body.
     """
     prefixes: dict[str, bytes] = {}  # per loop: its loop_id field and the event's key
     parts: list[bytes] = []
     count = size = 0
-    for cursor, loop_id, sequence, body in events:  # inlined: runs once per event
+    for cursor, loop_id, sequence, refused, body in events:  # inlined: runs once per event
         prefix = prefixes.get(loop_id)
         if prefix is None:
             name = loop_id.encode()
             prefix = _LOOP_ID_KEY + varint(len(name)) + name + _STREAMED_EVENT_KEY
             prefixes[loop_id] = prefix
-        inner = _SEQUENCE_KEY + varint(sequence) + _EVENT_KEY + varint(len(body))
+        inner = _SEQUENCE_KEY + varint(sequence) + _BODY_KEYS[refused] + varint(len(body))
         head = prefix + varint(len(inner) + len(body)) + inner
         tail = _CURSOR_KEY + varint(cursor)
         entry = len(head) + len(body) + len(tail)

@@ -25,13 +25,20 @@ class Leases:
         """A Record stream of this writer opened."""
         self._streams[writer_id] += 1
 
-    def detach(self, writer_id: str) -> None:
-        """A Record stream ended; the writer's last one releases its leases."""
+    def detach(self, writer_id: str) -> set[str]:
+        """A Record stream ended; the writer's last one releases its leases (returned)."""
         self._streams[writer_id] -= 1
-        if self._streams[writer_id] <= 0:
-            del self._streams[writer_id]
-            for session_id in self._held.pop(writer_id, set()):
-                self._holder.pop(session_id, None)
+        if self._streams[writer_id] > 0:
+            return set()
+        del self._streams[writer_id]
+        released = self._held.pop(writer_id, set())
+        for session_id in released:
+            self._holder.pop(session_id, None)
+        return released
+
+    def holder(self, session_id: str) -> str | None:
+        """The live writer holding a session, if any."""
+        return self._holder.get(session_id)
 
     def claim(self, writer_id: str, session_ids: Iterable[str]) -> None:
         """Refuse if another live writer holds any of these sessions; else hold them.

@@ -70,6 +70,7 @@ from recorder_server.errors import NotFound
 from recorder_server.otlp.mapping import continuation_unknown
 from recorder_server.reads import Reads
 from recorder_server.recording import OPEN_STATUSES, ChangeSet
+from recorder_server.vocabulary import TIMESTAMPED, WITH_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +78,6 @@ Attributes = dict[str, AttributeValue]
 
 SCOPE: Final = "agent_recorder"
 _MAX_SPAWN_DEPTH: Final = 64
-_TIMESTAMPED_EVENTS: Final = frozenset(
-    {
-        "agent_start",
-        "agent_end",
-        "turn_start",
-        "turn_request",
-        "turn_end",
-        "compaction_started",
-        "compaction_ended",
-        "prun_applied",
-        "revert_applied",
-    }
-)
-_MESSAGE_EVENTS: Final = frozenset({"message_start", "message_update", "message_end"})
 _STATUS_NAMES: Final = {
     value: name.removeprefix("LOOP_STATUS_").lower()
     for name, value in session_pb2.LoopStatus.items()
@@ -182,9 +169,9 @@ class _Placement:
 
 
 def _event_time(kind: str, body: Message) -> int | None:
-    if kind in _TIMESTAMPED_EVENTS and body.HasField("timestamp"):
+    if kind in TIMESTAMPED and body.HasField("timestamp"):
         return _ns(getattr(body, "timestamp"))  # noqa: B009 - fields vary by event kind
-    if kind in _MESSAGE_EVENTS:
+    if kind in WITH_MESSAGE:
         message: types_pb2.AgentMessage = getattr(body, "message")  # noqa: B009
         if message.HasField("timestamp"):
             return _ns(message.timestamp)

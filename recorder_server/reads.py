@@ -20,6 +20,7 @@ from agent_recorder.v1 import recorder_service_pb2 as api
 
 from recorder_server.errors import InvalidArgument, NotFound
 from recorder_server.framing import Pieces, StoredEvent
+from recorder_server.recording import REFUSED
 from recorder_server.storage import (
     COMMON_PRAGMAS,
     LOOP_EVENTS_FIELD,
@@ -39,6 +40,10 @@ READER_PRAGMAS = (
     # (overflow pages) come 2.5x faster than through read() into the page cache.
     "PRAGMA mmap_size = 1073741824",
 )
+
+# 1 for a row whose slot holds a refusal (its body is a RefusedEvent), else 0.
+IS_REFUSED = f"kind = '{REFUSED}'"
+SESSION_REFUSALS_FIELD = session_pb2.Session.DESCRIPTOR.fields_by_name["refusals"].number
 
 STATUS_FIELDS = {
     session_pb2.LOOP_STATUS_PENDING: "pending",
@@ -126,13 +131,16 @@ class Reads:
                     "(SELECT loop_id FROM loops WHERE session_id = ?) ORDER BY loop_id, turn_no",
                     (session_id,),
                 )
-            events: Iterable[tuple[str, int, bytes]] = ()
+            events: Iterable[tuple[str, int, int, bytes]] = ()
             if not skip_events:
                 events = await conn.execute_fetchall(  # type: ignore[assignment]
-                    "SELECT loop_id, sequence, body FROM events WHERE session_id = ? "
-                    "ORDER BY cursor",
+                    f"SELECT loop_id, sequence, {IS_REFUSED}, body FROM events "
+                    "WHERE session_id = ? ORDER BY cursor",
                     (session_id,),
                 )
+            refusals = await conn.execute_fetchall(
+                "SELECT body FROM refusals WHERE session_id = ? ORDER BY id", (session_id,)
+            )
         records = {
             loop_id: Pieces(_without_messages(record) if skip_messages else record)
             for loop_id, record in loops
@@ -143,12 +151,14 @@ class Reads:
         for loop_id, body in turns:
             if (record := records.get(loop_id)) is not None:
                 record.add_field(LOOP_TURNS_FIELD, body)
-        for loop_id, sequence, body in events:
+        for loop_id, sequence, refused, body in events:
             if (record := records.get(loop_id)) is not None:
-                record.add_loop_event(LOOP_EVENTS_FIELD, sequence, body)
+                record.add_loop_event(LOOP_EVENTS_FIELD, sequence, refused, body)
         session = Pieces(head)
         for loop in records.values():
             session.add_message(SESSION_LOOPS_FIELD, loop)
+        for (body,) in refusals:
+            session.add_field(SESSION_REFUSALS_FIELD, body)
         return session
 
     async def get_loop(self, loop_id: str, skip_events: bool) -> session_pb2.LoopRecord:
@@ -171,11 +181,12 @@ class Reads:
             ):
                 record.add_field(LOOP_TURNS_FIELD, body)
             if not skip_events:
-                for sequence, body in await conn.execute_fetchall(
-                    "SELECT sequence, body FROM events WHERE loop_id = ? ORDER BY sequence",
+                for sequence, refused, body in await conn.execute_fetchall(
+                    f"SELECT sequence, {IS_REFUSED}, body FROM events WHERE loop_id = ? "
+                    "ORDER BY sequence",
                     (loop_id,),
                 ):
-                    record.add_loop_event(LOOP_EVENTS_FIELD, sequence, body)
+                    record.add_loop_event(LOOP_EVENTS_FIELD, sequence, refused, body)
         return session_pb2.LoopRecord.FromString(record.join())
 
     async def list_sessions(
@@ -285,19 +296,39 @@ class Reads:
         """A page of stored events in commit order, after a cursor."""
         if loop_id is not None:
             sql = (
-                "SELECT cursor, loop_id, sequence, body FROM events "
+                f"SELECT cursor, loop_id, sequence, {IS_REFUSED}, body FROM events "
                 "WHERE loop_id = ? AND cursor > ? ORDER BY sequence LIMIT ?"
             )
             key = loop_id
         else:
             sql = (
-                "SELECT cursor, loop_id, sequence, body FROM events "
+                f"SELECT cursor, loop_id, sequence, {IS_REFUSED}, body FROM events "
                 "WHERE session_id = ? AND cursor > ? ORDER BY cursor LIMIT ?"
             )
             key = session_id or ""
         async with self.pool.connection() as conn:
             rows = await conn.execute_fetchall(sql, (key, after_cursor, limit))
         return list(rows)  # type: ignore[arg-type]
+
+    async def refusals(
+        self, session_id: str | None, page_size: int, page_token: str
+    ) -> tuple[list[session_pb2.RefusedEvent], str]:
+        """Refused events (loop slots and refusal logs) in the order they were refused."""
+        offset = _decode_offset(page_token)
+        limit = offset + page_size
+        where, args = ("AND session_id = ?", [session_id]) if session_id is not None else ("", [])
+        async with self.pool.connection() as conn:
+            slots = await conn.execute_fetchall(
+                f"SELECT body FROM events WHERE {IS_REFUSED} {where} ORDER BY cursor LIMIT ?",
+                (*args, limit),
+            )
+            logged = await conn.execute_fetchall(
+                f"SELECT body FROM refusals WHERE 1 {where} ORDER BY id LIMIT ?", (*args, limit)
+            )
+        found = [session_pb2.RefusedEvent.FromString(body) for (body,) in (*slots, *logged)]
+        found.sort(key=lambda r: (r.refused_at.seconds, r.refused_at.nanos))
+        more = len(found) > limit
+        return found[offset:limit], _encode_offset(limit) if more else ""
 
     async def loop_status(self, loop_id: str) -> int | None:
         async with self.pool.connection() as conn:
@@ -348,6 +379,22 @@ def _summary(head: bytes) -> api.SessionSummary:
 
 def _encode_token(created_us: int, session_id: str) -> str:
     return base64.urlsafe_b64encode(f"{created_us}:{session_id}".encode()).decode()
+
+
+def _encode_offset(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"refusals:{offset}".encode()).decode()
+
+
+def _decode_offset(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        name, offset = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+        if name != "refusals" or int(offset) < 0:
+            raise ValueError(token)
+        return int(offset)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token", "not a token this server issued") from exc
 
 
 def _decode_token(token: str) -> tuple[int, str]:

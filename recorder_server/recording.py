@@ -9,7 +9,7 @@ comes out as a `ChangeSet` for the storage layer to persist.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -25,11 +25,16 @@ from recorder_server.errors import (
     SequenceConflict,
     SequenceGap,
 )
+from recorder_server.vocabulary import SESSION_LEVEL
 
 RUNNING = session_pb2.LOOP_STATUS_RUNNING
 PENDING = session_pb2.LOOP_STATUS_PENDING
 OPEN_STATUSES = frozenset({RUNNING, PENDING})
-SESSION_LEVEL = frozenset({"parallel_loop_start", "parallel_loop_end"})
+# The kind of a stored row whose slot holds a refused event (DESIGN.md §Refusals).
+REFUSED = "refused"
+# What the rules remember of a stored event for re-sends: its bytes, or the
+# refusal its slot holds.
+Stored = bytes | session_pb2.RefusedEvent
 
 
 @dataclass(frozen=True)
@@ -98,11 +103,20 @@ class Snapshot:
     loops: dict[str, LoopState | None] = field(default_factory=dict)
     sessions: dict[str, SessionState | None] = field(default_factory=dict)
     pending_refs: dict[str, session_pb2.SpawnRef | None] = field(default_factory=dict)
-    stored_events: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    stored_events: dict[tuple[str, int], Stored] = field(default_factory=dict)
     # Events applied but not yet handed to the store: re-sends are checked here
     # until a read of the store would find them.
-    unwritten: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    unwritten: dict[tuple[str, int], Stored] = field(default_factory=dict)
     next_group_id: int = 1
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An event of a batch that was refused: by index, why, and the slot it holds."""
+
+    index: int
+    error: RecorderError
+    slot: int | None
 
 
 @dataclass
@@ -119,6 +133,10 @@ class ChangeSet:
     admitted: list[str] = field(default_factory=list)
     finalized: list[str] = field(default_factory=list)
     ended_loops: list[str] = field(default_factory=list)
+    # Refused events of a batch (for its acknowledgement), and those that hold no
+    # slot, for the refusal log: (session_id, loop_id, refusal).
+    refused: list[Refusal] = field(default_factory=list)
+    refusal_log: list[tuple[str, str, session_pb2.RefusedEvent]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -243,15 +261,28 @@ def _want_group_loops(
                     want_loop(loop_id)
 
 
+class _RefusedAgain(Exception):
+    """A re-sent event whose slot already holds its refusal: refused again, as before."""
+
+    def __init__(self, refusal: session_pb2.RefusedEvent) -> None:
+        super().__init__(refusal.message)
+        error = RecorderError(refusal.message, **dict(refusal.metadata))
+        error.reason = refusal.reason
+        error.code = refusal.code
+        self.error = error
+        self.slot = refusal.slot
+
+
 class Batch:
-    """One all-or-nothing application of the rules on top of a snapshot."""
+    """The rules applied on top of a snapshot: working copies of what they change,
+    so the snapshot is untouched until `merge`."""
 
     def __init__(self, snapshot: Snapshot, options: RecordingOptions) -> None:
         self.base = snapshot
         self.options = options
         self.changes = ChangeSet()
         self.next_group_id = snapshot.next_group_id
-        self._new_events: dict[tuple[str, int], bytes] = {}
+        self._new_events: dict[tuple[str, int], Stored] = {}
 
     # -- working copies -------------------------------------------------------
 
@@ -289,13 +320,28 @@ class Batch:
 
     # -- events ---------------------------------------------------------------
 
-    def apply(self, items: Iterable[Item]) -> ChangeSet:
+    def apply(
+        self,
+        items: Iterable[Item],
+        faults: Mapping[int, RecorderError] | None = None,
+        writer_id: str = "",
+        now: Timestamp | None = None,
+    ) -> ChangeSet:
+        """Apply each event; one that fails validation (`faults`) or a rule is kept
+        as a refusal instead, and changes nothing else (DESIGN.md §Refusals)."""
+        faults = faults or {}
         for index, item in enumerate(items):
             try:
-                self.changes.sequences.append(self._apply_one(*item))
-            except RecorderError as exc:
-                exc.metadata.setdefault("index", str(index))
-                raise
+                fault = faults.get(index)
+                if fault is not None:
+                    raise fault
+                sequence = self._apply_one(*item)
+            except _RefusedAgain as again:
+                self.changes.refused.append(Refusal(index, again.error, again.slot))
+                sequence = again.slot
+            except RecorderError as error:
+                sequence = self._refuse(index, item, error, writer_id, now or Timestamp())
+            self.changes.sequences.append(sequence)
         return self.changes
 
     def _apply_one(
@@ -306,6 +352,7 @@ class Batch:
         payload: Any,
         loop_id: str,
     ) -> int:
+        """One event, checked in full before anything changes, then applied."""
         if kind == "parallel_loop_start":
             self._parallel_start(payload)
             return 0
@@ -326,15 +373,20 @@ class Batch:
         if sequence is not None and self._is_resend(loop_id, sequence, body):
             return sequence
         if kind == "agent_start":
+            self._check_startable(payload)
+        else:
+            self._check_open(loop_id)
+        current = self.peek_loop(loop_id)
+        seq = current.next_seq if current is not None else 0
+        if sequence is not None and sequence != seq:
+            raise SequenceGap(loop_id, sequence, seq)
+        if kind == "agent_start":
             state = self._agent_start(payload)
         else:
             state = self._open_loop(loop_id)
             handler = _HANDLERS.get(kind)
             if handler is not None:
                 handler(self, state, payload)
-        seq = state.next_seq
-        if sequence is not None and sequence != seq:
-            raise SequenceGap(loop_id, sequence, seq)
         state.next_seq = seq + 1
         self.changes.events.append((loop_id, seq, state.record.session_id, kind, body))
         self._new_events[(loop_id, seq)] = body
@@ -351,9 +403,71 @@ class Batch:
             stored = self.base.stored_events.get(key)
         if stored is None:
             return False
+        if isinstance(stored, session_pb2.RefusedEvent):
+            if stored.event != body:
+                raise SequenceConflict(loop_id, sequence, "re-sent with different content")
+            raise _RefusedAgain(stored)
         if stored != body:
             raise SequenceConflict(loop_id, sequence, "re-sent with different content")
         return True
+
+    # -- refusals ---------------------------------------------------------------
+
+    def _refuse(
+        self, index: int, item: Item, error: RecorderError, writer_id: str, now: Timestamp
+    ) -> int:
+        """Keep a refused event: in its loop's next slot when it can hold one, else in
+        the refusal log. Returns the slot (0 for the log)."""
+        sequence, event, kind, payload, loop_id = item
+        refusal = session_pb2.RefusedEvent(
+            reason=error.reason,
+            message=error.message,
+            code=error.code,
+            metadata=error.metadata,
+            event=event.SerializeToString(deterministic=True),
+            loop_id=loop_id,
+            session_id=self._session_named(kind, payload, loop_id),
+            writer_id=writer_id,
+        )
+        refusal.refused_at.CopyFrom(now)
+        if sequence is not None:
+            refusal.sent_sequence = sequence
+        slot = self._slot_for(sequence, kind, loop_id, error)
+        self.changes.refused.append(Refusal(index, error, slot))
+        if slot is None:
+            self.changes.refusal_log.append((refusal.session_id, loop_id, refusal))
+            return 0
+        refusal.slot = slot
+        state = self.loop(loop_id)
+        assert state is not None
+        state.next_seq = slot + 1
+        body = refusal.SerializeToString(deterministic=True)
+        self.changes.events.append((loop_id, slot, state.record.session_id, REFUSED, body))
+        self._new_events[(loop_id, slot)] = refusal
+        return slot
+
+    def _slot_for(
+        self, sequence: int | None, kind: str, loop_id: str, error: RecorderError
+    ) -> int | None:
+        """The slot a refused event holds: the next one of its open loop, when the
+        sender meant that slot; None when it belongs in the refusal log."""
+        if not loop_id or kind in SESSION_LEVEL or kind == "agent_start":
+            return None
+        if isinstance(error, SequenceConflict | SequenceGap):
+            return None
+        if kind == "message_update" and not self.options.include_streaming_events:
+            return None
+        state = self.peek_loop(loop_id)
+        if state is None or state.record.status != RUNNING:
+            return None
+        if sequence is not None and sequence != state.next_seq:
+            return None
+        return state.next_seq
+
+    def _session_named(self, kind: str, payload: Any, loop_id: str) -> str:
+        if kind == "agent_start" or kind in SESSION_LEVEL:
+            return str(payload.session_id)
+        return self.session_id_of_loop(loop_id) if loop_id else ""
 
     def _check_open(self, loop_id: str) -> None:
         state = self.peek_loop(loop_id)
@@ -369,13 +483,16 @@ class Batch:
         assert working is not None
         return working
 
-    def _agent_start(self, start: events_pb2.AgentStart) -> LoopState:
-        session = self._admit(start)
-        existing = self.loop(start.loop_id)
+    def _check_startable(self, start: events_pb2.AgentStart) -> None:
+        existing = self.peek_loop(start.loop_id)
         if existing is not None and existing.record.status != PENDING:
             raise AlreadyExists(
                 f"loop {start.loop_id!r} has already started", loop_id=start.loop_id
             )
+
+    def _agent_start(self, start: events_pb2.AgentStart) -> LoopState:
+        session = self._admit(start)
+        existing = self.loop(start.loop_id)
         state = existing or LoopState(session_pb2.LoopRecord())
         record = state.record
         record.loop_id = start.loop_id
@@ -650,6 +767,7 @@ def combine(changesets: Sequence[ChangeSet]) -> ChangeSet:
     for changes in changesets:
         combined.events += changes.events
         combined.turns += changes.turns
+        combined.refusal_log += changes.refusal_log
         combined.loops.update(changes.loops)
         combined.sessions.update(changes.sessions)
         combined.groups.update(changes.groups)
@@ -690,18 +808,37 @@ def flush(
     `session_ids` are the unfinalized sessions in scope, loaded into the snapshot.
     """
     batch = Batch(snapshot, RecordingOptions())
-    for loop_id, state in list(snapshot.loops.items()):
-        if state is None or not state.is_open:
-            continue
-        if session_id is not None and state.record.session_id != session_id:
+    _abort_open(batch, lambda sid: session_id is None or sid == session_id, None, now)
+    _finalize(batch, session_ids, now)
+    return batch
+
+
+def _abort_open(
+    batch: Batch, in_scope: Callable[[str], bool], rejection: str | None, now: Timestamp
+) -> None:
+    """Every open loop of the sessions in scope becomes ABORTED; partial turns go."""
+    for loop_id, state in list(batch.base.loops.items()):
+        if state is None or not state.is_open or not in_scope(state.record.session_id):
             continue
         working = batch.loop(loop_id)
         assert working is not None
         working.record.status = session_pb2.LOOP_STATUS_ABORTED
+        if rejection is not None:
+            working.record.rejection = rejection
         working.record.ended_at.CopyFrom(now)
         working.partial = None
         batch.changes.ended_loops.append(loop_id)
-    _finalize(batch, session_ids, now)
+
+
+def abandon(
+    snapshot: Snapshot, session_ids: Iterable[str], rejection: str, now: Timestamp
+) -> Batch:
+    """Writers that vanish: abort the open loops of these sessions with `rejection`
+    (their partial turns dropped, their events kept) and finalize the sessions."""
+    wanted = set(session_ids)
+    batch = Batch(snapshot, RecordingOptions())
+    _abort_open(batch, wanted.__contains__, rejection, now)
+    _finalize(batch, sorted(wanted), now)
     return batch
 
 

@@ -7,6 +7,7 @@ its queue and commits, then the store closes and the file lock is released.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
@@ -89,6 +90,8 @@ class ServerConfig:
     # how long a loop whose own span has not arrived stays open (seconds).
     otlp_http: str | None = None
     otlp_orphan_wait_s: float = 60.0
+    # Open loops of a writer gone this long are aborted (0: never).
+    abandon_after_s: int = 300
 
 
 def _lock_database(db_path: Path) -> IO[str]:
@@ -129,6 +132,9 @@ class RecorderServer:
         self.otlp_http_address = ""
         self.writer: Writer | None = None
         self.ingest: OtlpIngest | None = None
+        # Set when the commit pipeline died: health is NOT_SERVING and the
+        # process should exit non-zero so that a supervisor restarts it.
+        self.failed = asyncio.Event()
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> RecorderServer:
@@ -160,7 +166,7 @@ class RecorderServer:
         checkpointer = Checkpointer(config.db_path)
         await checkpointer.start()
         self._stack.push_async_callback(checkpointer.stop)
-        writer = Writer(store, config.options)
+        writer = Writer(store, config.options, abandon_after_s=config.abandon_after_s)
         writer.checkpointer = checkpointer
         await writer.start()
         self._stack.push_async_callback(writer.stop)
@@ -239,6 +245,9 @@ class RecorderServer:
             socket_path.chmod(0o600)
         for name in ("", SERVICE_NAME, receiver.SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        assert self.writer is not None
+        watch = asyncio.create_task(self._watch(self.writer.pipeline.died, health_servicer))
+        self._stack.callback(watch.cancel)
 
         async def stop() -> None:
             await health_servicer.enter_graceful_shutdown()
@@ -246,3 +255,10 @@ class RecorderServer:
 
         self._stack.push_async_callback(stop)
         log.info("agent-recorder listening on %s (database %s)", self.address, self.config.db_path)
+
+    async def _watch(self, died: asyncio.Event, health_servicer: Any) -> None:
+        """A dead commit pipeline makes the sidecar NOT_SERVING and `failed`."""
+        await died.wait()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.failed.set()

@@ -13,19 +13,27 @@ from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 
 from recorder_server.decoding import Received, wants_wire
-from recorder_server.errors import InvalidArgument, NotFound, RecorderError
+from recorder_server.errors import FellBehind, InvalidArgument, NotFound, RecorderError
 from recorder_server.framing import event_pages, response_of
 from recorder_server.reads import Reads
-from recorder_server.recording import OPEN_STATUSES
-from recorder_server.status import internal_rejection, streaming, to_rejection, unary
+from recorder_server.recording import OPEN_STATUSES, Refusal
+from recorder_server.status import (
+    internal_rejection,
+    streaming,
+    to_event_refusal,
+    to_rejection,
+    unary,
+)
 from recorder_server.validation import Limits, validate_events, validate_request
-from recorder_server.writer import Writer
+from recorder_server.writer import Recorded, Writer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # Events read per query, and the most a StreamEvents page holds.
 EVENTS_PAGE = 1000
 # A page's bytes stay well under every client's default receive limit (4 MiB).
 PAGE_BYTES = 1024 * 1024
+# Refusals per ListRefusals page unless asked otherwise.
+REFUSALS_PAGE = 100
 SESSION_FIELD = api.GetSessionResponse.DESCRIPTOR.fields_by_name["session"].number
 
 
@@ -59,16 +67,20 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         except RecorderError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
         writer_id = first.hello.writer_id
-        acks: asyncio.Queue[tuple[int, asyncio.Future[list[int]] | RecorderError] | None]
+        acks: asyncio.Queue[tuple[int, asyncio.Future[Recorded] | RecorderError] | None]
         acks = asyncio.Queue()
         options = self.writer.options
         yield api.RecordResponse(
             ready=api.RecordReady(
                 include_streaming_events=options.include_streaming_events,
                 capture_turn_requests=options.capture_turn_requests,
+                max_id_length=self.limits.max_id_length,
+                max_value_depth=self.limits.max_value_depth,
+                max_request_bytes=self.limits.max_request_bytes,
+                abandon_after_secs=self.writer.abandon_after_s,
             )
         )
-        self.writer.leases.attach(writer_id)
+        self.writer.attach(writer_id)
         reader = asyncio.create_task(self._read_batches(writer_id, request_iterator, acks))
         try:
             while (item := await acks.get()) is not None:
@@ -78,13 +90,13 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            self.writer.leases.detach(writer_id)
+            self.writer.detach(writer_id)
 
     async def _read_batches(
         self,
         writer_id: str,
         requests: AsyncIterator[Received],
-        acks: asyncio.Queue[tuple[int, asyncio.Future[list[int]] | RecorderError] | None],
+        acks: asyncio.Queue[tuple[int, asyncio.Future[Recorded] | RecorderError] | None],
     ) -> None:
         try:
             async for received in requests:
@@ -104,23 +116,25 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
 
     @staticmethod
     async def _ack(
-        batch_id: int, outcome: asyncio.Future[list[int]] | RecorderError
+        batch_id: int, outcome: asyncio.Future[Recorded] | RecorderError
     ) -> api.RecordResponse:
         if isinstance(outcome, RecorderError):
             return api.RecordResponse(batch_id=batch_id, rejection=to_rejection(outcome))
         try:
-            sequences = await outcome
+            sequences, refused = await outcome
         except RecorderError as exc:
             return api.RecordResponse(batch_id=batch_id, rejection=to_rejection(exc))
         except Exception as exc:  # an answer, not a dead stream, for every batch
             return api.RecordResponse(batch_id=batch_id, rejection=internal_rejection(exc))
-        return api.RecordResponse(batch_id=batch_id, sequences=sequences)
+        return api.RecordResponse(
+            batch_id=batch_id, sequences=sequences, refusals=_event_refusals(refused)
+        )
 
     @unary
     async def Append(self, request: api.AppendRequest, context: Context) -> api.AppendResponse:
         events = validate_events(request, self.limits)
-        sequences = await self.writer.record(request.writer_id, events)
-        return api.AppendResponse(sequences=sequences)
+        sequences, refused = await self.writer.record(request.writer_id, events)
+        return api.AppendResponse(sequences=sequences, refusals=_event_refusals(refused))
 
     @unary
     async def OpenSession(
@@ -207,6 +221,17 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         validate_request(request, self.limits)
         return api.GetUsageResponse(rows=await self.reads.usage(request))
 
+    @unary
+    async def ListRefusals(
+        self, request: api.ListRefusalsRequest, context: Context
+    ) -> api.ListRefusalsResponse:
+        validate_request(request, self.limits)
+        sid = request.session_id if request.HasField("session_id") else None
+        refusals, token = await self.reads.refusals(
+            sid, request.page_size or REFUSALS_PAGE, request.page_token
+        )
+        return api.ListRefusalsResponse(refusals=refusals, next_page_token=token)
+
     @streaming
     async def StreamEvents(  # type: ignore[override]  # bytes: see add_to_server
         self, request: api.StreamEventsRequest, context: Context
@@ -254,13 +279,21 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         self, request: api.WatchSessionsRequest, context: Context
     ) -> AsyncIterator[api.WatchSessionsResponse]:
         validate_request(request, self.limits)
-        queue = self.writer.lifecycle.subscribe()
+        subscription = self.writer.lifecycle.subscribe()
+        last: api.WatchSessionsResponse | None = None
         try:
-            while (message := await queue.get()) is not None:
+            while (message := await subscription.queue.get()) is not None:
                 if not request.agent_id or message.agent_id in ("", request.agent_id):
+                    last = message
                     yield message
         finally:
-            self.writer.lifecycle.unsubscribe(queue)
+            self.writer.lifecycle.unsubscribe(subscription)
+        if subscription.cut_off:
+            raise FellBehind(subscription.limit, last.timestamp if last is not None else None)
+
+
+def _event_refusals(refused: list[Refusal]) -> list[api.EventRefusal]:
+    return [to_event_refusal(r.index, r.error, r.slot is not None) for r in refused]
 
 
 def _as_is(response: bytes) -> bytes:

@@ -23,25 +23,24 @@ from recorder_server import errors
 log = logging.getLogger(__name__)
 DOMAIN = "agent-recorder"
 
-CODES: dict[type[errors.RecorderError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.TooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.LoopNotOpen: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.SequenceGap: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.SequenceConflict: grpc.StatusCode.ABORTED,
-    errors.Locked: grpc.StatusCode.ABORTED,
-    errors.StorageFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.StorageUnavailable: grpc.StatusCode.UNAVAILABLE,
-}
+# google.rpc.Code values (errors.py) as the gRPC library's codes.
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def code_of(error: errors.RecorderError) -> grpc.StatusCode:
-    for cls in type(error).__mro__:
-        if cls in CODES:
-            return CODES[cls]
-    return grpc.StatusCode.INTERNAL
+    return _STATUS_CODES[error.code]
+
+
+def to_event_refusal(index: int, error: errors.RecorderError, holds_slot: bool) -> api.EventRefusal:
+    """One refused event of an acknowledged batch."""
+    return api.EventRefusal(
+        index=index,
+        code=error.code,
+        reason=error.reason,
+        message=error.message,
+        metadata=error.metadata,
+        holds_slot=holds_slot,
+    )
 
 
 def to_status(error: errors.RecorderError) -> grpc.Status:

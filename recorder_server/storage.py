@@ -23,15 +23,17 @@ from agent_recorder.v1 import events_pb2, session_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recorder_server.recording import (
+    REFUSED,
     ChangeSet,
     LoopState,
     Needed,
     ParallelGroup,
     SessionState,
     Snapshot,
+    Stored,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 T = TypeVar("T")
 
 MIGRATIONS: dict[int, str] = {
@@ -113,9 +115,22 @@ MIGRATIONS: dict[int, str] = {
     3: """
     ALTER TABLE loops ADD COLUMN end_event INTEGER;
     """,
+    # Refused events that hold no loop slot (DESIGN.md §Refusals); those that do
+    # are rows of `events` of kind 'refused' whose body is the RefusedEvent.
+    4: """
+    CREATE TABLE refusals (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL,         -- '' when the event named no session
+        loop_id TEXT NOT NULL,
+        refused_us INTEGER NOT NULL,
+        body BLOB NOT NULL                -- RefusedEvent
+    );
+    CREATE INDEX refusals_by_session ON refusals (session_id, id);
+    CREATE INDEX events_refused ON events (session_id, cursor) WHERE kind = 'refused';
+    """,
     # OTLP ingest's own state (recorder_server/otlp/store.py): spans already placed,
     # the span each loop stands for, loops still assembling, events not yet committed.
-    4: """
+    5: """
     CREATE TABLE otlp_spans (
         trace_id TEXT NOT NULL,
         span_id TEXT NOT NULL,
@@ -445,6 +460,9 @@ class WriteStore:
         if changes.groups:
             rows = [_group_row(gid, sid, g) for gid, (sid, g) in changes.groups.items()]
             statements.append((UPSERT_GROUP, rows))
+        if changes.refusal_log:
+            rows = [_refusal_row(*entry) for entry in changes.refusal_log]
+            statements += insert_statements(INSERT_REFUSALS, rows)
         for sid, ref in changes.pending_refs.items():
             if ref is None:
                 statements.append((DELETE_REF, [(sid,)]))
@@ -486,6 +504,7 @@ class WriteStore:
         head = session_pb2.Session()
         head.CopyFrom(session)
         del head.loops[:]
+        del head.refusals[:]
         loops: dict[str, LoopState] = {}
         turns: list[tuple[str, int, session_pb2.Turn]] = []
         events: list[tuple[str, int, str, str, bytes]] = []
@@ -497,14 +516,16 @@ class WriteStore:
             loops[loop.loop_id] = LoopState(record, turns=len(loop.turns))
             turns += [(loop.loop_id, n, turn) for n, turn in enumerate(loop.turns)]
             for item in loop.events:
-                kind = item.event.WhichOneof("event") or ""
-                body = item.event.SerializeToString(deterministic=True)
-                events.append((loop.loop_id, item.sequence, session.session_id, kind, body))
+                stored = item.refused if item.HasField("refused") else item.event
+                kind = REFUSED if item.HasField("refused") else item.event.WhichOneof("event")
+                body = stored.SerializeToString(deterministic=True)
+                events.append((loop.loop_id, item.sequence, session.session_id, kind or "", body))
         changes = ChangeSet(
             sessions={session.session_id: SessionState(head)},
             loops=loops,
             events=events,
             turns=turns,
+            refusal_log=[(session.session_id, r.loop_id, r) for r in session.refusals],
         )
         await self._run(_execute_all, self._conn, self._statements(changes))
         return len(events)
@@ -570,6 +591,7 @@ ON_LOOP_CONFLICT = (
 )
 INSERT_EVENTS = "INSERT INTO events (loop_id, sequence, session_id, kind, body) VALUES "
 INSERT_TURNS = "INSERT INTO turns (loop_id, turn_no, body) VALUES "
+INSERT_REFUSALS = "INSERT INTO refusals (session_id, loop_id, refused_us, body) VALUES "
 # Rows per multi-row INSERT. The store's thread takes the GIL back after every
 # statement step, and while the event loop is busy each take is a wait: with a
 # step per row (executemany), the thread spent about half of its time waiting.
@@ -597,6 +619,7 @@ UPSERT_REF = "INSERT OR REPLACE INTO pending_spawn_refs VALUES (?, ?)"
 DELETE_REF = "DELETE FROM pending_spawn_refs WHERE child_session_id = ?"
 DELETE_SESSION = (
     "DELETE FROM events WHERE session_id = ?",
+    "DELETE FROM refusals WHERE session_id = ?",
     "DELETE FROM turns WHERE loop_id IN (SELECT loop_id FROM loops WHERE session_id = ?)",
     "DELETE FROM loops WHERE session_id = ?",
     "DELETE FROM parallel_groups WHERE session_id = ?",
@@ -721,11 +744,23 @@ def _fetch(conn: sqlite3.Connection, needed: Needed) -> Snapshot:
         _fetch_sessions(conn, found, chunk)
     for loop_id, sequence in needed.event_keys:
         row = conn.execute(
-            "SELECT body FROM events WHERE loop_id = ? AND sequence = ?", (loop_id, sequence)
+            "SELECT kind, body FROM events WHERE loop_id = ? AND sequence = ?", (loop_id, sequence)
         ).fetchone()
         if row is not None:
-            found.stored_events[(loop_id, sequence)] = bytes(row[0])
+            found.stored_events[(loop_id, sequence)] = _stored(row[0], bytes(row[1]))
     return found
+
+
+def _stored(kind: str, body: bytes) -> Stored:
+    """What the rules compare a re-sent event with: its bytes, or its slot's refusal."""
+    return session_pb2.RefusedEvent.FromString(body) if kind == REFUSED else body
+
+
+def _refusal_row(
+    session_id: str, loop_id: str, refusal: session_pb2.RefusedEvent
+) -> tuple[object, ...]:
+    body = refusal.SerializeToString(deterministic=True)
+    return (session_id, loop_id, ts_us(refusal.refused_at), body)
 
 
 def _fetch_loops(conn: sqlite3.Connection, found: Snapshot, loop_ids: Sequence[str]) -> None:

@@ -141,10 +141,14 @@ def session_tree(
 
 def event_line(loop_id: str, item: session_pb2.LoopEvent) -> Text:
     """One stored event as a `tail` line: loop, sequence, kind and what it says."""
-    event = item.event
-    kind = event.WhichOneof("event") or "?"
     line = Text(f"{loop_id}", style="dim")
     line.append(f" #{item.sequence:<4} ", style="dim")
+    if item.HasField("refused"):
+        line.append("REFUSED", style="bold red")
+        line.append(f"  {item.refused.reason}: {item.refused.message}")
+        return line
+    event = item.event
+    kind = event.WhichOneof("event") or "?"
     line.append(kind, style="bold cyan" if kind in ("agent_start", "agent_end") else "cyan")
     payload = getattr(event, kind) if kind != "?" else None
     detail = _event_detail(kind, payload)
@@ -181,5 +185,22 @@ def usage_table(rows: Sequence[api.UsageRow], title: str) -> Table:
             str(u.output),
             str(u.cache_read),
             str(u.total_tokens or u.input + u.output),
+        )
+    return table
+
+
+def refusals_table(refusals: Sequence[session_pb2.RefusedEvent]) -> Table:
+    """Refused events: when, where (loop and slot, or the refusal log), and why."""
+    table = Table(title=f"refused events ({len(refusals)})", title_style="bold red")
+    for column in ("refused", "loop", "slot", "reason", "message"):
+        table.add_column(column, overflow="fold")
+    for refusal in refusals:
+        slot = str(refusal.slot) if refusal.HasField("slot") else "log"
+        table.add_row(
+            when(refusal.refused_at),
+            refusal.loop_id or refusal.session_id or "-",
+            slot,
+            Text(refusal.reason, style="red"),
+            refusal.message,
         )
     return table

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agent_recorder.v1 import events_pb2, recorder_service_pb2, session_pb2, types_pb2
@@ -319,6 +319,18 @@ def _check_tool_result(result: types_pb2.ToolResult, path: str, limits: Limits, 
 CheckedEvents = list[tuple[int | None, events_pb2.AgentEvent]]
 
 
+@dataclass
+class CheckedBatch:
+    """A batch's events in order, and why each refused one was refused (by index).
+
+    A refused event stays in `events` (its position is its index in the batch);
+    the writer keeps it as a refusal instead of applying it.
+    """
+
+    events: CheckedEvents = field(default_factory=list)
+    faults: dict[int, RecorderError] = field(default_factory=dict)
+
+
 # --- one check per event kind (paths relative to the event's oneof field) ----------
 
 
@@ -479,12 +491,14 @@ def validate_envelopes(
     limits: Limits,
     field_prefix: str = "events",
 ) -> None:
-    """Refuse a batch (all or nothing) if any event is structurally unusable.
+    """Refuse if any event is structurally unusable, naming the first such field.
 
     `field_prefix` is where the list sits in the request, so paths read as the
     client wrote them (`batch.events[2]...` for Record, `events[2]...` for Append).
     """
-    _check_envelopes(envelopes, limits, field_prefix, True)
+    faults = _check_envelopes(envelopes, limits, field_prefix, True).faults
+    if faults:
+        raise faults[min(faults)]
 
 
 def _check_envelopes(
@@ -492,11 +506,13 @@ def _check_envelopes(
     limits: Limits,
     field_prefix: str,
     json: bool | None,
-) -> CheckedEvents:
-    """The events as (sequence, or None if not given; event), read in the checking pass.
+) -> CheckedBatch:
+    """The events as (sequence, or None if not given; event), read in the checking pass,
+    and a fault per event that fails (the others are unaffected).
 
     `json` is `_json_plan`'s verdict: check free-form JSON everywhere (True), nowhere
     (False), or in the events whose own bytes might hold a non-finite number (None).
+    Only the batch's size refuses the batch as a whole.
     """
     if len(envelopes) > limits.max_events_per_batch:
         raise TooLarge(
@@ -506,29 +522,41 @@ def _check_envelopes(
             limit=limits.max_events_per_batch,
         )
     checks = _EVENT_CHECKS
-    checked: CheckedEvents = []
+    checked = CheckedBatch()
     for i, envelope in enumerate(envelopes):
         event = envelope.event
-        kind = event.WhichOneof("event")
         sequence = envelope.sequence
         try:
-            if sequence > INT64_MAX:
-                raise _Fault("sequence", f"must be at most {INT64_MAX}")
-            if kind is None:
-                raise _Fault("event", "no event kind set")
-            event_json = json
-            if event_json is None:
-                event_json = not _finite_on_wire(envelope.SerializeToString())
-            try:
-                checks[kind](getattr(event, kind), limits, event_json)
-            except _Fault as fault:
-                raise fault.under(f"event.{kind}") from None
+            _check_envelope(envelope, event, checks, limits, json)
         except _Fault as fault:
-            raise fault.under(f"{field_prefix}[{i}]").error() from None
+            checked.faults[i] = fault.under(f"{field_prefix}[{i}]").error()
         # Only a zero can be "not given", so HasField (dearer than the read) runs
         # just for those: a loop's first event, or an unnumbered one.
-        checked.append((sequence if sequence or envelope.HasField("sequence") else None, event))
+        checked.events.append(
+            (sequence if sequence or envelope.HasField("sequence") else None, event)
+        )
     return checked
+
+
+def _check_envelope(
+    envelope: recorder_service_pb2.EventEnvelope,
+    event: events_pb2.AgentEvent,
+    checks: dict[str, Callable[[Any, Limits, bool], None]],
+    limits: Limits,
+    json: bool | None,
+) -> None:
+    if envelope.sequence > INT64_MAX:
+        raise _Fault("sequence", f"must be at most {INT64_MAX}")
+    kind = event.WhichOneof("event")
+    if kind is None:
+        raise _Fault("event", "no event kind set")
+    event_json = json
+    if event_json is None:
+        event_json = not _finite_on_wire(envelope.SerializeToString())
+    try:
+        checks[kind](getattr(event, kind), limits, event_json)
+    except _Fault as fault:
+        raise fault.under(f"event.{kind}") from None
 
 
 # --- what the wire form of a decoded request proves ---------------------------------
@@ -611,17 +639,17 @@ def _json_plan(wire: bytes | None, limits: Limits) -> bool | None:
 
 def _record(
     request: recorder_service_pb2.RecordRequest, limits: Limits, json: bool | None = True
-) -> CheckedEvents:
+) -> CheckedBatch:
     kind = request.WhichOneof("kind")
     if kind == "hello":
         _check_id(request.hello.writer_id, "hello.writer_id", limits)
-        return []
+        return CheckedBatch()
     if kind == "batch":
         return _check_envelopes(request.batch.events, limits, "batch.events", json)
     raise _Fault("kind", "set hello or batch")
 
 
-def _append(request: recorder_service_pb2.AppendRequest, limits: Limits) -> CheckedEvents:
+def _append(request: recorder_service_pb2.AppendRequest, limits: Limits) -> CheckedBatch:
     # Empty writer_id is allowed: a one-shot Append client need not name itself;
     # the servicer decides what identity such a writer gets.
     _check_optional_id(request.writer_id, "writer_id", limits)
@@ -632,16 +660,20 @@ def _get_session(request: recorder_service_pb2.GetSessionRequest, limits: Limits
     _check_id(request.session_id, "session_id", limits)
 
 
-def _list_sessions(request: recorder_service_pb2.ListSessionsRequest, limits: Limits) -> None:
-    _check_optional_id(request.agent_id, "agent_id", limits)
-    if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+def _check_page(page_size: int, page_token: str, limits: Limits) -> None:
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
         raise _Fault("page_size", f"must be within 0..{MAX_PAGE_SIZE} (0 means the default)")
-    if len(request.page_token) > limits.max_page_token_length:
+    if len(page_token) > limits.max_page_token_length:
         raise _Fault(
             "page_token",
             f"must be at most {limits.max_page_token_length} characters",
             limits.max_page_token_length,
         )
+
+
+def _list_sessions(request: recorder_service_pb2.ListSessionsRequest, limits: Limits) -> None:
+    _check_optional_id(request.agent_id, "agent_id", limits)
+    _check_page(request.page_size, request.page_token, limits)
     if request.HasField("scope"):
         _check_enum(request.scope, _SCOPES, "scope")
     if request.HasField("since"):
@@ -748,6 +780,10 @@ def _check_imported_loop(loop: session_pb2.LoopRecord, session_id: str, limits: 
         try:
             if item.sequence != j:
                 raise _Fault("sequence", f"is {item.sequence}, expected {j} (gapless from 0)")
+            if item.HasField("refused"):
+                if item.HasField("event"):
+                    raise _Fault("refused", "a slot holds an event or a refusal, not both")
+                continue
             kind = item.event.WhichOneof("event")
             if kind is None:
                 raise _Fault("event", "no event kind set")
@@ -762,6 +798,12 @@ def _check_imported_loop(loop: session_pb2.LoopRecord, session_id: str, limits: 
             raise fault.under(f"events[{j}]") from None
 
 
+def _list_refusals(request: recorder_service_pb2.ListRefusalsRequest, limits: Limits) -> None:
+    if request.HasField("session_id"):
+        _check_id(request.session_id, "session_id", limits)
+    _check_page(request.page_size, request.page_token, limits)
+
+
 def _get_usage(request: recorder_service_pb2.GetUsageRequest, limits: Limits) -> None:
     _check_optional_id(request.agent_id, "agent_id", limits)
     for name in ("since", "until"):
@@ -770,8 +812,8 @@ def _get_usage(request: recorder_service_pb2.GetUsageRequest, limits: Limits) ->
 
 
 _REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], object]] = {
-    recorder_service_pb2.RecordRequest: _record,
-    recorder_service_pb2.AppendRequest: _append,
+    recorder_service_pb2.RecordRequest: lambda r, limits: _whole(_record(r, limits)),
+    recorder_service_pb2.AppendRequest: lambda r, limits: _whole(_append(r, limits)),
     recorder_service_pb2.GetSessionRequest: _get_session,
     recorder_service_pb2.ListSessionsRequest: _list_sessions,
     recorder_service_pb2.GetLoopRequest: _get_loop,
@@ -785,6 +827,7 @@ _REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], object]] = {
     recorder_service_pb2.WatchSessionsRequest: _watch_sessions,
     recorder_service_pb2.ImportSessionRequest: _import_session,
     recorder_service_pb2.GetUsageRequest: _get_usage,
+    recorder_service_pb2.ListRefusalsRequest: _list_refusals,
 }
 
 
@@ -803,17 +846,26 @@ def validate_request(request: Message, limits: Limits) -> None:
         raise fault.error() from None
 
 
+def _whole(checked: CheckedBatch) -> None:
+    """`validate_request`'s verdict on a request with events: its first fault, if any."""
+    if checked.faults:
+        raise checked.faults[min(checked.faults)]
+
+
 def validate_events(
     request: recorder_service_pb2.RecordRequest | recorder_service_pb2.AppendRequest,
     limits: Limits,
     wire: bytes | None = None,
-) -> CheckedEvents:
-    """`validate_request` for the requests that carry events, returning those events.
+) -> CheckedBatch:
+    """Check the requests that carry events, event by event, returning those events.
 
     Each comes back as (sequence, or None if not given; event), read in the pass
     that checks it, so the servicer needs no second pass over a batch (none for a
-    Record hello). `wire`, the exact bytes a RecordRequest was decoded from, lets
-    its JSON be settled from them (`_json_plan`); the verdict is the same.
+    Record hello), with the fault of each event that fails: one bad event is
+    refused alone (DESIGN.md §Refusals). Only what concerns the whole request
+    (its kind, its size) raises. `wire`, the exact bytes a RecordRequest was
+    decoded from, lets its JSON be settled from them (`_json_plan`); the verdict
+    is the same.
     """
     try:
         if isinstance(request, recorder_service_pb2.RecordRequest):

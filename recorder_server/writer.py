@@ -13,69 +13,27 @@ import asyncio
 import logging
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
-from agent_recorder.v1 import events_pb2, session_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import session_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recorder_server import recording
 from recorder_server.checkpoints import Checkpointer
-from recorder_server.errors import (
-    AlreadyExists,
-    NotFound,
-    RecorderError,
-    StorageFull,
-    StorageUnavailable,
-)
+from recorder_server.errors import AlreadyExists, NotFound, RecorderError
 from recorder_server.leases import Leases
-from recorder_server.recording import Batch, ChangeSet, Needed, RecordingOptions
+from recorder_server.pipeline import Applied, Job, Pipeline, Run
+from recorder_server.recording import Batch, ChangeSet, Needed, RecordingOptions, Refusal
 from recorder_server.storage import WriteStore, ts_us
+from recorder_server.validation import CheckedBatch
 
 log = logging.getLogger(__name__)
 
-Envelope = tuple[int | None, events_pb2.AgentEvent]
-_STOP: Final = object()
-
-
-@dataclass
-class _Job:
-    run: Callable[[], Awaitable[tuple[Any, ChangeSet]]]
-    future: asyncio.Future[Any]
-    # Record batches are pipelined: their rules run while the previous group
-    # commits. Every other job runs alone, in a transaction of its own.
-    pipelined: bool = False
-
-
-@dataclass
-class _Flight:
-    """A group whose write is on the store's thread; its jobs resolve when it lands."""
-
-    jobs: list[tuple[_Job, Any, ChangeSet]]
-    write: asyncio.Future[None]
-    nbytes: int
-    # What the write changes: until it lands, the committed state of these is stale.
-    loop_ids: frozenset[str]
-    session_ids: frozenset[str]
-    event_keys: list[tuple[str, int]]
-
-    @classmethod
-    def of(
-        cls, jobs: list[tuple[_Job, Any, ChangeSet]], changes: ChangeSet, store: WriteStore
-    ) -> _Flight:
-        write, nbytes = store.write(changes)
-        sessions = {*changes.sessions, *changes.pending_refs}
-        sessions.update(sid for sid, _ in changes.groups.values())
-        keys = [(row[0], row[1]) for row in changes.events]
-        return cls(jobs, write, nbytes, frozenset(changes.loops), frozenset(sessions), keys)
-
-    def touches(self, needed: Needed) -> bool:
-        return not (
-            self.loop_ids.isdisjoint(needed.loop_ids)
-            and self.session_ids.isdisjoint(needed.session_ids)
-        )
+# What a Record batch came to: the sequence of each event, and those refused.
+Recorded = tuple[list[int], list[Refusal]]
 
 
 @dataclass
@@ -93,48 +51,51 @@ class CommitSignal:
         event.set()
 
 
+class Subscription:
+    """One WatchSessions subscriber's backlog; `cut_off` once it fell too far behind."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.cut_off = False
+        # Unbounded, but never holds more than `limit` messages and the end marker.
+        self.queue: asyncio.Queue[api.WatchSessionsResponse | None] = asyncio.Queue()
+
+    def offer(self, message: api.WatchSessionsResponse) -> bool:
+        """Queue a message; False (and the end marker queued) when over the limit."""
+        if self.queue.qsize() >= self.limit:
+            self.cut_off = True
+            self.queue.put_nowait(None)
+            return False
+        self.queue.put_nowait(message)
+        return True
+
+
 class Broadcast:
     """Session lifecycle events fanned out to WatchSessions subscribers."""
 
-    def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[api.WatchSessionsResponse | None]] = set()
+    def __init__(self, backlog: int = 10_000) -> None:
+        self.backlog = backlog
+        self._subscribers: set[Subscription] = set()
 
-    def subscribe(self) -> asyncio.Queue[api.WatchSessionsResponse | None]:
-        queue: asyncio.Queue[api.WatchSessionsResponse | None] = asyncio.Queue(maxsize=10_000)
-        self._subscribers.add(queue)
-        return queue
+    def subscribe(self) -> Subscription:
+        subscription = Subscription(self.backlog)
+        self._subscribers.add(subscription)
+        return subscription
 
-    def unsubscribe(self, queue: asyncio.Queue[api.WatchSessionsResponse | None]) -> None:
-        self._subscribers.discard(queue)
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
 
     def publish(self, message: api.WatchSessionsResponse) -> None:
-        for queue in list(self._subscribers):
-            if queue.full():
-                # A subscriber that stopped reading is cut off rather than
-                # letting its backlog grow without bound.
-                self._subscribers.discard(queue)
-                queue.put_nowait(None) if not queue.full() else None
-                continue
-            queue.put_nowait(message)
+        for subscription in list(self._subscribers):
+            # A subscriber that stopped reading is cut off (it learns so) rather
+            # than letting its backlog grow without bound.
+            if not subscription.offer(message):
+                self._subscribers.discard(subscription)
 
     def close(self) -> None:
-        for queue in list(self._subscribers):
-            if not queue.full():
-                queue.put_nowait(None)
+        for subscription in self._subscribers:
+            subscription.queue.put_nowait(None)
         self._subscribers.clear()
-
-
-def _storage_error(exc: BaseException) -> RecorderError:
-    full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower()
-    if full:
-        return StorageFull(f"database disk is full: {exc}")
-    return StorageUnavailable(f"database write failed: {exc}")
-
-
-def _log_failure(future: asyncio.Future[None]) -> None:
-    exc = future.exception()
-    if exc is not None:
-        log.warning("checkpoint on the write connection failed: %s", exc)
 
 
 def now_timestamp() -> Timestamp:
@@ -143,180 +104,144 @@ def now_timestamp() -> Timestamp:
     return ts
 
 
+@dataclass
+class _Vanished:
+    """A session whose writer's stream ended with loops open, and when it was seen."""
+
+    writer_id: str
+    seen: Timestamp
+    timer: asyncio.TimerHandle
+
+
 class Writer:
-    """Owns the WriteStore, the rules' snapshot and the writer leases."""
+    """The recording core's write side: the rules' snapshot, leases, and the jobs
+    that change the store, each submitted to the one commit pipeline."""
 
     def __init__(
         self,
         store: WriteStore,
         options: RecordingOptions,
         *,
-        # Jobs accepted but not applied, each holding a parsed batch (~1 MB on the
-        # wire from a client library, several MB parsed). A deeper queue does not
-        # feed group commit (one group is applied while the previous commits) but
-        # holds memory: peak RSS over 1,000,000 events was 203 MB with 4 and 173 MB
-        # with 2, at the same ingest rate (16 held ~80 MB more). When full, Record
-        # streams stop reading and HTTP/2 flow control pushes back on the clients.
         max_queue: int = 2,
         max_group: int = 512,
+        abandon_after_s: int = 300,
     ) -> None:
         self.store = store
         self.options = options
+        # Writers that vanish (DESIGN.md): their open loops are aborted this long
+        # after their last stream ended, unless they come back (0: never).
+        self.abandon_after_s = abandon_after_s
+        self._vanished: dict[str, _Vanished] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.leases = Leases()
         self.commits = CommitSignal()
         self.lifecycle = Broadcast()
         self.listeners: list[Callable[[ChangeSet], None]] = []
-        self._queue: asyncio.Queue[_Job | object] = asyncio.Queue(maxsize=max_queue)
-        self._max_group = max_group
+        self.pipeline = Pipeline(
+            store,
+            committed=self._committed,
+            reload=self._reload,
+            handed_off=self._maybe_evict,
+            max_queue=max_queue,
+            max_group=max_group,
+        )
         self._snapshot = recording.Snapshot()
-        self._task: asyncio.Task[None] | None = None
-        self.checkpointer: Checkpointer | None = None
         # Loops and sessions the snapshot keeps before letting closed ones go.
         self.cache_limit = 4096
-        self._flight: _Flight | None = None
+
+    @property
+    def checkpointer(self) -> Checkpointer | None:
+        return self.pipeline.checkpointer
+
+    @checkpointer.setter
+    def checkpointer(self, checkpointer: Checkpointer | None) -> None:
+        self.pipeline.checkpointer = checkpointer
 
     async def start(self) -> None:
         self._snapshot = await self.store.load_open()
-        self._task = asyncio.create_task(self._run(), name="recorder-writer")
+        self.pipeline.start()
+        # Loops left open by a previous run had writers that are gone now.
+        self._expect(recording.open_sessions(self._snapshot), "(before the restart)")
 
     async def stop(self) -> None:
-        """Drain: every job queued before this is committed, then the task ends."""
-        if self._task is None:
-            return
-        await self._queue.put(_STOP)
-        await self._task
-        self._task = None
+        """Drain: every job queued before this is committed, then the pipeline ends."""
+        for vanished in self._vanished.values():
+            vanished.timer.cancel()
+        self._vanished.clear()
+        await self.pipeline.stop()
         self.lifecycle.close()
         self.commits.fire()
 
-    # -- the loop -------------------------------------------------------------
+    # -- writers that come and go ------------------------------------------------
 
-    async def _run(self) -> None:
-        """Group, apply, hand the group to the store's thread, and go on with the next.
+    def attach(self, writer_id: str) -> None:
+        """A Record stream of this writer opened: it holds its sessions again."""
+        self.leases.attach(writer_id)
+        for sid in [sid for sid, v in self._vanished.items() if v.writer_id == writer_id]:
+            self._vanished.pop(sid).timer.cancel()
 
-        At most one group is in flight: the rules of group N+1 run while group N
-        commits, which is why a failed write also fails the group built on it.
-        """
-        held: _Job | object | None = None
-        while True:
-            item = held if held is not None else await self._queue.get()
-            held = None
-            if self._flight is not None and self._flight.write.done():
-                await self._land()
-            if item is _STOP:
-                break
-            assert isinstance(item, _Job)
-            if not item.pipelined:
-                await self._land()
-                await self._commit_alone(item)
-                continue
-            group, held = self._take_group(item)
-            applied = await self._apply(group)
-            if not await self._land():
-                self._fail(applied, StorageUnavailable("an earlier write of this group failed"))
-                applied = []
-            self._take_off(applied)
-        await self._land()
+    def detach(self, writer_id: str) -> None:
+        """A Record stream ended; if it was the writer's last, its open loops wait
+        `abandon_after_s` for it to come back."""
+        released = self.leases.detach(writer_id)
+        self._expect(released & recording.open_sessions(self._snapshot), writer_id)
 
-    def _take_group(self, first: _Job) -> tuple[list[_Job], _Job | object | None]:
-        """Pipelined jobs already queued behind `first`, and the item that ended the run."""
-        group = [first]
-        while len(group) < self._max_group and not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is _STOP or not isinstance(item, _Job) or not item.pipelined:
-                return group, item
-            group.append(item)
-        return group, None
-
-    async def _apply(self, group: list[_Job]) -> list[tuple[_Job, Any, ChangeSet]]:
-        """Run each job's rules; a refused job fails alone and changes nothing."""
-        applied: list[tuple[_Job, Any, ChangeSet]] = []
-        for job in group:
-            try:
-                result, changes = await job.run()
-            except RecorderError as exc:
-                job.future.set_exception(exc)
-                continue
-            except sqlite3.Error as exc:
-                job.future.set_exception(_storage_error(exc))
-                continue
-            applied.append((job, result, changes))
-        return applied
-
-    def _take_off(self, applied: list[tuple[_Job, Any, ChangeSet]]) -> None:
-        """Hand the group's changes to the store; its jobs resolve when it commits."""
-        if not applied:
+    def _expect(self, session_ids: set[str], writer_id: str) -> None:
+        if self.abandon_after_s <= 0 or not session_ids:
             return
-        changes = recording.combine([changes for _, _, changes in applied])
-        flight = _Flight.of(applied, changes, self.store)
-        flight.write.add_done_callback(lambda _: self._landed(flight))
-        self._flight = flight
-        # Lookups of what may leave the snapshot now wait for this write when
-        # it touches them (see _lookup), so closed loops can be let go.
+        seen = now_timestamp()
+        loop = asyncio.get_running_loop()
+        for sid in session_ids:
+            timer = loop.call_later(self.abandon_after_s, self._abandon_later, sid)
+            previous = self._vanished.get(sid)
+            if previous is not None:
+                previous.timer.cancel()
+            self._vanished[sid] = _Vanished(writer_id, seen, timer)
+
+    def _came_back(self, session_ids: set[str]) -> None:
+        """A batch writes to these sessions: whoever writes them, they are not abandoned."""
+        for sid in session_ids & self._vanished.keys():
+            self._vanished.pop(sid).timer.cancel()
+
+    def _abandon_later(self, session_id: str) -> None:
+        vanished = self._vanished.pop(session_id, None)
+        if vanished is None or self.leases.holder(session_id) is not None:
+            return
+        task = asyncio.get_running_loop().create_task(self._abandon(session_id, vanished))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _abandon(self, session_id: str, vanished: _Vanished) -> None:
+        seen = vanished.seen.ToJsonString()
+        rejection = f"writer disconnected: writer {vanished.writer_id} last seen at {seen}"
+
+        async def run() -> tuple[None, ChangeSet]:
+            await self._fetch_sessions([session_id])
+            batch = recording.abandon(self._snapshot, [session_id], rejection, now_timestamp())
+            return None, await self._persist(batch)
+
+        try:
+            await self._submit(f"abandonment of session {session_id!r}", run)
+        except RecorderError as exc:
+            log.error("could not abandon the loops of session %r: %s", session_id, exc.message)
+        else:
+            log.warning("session %r: open loops aborted (%s)", session_id, rejection)
+
+    # -- what the pipeline calls back --------------------------------------------
+
+    def _committed(self, jobs: Sequence[Applied], event_keys: Sequence[tuple[str, int]]) -> None:
+        for key in event_keys:
+            self._snapshot.unwritten.pop(key, None)
+        changesets = [changes for _, _, changes in jobs]
+        self._release_ended(changesets)
+        self._after_commit(changesets)
+
+    def _maybe_evict(self) -> None:
+        """Lookups of what may leave the snapshot wait for the write in flight when it
+        touches them (see _lookup), so closed loops can be let go once handed off."""
         limit = self.cache_limit
         if len(self._snapshot.loops) > limit or len(self._snapshot.sessions) > limit:
             recording.evict(self._snapshot)
-
-    def _landed(self, flight: _Flight) -> None:
-        """Acknowledge a committed group at once (a callback: the loop may be busy)."""
-        exc = flight.write.exception()
-        if exc is not None:
-            log.error("write transaction failed: %s", exc)
-            error = _storage_error(exc)
-            self._fail(flight.jobs, error)
-            return
-        for job, result, _ in flight.jobs:
-            if not job.future.done():
-                job.future.set_result(result)
-        for key in flight.event_keys:
-            self._snapshot.unwritten.pop(key, None)
-        self._release_ended([changes for _, _, changes in flight.jobs])
-        self._after_commit([changes for _, _, changes in flight.jobs])
-        if self.checkpointer is not None:
-            self.checkpointer.wrote(flight.nbytes)
-            if self.checkpointer.catch_up:
-                # Queued before the next group's write, so its transaction
-                # restarts the WAL from the beginning (see checkpoints.py).
-                self.checkpointer.catch_up = False
-                self.store.catch_up().add_done_callback(_log_failure)
-
-    async def _land(self) -> bool:
-        """Wait for the group in flight, if any; after a failure, rebuild the snapshot."""
-        flight, self._flight = self._flight, None
-        if flight is None:
-            return True
-        try:
-            await flight.write
-            return True
-        except Exception:
-            await self._reload()
-            return False
-
-    async def _commit_alone(self, job: _Job) -> None:
-        try:
-            await self.store.begin()
-            try:
-                result, changes = await job.run()
-            except RecorderError as exc:
-                await self.store.rollback()
-                job.future.set_exception(exc)
-                return
-            await self.store.commit()
-        except sqlite3.Error as exc:
-            log.error("write transaction failed: %s", exc)
-            await self.store.rollback()
-            await self._reload()
-            job.future.set_exception(_storage_error(exc))
-            return
-        job.future.set_result(result)
-        self._release_ended([changes])
-        self._after_commit([changes])
-
-    @staticmethod
-    def _fail(jobs: Sequence[tuple[_Job, Any, ChangeSet]], error: RecorderError) -> None:
-        for job, _, _ in jobs:
-            if not job.future.done():
-                job.future.set_exception(error)
 
     async def _reload(self) -> None:
         """Nothing of a failed write is kept: the rules start again from the store."""
@@ -359,18 +284,8 @@ class Writer:
         message.timestamp.CopyFrom(now_timestamp())
         self.lifecycle.publish(message)
 
-    async def _enqueue(
-        self, run: Callable[[], Awaitable[tuple[Any, ChangeSet]]], pipelined: bool = False
-    ) -> asyncio.Future[Any]:
-        """Queue a job (waiting while the queue is full) and return its future."""
-        if self._task is None:
-            raise StorageUnavailable("the recorder is shutting down")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(run, future, pipelined))
-        return future
-
-    async def _submit(self, run: Callable[[], Awaitable[tuple[Any, ChangeSet]]]) -> Any:
-        return await (await self._enqueue(run))
+    async def _submit(self, label: str, run: Run) -> Any:
+        return await self.pipeline.run(Job(run, label))
 
     # -- jobs -----------------------------------------------------------------
 
@@ -384,9 +299,7 @@ class Writer:
             missing = needed()
             if not missing:
                 return
-            flight = self._flight
-            if flight is not None and flight.touches(missing):
-                await asyncio.wait([flight.write])
+            await self.pipeline.settled(missing)
             self.store.fetch_committed(self._snapshot, missing)
 
     async def _persist(self, batch: Batch) -> ChangeSet:
@@ -394,27 +307,34 @@ class Writer:
         recording.merge(self._snapshot, batch)
         return batch.changes
 
-    async def record(self, writer_id: str, envelopes: Sequence[Envelope]) -> list[int]:
-        """Apply one batch of events; returns the sequence of each event."""
-        result: list[int] = await (await self.enqueue_record(writer_id, envelopes))
+    async def record(self, writer_id: str, checked: CheckedBatch) -> Recorded:
+        """Apply one batch of events: the sequence of each, and those refused."""
+        result: Recorded = await (await self.enqueue_record(writer_id, checked))
         return result
 
     async def enqueue_record(
-        self, writer_id: str, envelopes: Sequence[Envelope]
-    ) -> asyncio.Future[list[int]]:
-        """Queue a batch in arrival order; the future resolves once it is committed."""
+        self, writer_id: str, checked: CheckedBatch
+    ) -> asyncio.Future[Recorded]:
+        """Queue a batch in arrival order; the future resolves once it is committed.
 
-        items = recording.prepare(envelopes)
+        Every event that passes is stored; one that failed validation (`checked.faults`)
+        or fails a rule is kept as a refusal and costs nothing else.
+        """
+        items = recording.prepare(checked.events)
 
-        async def run() -> tuple[list[int], ChangeSet]:
+        async def run() -> tuple[Recorded, ChangeSet]:
             await self._lookup(lambda: recording.needed(self._snapshot, items))
-            self.leases.claim(writer_id, recording.sessions_touched(self._snapshot, items))
+            touched = recording.sessions_touched(self._snapshot, items)
+            self.leases.claim(writer_id, touched)
+            if self._vanished:
+                self._came_back(touched)
             batch = Batch(self._snapshot, self.options)
-            batch.apply(items)
+            changes = batch.apply(items, checked.faults, writer_id, now_timestamp())
             recording.merge(self._snapshot, batch)
-            return batch.changes.sequences, batch.changes
+            return (changes.sequences, changes.refused), changes
 
-        return await self._enqueue(run, pipelined=True)
+        label = f"batch of writer {writer_id!r} ({_ids_of(items)})"
+        return await self.pipeline.submit(Job(run, label, pipelined=True))
 
     async def flush(self, session_id: str | None) -> api.FlushResponse:
         async def run() -> tuple[api.FlushResponse, ChangeSet]:
@@ -426,7 +346,9 @@ class Writer:
             )
             return response, changes
 
-        response: api.FlushResponse = await self._submit(run)
+        response: api.FlushResponse = await self._submit(
+            f"flush of {session_id or 'all sessions'}", run
+        )
         return response
 
     async def checkpoint(self, session_id: str | None) -> api.CheckpointResponse:
@@ -436,7 +358,9 @@ class Writer:
             changes = await self._persist(batch)
             return api.CheckpointResponse(finalized_session_ids=changes.finalized), changes
 
-        response: api.CheckpointResponse = await self._submit(run)
+        response: api.CheckpointResponse = await self._submit(
+            f"checkpoint of {session_id or 'all sessions'}", run
+        )
         return response
 
     async def _scope(self, session_id: str | None) -> list[str]:
@@ -461,7 +385,9 @@ class Writer:
             ref = request.parent_spawn_ref if request.HasField("parent_spawn_ref") else None
             return await self._open(sid, request.agent_id, request.scope, ref, formation, now)
 
-        session: session_pb2.Session = await self._submit(run)
+        session: session_pb2.Session = await self._submit(
+            f"open session {request.session_id!r}", run
+        )
         return session
 
     async def _open(
@@ -503,7 +429,9 @@ class Writer:
             )
             return api.RotateSessionResponse(session=session, rotated=True), changes
 
-        response: api.RotateSessionResponse = await self._submit(run)
+        response: api.RotateSessionResponse = await self._submit(
+            f"rotate session of agent {request.agent_id!r}", run
+        )
         return response
 
     async def delete_sessions(self, session_ids: Sequence[str]) -> None:
@@ -517,7 +445,7 @@ class Writer:
                 self.leases.forget(sid)
             return None, ChangeSet()
 
-        await self._submit(run)
+        await self._submit(f"delete of {list(session_ids)}", run)
         for sid in session_ids:
             message = api.WatchSessionsResponse(
                 lifecycle=api.SESSION_LIFECYCLE_DELETED, session_id=sid
@@ -534,7 +462,7 @@ class Writer:
                     recording.forget_session(self._snapshot, sid)
             return ids, ChangeSet()
 
-        ids: list[str] = await self._submit(run)
+        ids: list[str] = await self._submit("prune", run)
         return ids
 
     async def import_session(
@@ -575,5 +503,15 @@ class Writer:
             )
             return response, ChangeSet()
 
-        response: api.ImportSessionResponse = await self._submit(run)
+        response: api.ImportSessionResponse = await self._submit(
+            f"import of session {session.session_id!r}", run
+        )
         return response
+
+
+def _ids_of(items: Sequence[recording.Item], most: int = 5) -> str:
+    """The loops (or sessions) a batch names, for error messages: at most a few."""
+    named = (loop_id or getattr(payload, "session_id", "") for _, _, _, payload, loop_id in items)
+    ids = [name for name in dict.fromkeys(named) if name]
+    shown = ", ".join(ids[:most])
+    return f"{shown}, … {len(ids) - most} more" if len(ids) > most else shown

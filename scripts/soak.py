@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-# The scenario lives with the tests, which import their helpers as top-level modules.
+# The scenario lives in the tests' support package (tests/ on the path, as under pytest).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fault_harness import Verdict, check_store, run_scenario
+from support.fault_harness import Verdict, check_store, run_scenario
 
 
 def parse() -> argparse.Namespace:

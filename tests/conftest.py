@@ -1,19 +1,18 @@
-"""Shared fixtures: a real sidecar on a temp Unix socket with a real SQLite file."""
+"""Shared fixtures only: a real sidecar on a temp Unix socket with a real SQLite file.
+
+Helpers that tests import live in the `support` package (tests/support/), never here.
+"""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
-
-from recorder_server.recording import RecordingOptions
-from recorder_server.server import RecorderServer, ServerConfig
+from support.recorder import RunningRecorder
 
 
 @pytest.fixture
@@ -22,48 +21,6 @@ def short_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="ar-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@dataclass
-class RunningRecorder:
-    """An in-process server that a test can stop and start on the same file and socket."""
-
-    db_path: Path
-    socket_path: Path
-    options: RecordingOptions = field(default_factory=RecordingOptions)
-    server: RecorderServer | None = None
-    _channels: list[grpc.aio.Channel] = field(default_factory=list)
-
-    @property
-    def target(self) -> str:
-        return f"unix://{self.socket_path}"
-
-    def config(self) -> ServerConfig:
-        return ServerConfig(
-            db_path=self.db_path, listen=self.target, options=self.options, shutdown_grace_s=1.0
-        )
-
-    async def start(self) -> None:
-        assert self.server is None, "already running"
-        server = RecorderServer(self.config())
-        await server.__aenter__()
-        self.server = server
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            server, self.server = self.server, None
-            await server.__aexit__(None, None, None)
-
-    def stub(self) -> api_grpc.RecorderServiceStub:
-        """A raw generated stub on a fresh channel, closed at teardown."""
-        channel = grpc.aio.insecure_channel(self.target)
-        self._channels.append(channel)
-        return api_grpc.RecorderServiceStub(channel)
-
-    async def close_channels(self) -> None:
-        for channel in self._channels:
-            await channel.close(grace=None)
-        self._channels.clear()
 
 
 @pytest.fixture

@@ -10,6 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# The bench smoke run is slow: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 # The keys issue #6 fixes for the last line of `make bench`.
 KEYS = {
     "ingest_eps_1",

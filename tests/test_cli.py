@@ -18,9 +18,18 @@ from pathlib import Path
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
-from conftest import RunningRecorder
-from events import EPOCH, agent_end, agent_start, assistant, config, turn_end, turn_start, usage
 from google.protobuf import json_format
+from support.events import (
+    EPOCH,
+    agent_end,
+    agent_start,
+    assistant,
+    config,
+    turn_end,
+    turn_start,
+    usage,
+)
+from support.recorder import RunningRecorder
 
 from recorder_client.client import RecorderClient
 from recorder_server.cli import build_parser, main

@@ -20,8 +20,7 @@ import grpc
 import pytest
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
-from conftest import RunningRecorder
-from events import (
+from support.events import (
     agent_end,
     agent_start,
     assistant,
@@ -39,6 +38,7 @@ from events import (
     usage,
     user,
 )
+from support.recorder import RunningRecorder
 
 from recorder_client import (
     DeliveryConfig,
@@ -249,6 +249,7 @@ async def test_many_events_batch_and_arrive_in_order(client: RecorderClient) -> 
 # -- reconnects and proof of delivery -----------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_events_emitted_while_the_server_is_down_arrive_once_after_restart(
     recorder: RunningRecorder, client: RecorderClient
 ) -> None:
@@ -403,6 +404,7 @@ async def test_events_stored_but_unacknowledged_are_resent_and_not_duplicated(
     assert progress_texts(record) == [f"step {i}" for i in range(10)]
 
 
+@pytest.mark.slow
 async def test_flush_names_the_unacknowledged_count_at_its_deadline(
     recorder: RunningRecorder, client: RecorderClient
 ) -> None:
@@ -542,6 +544,7 @@ async def test_the_byte_bound_applies_too(
     assert progress_texts(await client.get_loop("q2.main.0")) == ["x" * 400]
 
 
+@pytest.mark.slow
 async def test_the_block_policy_waits_for_room_then_gives_up(
     recorder: RunningRecorder, client: RecorderClient
 ) -> None:

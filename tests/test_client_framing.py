@@ -18,8 +18,7 @@ import grpc
 import pytest
 from agent_recorder.v1 import events_pb2
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
-from conftest import RunningRecorder
-from events import (
+from support.events import (
     agent_end,
     agent_start,
     assistant,
@@ -33,6 +32,7 @@ from events import (
     usage,
     user,
 )
+from support.recorder import RunningRecorder
 
 from recorder_client import DeliveryConfig, QueueFull, RecorderClient, SyncRecorder
 from recorder_client.framing import batch_request, envelope_head, hello_request, varint

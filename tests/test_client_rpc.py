@@ -21,9 +21,9 @@ import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 from agent_recorder.v1 import session_pb2
-from conftest import RunningRecorder
-from events import EPOCH, agent_end, agent_start, assistant, message_update, progress
 from google.protobuf.message import Message
+from support.events import EPOCH, agent_end, agent_start, assistant, message_update, progress
+from support.recorder import RunningRecorder
 
 from recorder_client import (
     DeliveryConfig,

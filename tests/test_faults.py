@@ -1,6 +1,6 @@
 """Faults: the sidecar killed mid-stream, not there yet, or out of disk.
 
-The kill -9 scenario runs real processes (fault_harness.py): a sidecar killed with
+The kill -9 scenario runs real processes (support/fault_harness.py): a sidecar killed with
 SIGKILL five times at seeded random points while four client processes stream,
 restarted each time on the same file and socket, then checked event by event in
 the file opened read-only. Two servers on one file and two writers on one session
@@ -18,12 +18,14 @@ from pathlib import Path
 import grpc
 import pytest
 from agent_recorder.v1 import session_pb2
-from conftest import RunningRecorder
-from events import agent_end, agent_start, progress
-from fault_harness import check_store, events_per_client, plan_counts, run_scenario
+from support.events import agent_end, agent_start, progress
+from support.fault_harness import check_store, events_per_client, plan_counts, run_scenario
+from support.recorder import RunningRecorder
 
 from recorder_client import DeliveryConfig, DeliveryError, RecorderClient
 
+# Fault runs (real processes killed and restarted) are slow: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 SEED = 20261125
 # The issue's size: 50000 events per client (65-100 s on two shared cores, the
 # suite's longest test); AGENT_RECORDER_FAULT_EVENTS=5000 makes a quick local run.

@@ -20,8 +20,11 @@ import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
-from conftest import RunningRecorder
-from events import (
+from google.protobuf.descriptor import MethodDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.events import (
     Event,
     agent_end,
     agent_start,
@@ -35,14 +38,13 @@ from events import (
     user,
     value,
 )
-from google.protobuf.descriptor import MethodDescriptor
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from support.recorder import RunningRecorder
 
 from recorder_server.server import RecorderServer, ServerConfig
 from recorder_server.validation import Limits
 
+# Fuzzing a live server is slow: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 SERVICE = api.DESCRIPTOR.services_by_name["RecorderService"]
 DEADLINE = 3.0
 # Codes that mean "the server failed", not "the request was refused".

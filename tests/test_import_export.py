@@ -19,9 +19,9 @@ import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
-from conftest import RunningRecorder
-from events import agent_start, turn_start
 from google.protobuf import json_format
+from support.events import agent_start, turn_start
+from support.recorder import RunningRecorder
 
 from recorder_client.client import RecorderClient
 from recorder_client.errors import RecorderRpcError
@@ -305,6 +305,7 @@ async def test_ingest_names_the_line_of_bad_json(
     assert [e.sequence for e in loop.events] == [0]
 
 
+@pytest.mark.slow
 async def test_ingest_survives_a_server_restart(recorder: RunningRecorder) -> None:
     """Lines piped in while the sidecar is down are delivered once it is back, once each."""
     loop = "r1.c.0"

@@ -16,8 +16,8 @@ import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
-from conftest import RunningRecorder
-from events import (
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.events import (
     RecordStream,
     agent_end,
     agent_start,
@@ -29,13 +29,15 @@ from events import (
     turn_start,
     user,
 )
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.recorder import RunningRecorder
 
 from recorder_server.server import SERVICE_NAME
 
 if TYPE_CHECKING:
-    from events import Stub
+    from support.events import Stub
 
+# Load runs are slow: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 STREAMS = 100
 UNARY_CALLS = 1000
 CHANNELS = 4

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from agent_recorder.v1 import session_pb2
-from events import agent_start, assistant, config, ts, user
+from support.events import agent_start, assistant, config, ts, user
 
 from recorder_server.reads import ReadPool, Reads
 from recorder_server.storage import MIGRATIONS, SCHEMA_VERSION, WriteStore

@@ -23,9 +23,12 @@ from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 from agent_recorder.v1 import session_pb2, types_pb2
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
+from support import parts
 
 from recorder_server.server import RecorderServer, ServerConfig
 
+# Node runs (npm install, a node process) are slow: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
 NPM_INSTALL_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 60
@@ -41,7 +44,7 @@ def node_example() -> Path:
     """The example with its npm dependencies; installed once, kept between runs."""
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"the Node.js example needs {' and '.join(missing)} on PATH")
+        parts.missing("node", f"the Node.js example needs {' and '.join(missing)} on PATH")
     installed = all(
         (EXAMPLE / "node_modules" / "@grpc" / name / "package.json").exists()
         for name in ("grpc-js", "proto-loader")

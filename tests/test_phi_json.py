@@ -181,8 +181,9 @@ def test_event_lines_cover_every_event_type_and_delta_kind() -> None:
 def test_session_fixture_sets_every_field_of_every_message_type() -> None:
     """Each field of each agent_recorder message is set (non-default) somewhere.
 
-    Session.finalized_at is the one exception: phi-json has no place for it. A
-    session has one formation, so the other two kinds come from FORMATIONS.
+    The exceptions have no place in phi-json: Session.finalized_at and the refused
+    events the recorder keeps (LoopEvent.refused, Session.refusals; an export leaves
+    them out). A session has one formation, so the other two kinds come from FORMATIONS.
     """
     sessions = []
     for formation in [SESSION_JSON["formation"], *FORMATIONS]:
@@ -200,13 +201,18 @@ def test_session_fixture_sets_every_field_of_every_message_type() -> None:
         for f in session_pb2.DESCRIPTOR.pool.FindMessageTypeByName(name).fields
         if f.name not in ours[name]
     }
-    assert unused == {"agent_recorder.v1.Session.finalized_at"}
+    assert unused == {
+        "agent_recorder.v1.Session.finalized_at",
+        "agent_recorder.v1.Session.refusals",
+        "agent_recorder.v1.LoopEvent.refused",
+    }
     reachable = {
         name
         for name in (d.full_name for d in _reachable(session_pb2.Session.DESCRIPTOR))
         if name.startswith("agent_recorder.")
     }
-    assert reachable <= ours.keys()
+    refusals = {"agent_recorder.v1.RefusedEvent", "agent_recorder.v1.RefusedEvent.MetadataEntry"}
+    assert reachable - refusals <= ours.keys()
 
 
 def _reachable(descriptor: Any, seen: set[str] | None = None) -> Iterator[Any]:

@@ -22,10 +22,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pytest
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
-from conftest import RunningRecorder
-from events import (
+from google.protobuf import text_format
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from support.events import (
     Envelope,
     Event,
     agent_end,
@@ -51,14 +55,13 @@ from events import (
     usage,
     user,
 )
-from google.protobuf import text_format
-from google.protobuf.timestamp_pb2 import Timestamp
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
+from support.recorder import RunningRecorder
 
 if TYPE_CHECKING:
-    from events import Stub
+    from support.events import Stub
 
+# The model-based run is slow: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 PENDING = session_pb2.LOOP_STATUS_PENDING
 RUNNING = session_pb2.LOOP_STATUS_RUNNING
 OPEN = (PENDING, RUNNING)

@@ -14,6 +14,8 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 GEN_DIR = ROOT / "recorder_client"
 STUBS = GEN_DIR / "agent_recorder" / "v1"
@@ -53,6 +55,7 @@ def test_generator_versions_are_the_pinned_ones() -> None:
     assert metadata.version("mypy-protobuf") == pinned("mypy-protobuf")
 
 
+@pytest.mark.slow
 def test_committed_stubs_match_a_fresh_make_proto(tmp_path: Path) -> None:
     bin_dir = Path(sys.executable).parent
     protos = sorted(

@@ -15,8 +15,7 @@ import grpc
 import pytest
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
-from conftest import RunningRecorder
-from events import (
+from support.events import (
     agent_end,
     agent_start,
     aio,
@@ -33,13 +32,14 @@ from events import (
     usage,
     user,
 )
+from support.recorder import RunningRecorder
 
 from recorder_client import RecorderClient, RecorderRpcError
 from recorder_server.server import SERVICE_NAME
 from recorder_server.service import EVENTS_PAGE, PAGE_BYTES
 
 if TYPE_CHECKING:
-    from events import Stub
+    from support.events import Stub
 
 DEADLINE = 10.0
 SKIPS = list(itertools.product([False, True], repeat=2))

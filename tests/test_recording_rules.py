@@ -11,7 +11,8 @@ from collections.abc import Iterable
 
 import pytest
 from agent_recorder.v1 import session_pb2, types_pb2
-from events import (
+from google.protobuf import struct_pb2
+from support.events import (
     Envelope,
     Event,
     agent_end,
@@ -36,7 +37,6 @@ from events import (
     user,
     value,
 )
-from google.protobuf import struct_pb2
 
 from recorder_server.errors import (
     AlreadyExists,
@@ -48,6 +48,7 @@ from recorder_server.errors import (
     SequenceGap,
 )
 from recorder_server.recording import (
+    REFUSED,
     Batch,
     ChangeSet,
     LoopState,
@@ -111,15 +112,33 @@ class Rules:
     def refused(
         self, events: Iterable[Event | Envelope], kind: type[RecorderError]
     ) -> RecorderError:
-        """Apply a batch that must be refused; the snapshot must not change."""
+        """Apply events whose last must be refused alone: it changes nothing but,
+        when it holds its loop's next slot, that loop's next sequence."""
+        *fine, last = list(events)
+        if fine:
+            assert not self.apply(fine).refused
+        events = [last]
         before = {k: _dump_loop(v) for k, v in self.snapshot.loops.items()}
         sessions = {k: _dump_session(v) for k, v in self.snapshot.sessions.items()}
-        with pytest.raises(kind) as info:
-            self.apply(events)
-        assert {k: _dump_loop(v) for k, v in self.snapshot.loops.items() if k in before} == before
-        after = {k: _dump_session(v) for k, v in self.snapshot.sessions.items() if k in sessions}
-        assert after == sessions
-        return info.value
+        changes = self.apply(events)
+        assert [r.index for r in changes.refused] == [len(events) - 1]
+        refusal = changes.refused[0]
+        assert isinstance(refusal.error, kind), refusal.error
+        if refusal.slot is not None:
+            (loop_id, slot, _, kind_stored, _), *_ = changes.events[-1:]
+            assert kind_stored == REFUSED and slot == refusal.slot
+            state = self.snapshot.loops[loop_id]
+            assert state is not None and state.next_seq == slot + 1
+            state.next_seq = slot  # the slot aside, nothing changed
+        after = {k: _dump_loop(v) for k, v in self.snapshot.loops.items() if k in before}
+        assert after == before
+        heads = {k: _dump_session(v) for k, v in self.snapshot.sessions.items() if k in sessions}
+        assert heads == sessions
+        if refusal.slot is not None:
+            state = self.snapshot.loops[loop_id]
+            assert state is not None
+            state.next_seq = refusal.slot + 1
+        return refusal.error
 
     def loop(self, loop_id: str) -> LoopState:
         state = self.snapshot.loops[loop_id]
@@ -259,7 +278,6 @@ def test_rule3_a_started_loop_cannot_start_again() -> None:
     rules.apply([agent_start("s", "s.main.0", at=1)])
     error = rules.refused([agent_start("s", "s.main.0", at=2)], AlreadyExists)
     assert error.metadata["loop_id"] == "s.main.0"
-    assert error.metadata["index"] == "0"
 
 
 def test_rule3_agent_start_promotes_a_pending_loop() -> None:
@@ -311,10 +329,78 @@ def test_rule4_an_event_for_a_loop_never_started_is_refused_naming_it() -> None:
         [progress("s.main.0", "c", "t", "ok"), progress("s.ghost.0", "c", "t", "lost")],
         LoopNotOpen,
     )
-    assert error.metadata == {"loop_id": "s.ghost.0", "index": "1"}
+    assert error.metadata == {"loop_id": "s.ghost.0"}
     assert "s.ghost.0" in error.message and "never started" in error.message
-    # Nothing of the refused batch reached the snapshot: the next sequence is still 1.
-    assert rules.loop("s.main.0").next_seq == 1
+    # The batch's other event was stored all the same.
+    assert rules.loop("s.main.0").next_seq == 2
+
+
+def test_one_refused_event_costs_no_other_event_of_its_batch() -> None:
+    """DESIGN.md §Refusals: a batch of three loops with one invalid event in the middle."""
+    rules = Rules()
+    rules.apply([agent_start("s", f"s.main.{n}", at=1) for n in range(3)])
+    batch: list[Envelope] = [(1, progress(f"s.main.{n}", "c", "t", "before")) for n in range(3)]
+    batch.append((2, progress("s.main.1", "c", "t", "bad")))
+    batch += [(2 + (n == 1), progress(f"s.main.{n}", "c", "t", "after")) for n in range(3)]
+    fault = InvalidArgument("batch.events[3].event.progress_message.text", "is wrong")
+    rules.load(batch)
+    applied = Batch(rules.snapshot, rules.options)
+    changes = applied.apply(prepare(batch), {3: fault}, "w1", ts(5))
+    merge(rules.snapshot, applied)
+    assert changes.sequences == [1, 1, 1, 2, 2, 3, 2]
+    (refusal,) = changes.refused
+    assert (refusal.index, refusal.error, refusal.slot) == (3, fault, 2)
+    stored = [(loop_id, seq, kind) for loop_id, seq, _, kind, _ in changes.events]
+    assert ("s.main.1", 2, REFUSED) in stored
+    assert ("s.main.1", 3, "progress_message") in stored
+    assert len(stored) == 7
+    body = next(b for loop_id, seq, _, _, b in changes.events if (loop_id, seq) == ("s.main.1", 2))
+    kept = session_pb2.RefusedEvent.FromString(body)
+    assert kept.reason == "INVALID_FIELD" and kept.code == 3
+    assert kept.message == "batch.events[3].event.progress_message.text: is wrong"
+    assert kept.metadata["field"] == "batch.events[3].event.progress_message.text"
+    assert kept.event == batch[3][1].SerializeToString(deterministic=True)
+    assert (kept.loop_id, kept.session_id, kept.writer_id) == ("s.main.1", "s", "w1")
+    assert (kept.refused_at, kept.sent_sequence, kept.slot) == (ts(5), 2, 2)
+    assert not changes.refusal_log
+    assert [rules.loop(f"s.main.{n}").next_seq for n in range(3)] == [3, 4, 3]
+
+
+def test_a_refusal_without_a_slot_goes_to_the_refusal_log() -> None:
+    rules = Rules()
+    rules.apply([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
+    events: list[Envelope] = [(None, progress("s.main.0", "c", "t", "late"))]
+    rules.load(events)
+    applied = Batch(rules.snapshot, rules.options)
+    changes = applied.apply(prepare(events), {}, "w1", ts(3))
+    assert changes.sequences == [0] and not changes.events
+    (refusal,) = changes.refused
+    assert isinstance(refusal.error, LoopNotOpen) and refusal.slot is None
+    ((session_id, loop_id, kept),) = changes.refusal_log
+    assert (session_id, loop_id, kept.reason, kept.HasField("slot")) == (
+        "s",
+        "s.main.0",
+        "LOOP_NOT_OPEN",
+        False,
+    )
+    assert "has ended" in kept.message or "completed" in kept.message
+
+
+def test_a_resent_refused_event_is_refused_again_in_its_slot() -> None:
+    rules = Rules()
+    rules.apply([(0, agent_start("s", "s.main.0", at=1))])
+    bad: list[Envelope] = [(1, progress("s.main.0", "c", "t", "bad"))]
+    fault = InvalidArgument("events[0].event.progress_message.text", "is wrong")
+    for attempt in range(2):
+        rules.load(bad)
+        applied = Batch(rules.snapshot, rules.options)
+        changes = applied.apply(prepare(bad), {0: fault} if attempt == 0 else {}, "w", ts(2))
+        merge(rules.snapshot, applied)
+        (refusal,) = changes.refused
+        assert (refusal.slot, refusal.error.reason, refusal.error.code) == (1, "INVALID_FIELD", 3)
+        assert changes.sequences == [1]
+        assert len(changes.events) == (1 if attempt == 0 else 0)
+    assert rules.apply([(2, progress("s.main.0", "c", "t", "next"))]).sequences == [2]
 
 
 def test_rule4_an_event_for_an_ended_or_pending_loop_is_refused() -> None:
@@ -337,7 +423,6 @@ def test_rule4_a_numbered_event_must_be_the_next_sequence() -> None:
         "loop_id": "s.main.0",
         "sequence": "2",
         "expected": "1",
-        "index": "0",
     }
     assert rules.apply([(1, progress("s.main.0", "c", "t", "next"))]).sequences == [1]
 
@@ -363,7 +448,7 @@ def test_rule5_an_unkept_message_update_for_a_loop_not_open_is_still_refused() -
     rules = Rules()
     rules.apply([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
     error = rules.refused([message_update("s.ghost.0", assistant("x"), "x")], LoopNotOpen)
-    assert error.metadata == {"loop_id": "s.ghost.0", "index": "0"}
+    assert error.metadata == {"loop_id": "s.ghost.0"}
     error = rules.refused([message_update("s.main.0", assistant("x"), "x")], LoopNotOpen)
     assert error.metadata["loop_id"] == "s.main.0"
     assert "completed" in error.message
@@ -856,8 +941,9 @@ def test_resend_of_events_not_yet_handed_to_the_store_needs_no_lookup() -> None:
     assert changes.sequences == [0, 1, 2]
     assert [(e[1], e[3]) for e in changes.events] == [(2, "progress_message")]
     conflicting = Batch(rules.snapshot, rules.options)
-    with pytest.raises(SequenceConflict):
-        conflicting.apply(prepare([(1, progress("s.main.0", "c", "t", "other"))]))
+    changes = conflicting.apply(prepare([(1, progress("s.main.0", "c", "t", "other"))]))
+    (refusal,) = changes.refused
+    assert isinstance(refusal.error, SequenceConflict) and refusal.slot is None
 
 
 def test_combine_keeps_the_last_state_and_every_append_in_order() -> None:
@@ -898,7 +984,7 @@ def test_resend_with_different_content_is_a_conflict_naming_loop_and_sequence() 
     rules = Rules()
     rules.apply([(0, agent_start("s", "s.main.0", at=1)), (1, progress("s.main.0", "c", "t", "a"))])
     error = rules.refused([(1, progress("s.main.0", "c", "t", "b"))], SequenceConflict)
-    assert error.metadata == {"loop_id": "s.main.0", "sequence": "1", "index": "0"}
+    assert error.metadata == {"loop_id": "s.main.0", "sequence": "1"}
     assert rules.loop("s.main.0").next_seq == 2
 
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import grpc
-import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2, types_pb2
-from conftest import RunningRecorder
-from events import (
+from support.events import (
     RecordStream,
     agent_end,
     agent_start,
     aio,
     append,
+    append_response,
     assistant,
     config,
     message_end,
@@ -32,11 +31,12 @@ from events import (
     usage,
     user,
 )
+from support.recorder import RunningRecorder
 
 from recorder_server.recording import RecordingOptions
 
 if TYPE_CHECKING:
-    from events import Stub
+    from support.events import Stub
 
 DEADLINE = 10.0
 SESSIONS = ("main", "done", "kid")
@@ -107,9 +107,8 @@ async def test_restart_reads_back_identical_and_open_loops_continue(
 
     # Re-sent pre-restart events are recognised from the store, not stored again.
     assert await append(stub, [(8, turn_request("main.m.0", 1, {"round": 1}, at=5))]) == [8]
-    with pytest.raises(grpc.aio.AioRpcError) as conflict:
-        await append(stub, [(8, turn_request("main.m.0", 1, {"round": 2}, at=5))])
-    assert conflict.value.code() == grpc.StatusCode.ABORTED
+    conflict = await append_response(stub, [(8, turn_request("main.m.0", 1, {"round": 2}, at=5))])
+    assert [r.reason for r in conflict.refusals] == ["SEQUENCE_CONFLICT"]
 
     # Open loops continue at their next sequences; the open partial turn materializes.
     answer1 = assistant("finished", use=usage(20, 4), at=9)
@@ -198,9 +197,8 @@ async def test_restart_keeps_flushed_state_and_a_new_loop_readmits(
     again = await stub.Flush(api.FlushRequest(), timeout=DEADLINE)
     assert list(again.aborted_loop_ids) == [] and list(again.finalized_session_ids) == []
     # ...and the aborted loop stays closed.
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await append(stub, [progress("s.m.0", "c", "t", "late")])
-    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    refused = await append_response(stub, [progress("s.m.0", "c", "t", "late")])
+    assert [r.message for r in refused.refusals] == ["loop 's.m.0' has ended (aborted)"]
     assert await append(stub, [agent_start("s", "s.m.1", at=3)]) == [0]
     session = (
         await stub.GetSession(api.GetSessionRequest(session_id="s"), timeout=DEADLINE)

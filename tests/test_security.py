@@ -22,12 +22,12 @@ from pathlib import Path
 import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
-from conftest import RunningRecorder
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.recorder import RunningRecorder
 
 from recorder_client import defaults
 from recorder_client import events as ev
@@ -349,6 +349,7 @@ async def test_tls_serves_a_client_that_trusts_the_ca(short_tmp: Path, pki: Pki)
         assert await client.append(session_events("s1")) == [0, 1]
 
 
+@pytest.mark.slow
 async def test_plaintext_against_a_tls_port_is_refused(short_tmp: Path, pki: Pki) -> None:
     tls = {"tls_cert": pki.server.cert, "tls_key": pki.server.key}
     async with serving(short_tmp, listen="127.0.0.1:0", **tls) as server:
@@ -438,6 +439,7 @@ def test_tls_settings_must_agree(pki: Pki) -> None:
         tls_files(None, None, pki.ca.cert)
 
 
+@pytest.mark.slow
 def test_serve_exits_with_the_reason_on_plaintext_beyond_loopback(short_tmp: Path) -> None:
     result = subprocess.run(
         [
@@ -491,6 +493,7 @@ def _probe(socket_path: Path, *, as_user: pwd.struct_passwd | None) -> str:
     return result.stdout.strip()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a probe as another user")
 def test_another_local_user_cannot_open_the_socket(recorder: RunningRecorder) -> None:
     nobody = pwd.getpwnam("nobody")

@@ -17,9 +17,9 @@ import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
-from conftest import RunningRecorder
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support.recorder import RunningRecorder
 
 from recorder_client import events as ev
 
@@ -72,6 +72,7 @@ def _wait_listening(process: subprocess.Popen[str]) -> str:
     return line.split("listening on ", 1)[1].split(" ", 1)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 async def test_serve_stops_cleanly_and_keeps_what_it_acknowledged(
     short_tmp: Path, stop_signal: signal.Signals

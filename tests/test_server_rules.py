@@ -19,13 +19,15 @@ import grpc
 import pytest
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
-from conftest import RunningRecorder
-from events import (
+from google.rpc import code_pb2, error_details_pb2
+from grpc_status import rpc_status
+from support.events import (
     RecordStream,
     agent_end,
     agent_start,
     aio,
     append,
+    append_response,
     assistant,
     config,
     continuation,
@@ -47,8 +49,7 @@ from events import (
     user,
     value,
 )
-from google.rpc import code_pb2, error_details_pb2
-from grpc_status import rpc_status
+from support.recorder import RunningRecorder
 
 from recorder_client.queries import (
     children_of,
@@ -60,7 +61,7 @@ from recorder_client.queries import (
 from recorder_server.recording import RecordingOptions
 
 if TYPE_CHECKING:
-    from events import Stub
+    from support.events import Stub
 
 PENDING = session_pb2.LOOP_STATUS_PENDING
 RUNNING = session_pb2.LOOP_STATUS_RUNNING
@@ -89,6 +90,17 @@ async def refused(call: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRp
         await call
     assert info.value.code() == code, info.value.details()
     return info.value
+
+
+async def refused_event(
+    stub: Stub, events: list[Any], code: grpc.StatusCode, index: int | None = None
+) -> api.EventRefusal:
+    """Append events of which exactly one is refused (the others stored); its refusal."""
+    response = await append_response(stub, events)
+    (refusal,) = response.refusals
+    assert refusal.code == code.value[0], refusal.message
+    assert refusal.index == (len(events) - 1 if index is None else index)
+    return refusal
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
@@ -239,9 +251,9 @@ async def test_rule3_agent_start_creates_a_running_loop_with_its_fields(
     assert loop.started_at == ts(3)
     assert not loop.HasField("ended_at")
     assert [(e.sequence, e.event) for e in loop.events] == [(0, start)]
-    # A loop that has started cannot start again.
-    error = await refused(append(stub, [start]), grpc.StatusCode.ALREADY_EXISTS)
-    assert "s.fast.0" in (error.details() or "")
+    # A loop that has started cannot start again (kept in the refusal log).
+    again = await refused_event(stub, [start], grpc.StatusCode.ALREADY_EXISTS)
+    assert "s.fast.0" in again.message and not again.holds_slot
 
 
 async def test_rule3_agent_start_promotes_a_pending_loop(recorder: RunningRecorder) -> None:
@@ -278,20 +290,29 @@ async def test_rule4_gapless_sequences_and_a_not_open_loop_refused_in_stream(
     bad = await stream.send(
         [progress("s.main.0", "c1", "bash", "b"), progress("s.ghost.7", "x", "t", "?")]
     )
-    assert list(bad.sequences) == []
-    assert bad.rejection.code == code_pb2.FAILED_PRECONDITION
-    assert bad.rejection.reason == "LOOP_NOT_OPEN"
-    assert bad.rejection.metadata["loop_id"] == "s.ghost.7"
-    assert bad.rejection.metadata["index"] == "1"
-    assert "s.ghost.7" in bad.rejection.message
+    assert list(bad.sequences) == [2, 0]
+    assert not bad.HasField("rejection")
+    (refusal,) = bad.refusals
+    assert refusal.index == 1 and not refusal.holds_slot
+    assert refusal.code == code_pb2.FAILED_PRECONDITION
+    assert refusal.reason == "LOOP_NOT_OPEN"
+    assert refusal.metadata["loop_id"] == "s.ghost.7"
+    assert "s.ghost.7" in refusal.message
 
-    # The stream stays open; the refused batch left nothing, the acked one stays.
+    # The stream stays open; the batch's valid event was stored.
     again = await stream.send([progress("s.main.0", "c1", "bash", "c")])
-    assert list(again.sequences) == [2]
+    assert list(again.sequences) == [3]
     assert await stream.close() == grpc.StatusCode.OK
     loop = await get_loop(stub, "s.main.0")
-    assert sequences(loop) == [0, 1, 2]
-    assert [e.event.progress_message.text for e in loop.events[1:]] == ["a", "c"]
+    assert sequences(loop) == [0, 1, 2, 3]
+    assert [e.event.progress_message.text for e in loop.events[1:]] == ["a", "b", "c"]
+    (logged,) = (await get_session(stub, "s")).refusals
+    assert (logged.loop_id, logged.reason, logged.writer_id) == (
+        "s.ghost.7",
+        "LOOP_NOT_OPEN",
+        "writer-1",
+    )
+    assert events_pb2.AgentEvent.FromString(logged.event).progress_message.text == "?"
     assert sequences(await get_loop(stub, "s.main.1")) == [0, 1]
     await refused(get_loop(stub, "s.ghost.7"), grpc.StatusCode.NOT_FOUND)
 
@@ -301,17 +322,22 @@ async def test_rule4_an_event_for_an_ended_loop_is_refused_by_append_with_detail
 ) -> None:
     stub = aio(recorder.stub())
     await append(stub, [agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
-    error = await refused(
-        append(stub, [agent_start("s", "s.main.1", at=3), progress("s.main.0", "c", "t", "late")]),
+    late = await refused_event(
+        stub,
+        [agent_start("s", "s.main.1", at=3), progress("s.main.0", "c", "t", "late")],
         grpc.StatusCode.FAILED_PRECONDITION,
     )
-    assert "s.main.0" in (error.details() or "")
-    info = error_info(error)
-    assert info.reason == "LOOP_NOT_OPEN"
-    assert info.metadata["loop_id"] == "s.main.0"
-    # All or nothing: the AgentStart of the refused batch was not stored either.
-    await refused(get_loop(stub, "s.main.1"), grpc.StatusCode.NOT_FOUND)
-    assert [loop.loop_id for loop in (await get_session(stub, "s")).loops] == ["s.main.0"]
+    assert late.message == "loop 's.main.0' has ended (completed)"
+    assert (late.reason, late.metadata["loop_id"], late.holds_slot) == (
+        "LOOP_NOT_OPEN",
+        "s.main.0",
+        False,
+    )
+    # One bad event costs nothing else: the batch's AgentStart was stored.
+    assert (await get_loop(stub, "s.main.1")).status == RUNNING
+    session = await get_session(stub, "s")
+    assert [loop.loop_id for loop in session.loops] == ["s.main.0", "s.main.1"]
+    assert [(r.loop_id, r.reason) for r in session.refusals] == [("s.main.0", "LOOP_NOT_OPEN")]
 
 
 async def test_rule4_stream_events_replays_and_follows_a_loop(recorder: RunningRecorder) -> None:
@@ -364,15 +390,13 @@ async def test_rule5_a_dropped_message_update_for_a_loop_not_open_is_refused(
 ) -> None:
     stub = aio(recorder.stub())
     await append(stub, [agent_start("s", "s.main.0", at=1)])
-    error = await refused(
-        append(
-            stub, [progress("s.main.0", "c", "t", "x"), message_update("s.gone.0", user("x"), "x")]
-        ),
+    gone = await refused_event(
+        stub,
+        [progress("s.main.0", "c", "t", "x"), message_update("s.gone.0", user("x"), "x")],
         grpc.StatusCode.FAILED_PRECONDITION,
     )
-    info = error_info(error)
-    assert (info.reason, info.metadata["loop_id"]) == ("LOOP_NOT_OPEN", "s.gone.0")
-    assert sequences(await get_loop(stub, "s.main.0")) == [0]
+    assert (gone.reason, gone.metadata["loop_id"]) == ("LOOP_NOT_OPEN", "s.gone.0")
+    assert sequences(await get_loop(stub, "s.main.0")) == [0, 1]
 
 
 async def test_rule5_message_updates_are_stored_when_configured(
@@ -713,10 +737,10 @@ async def test_rule10_flush_one_session_then_all(recorder: RunningRecorder) -> N
     b = await get_session(stub, "b")
     assert not b.HasField("finalized_at")
     assert [loop.status for loop in b.loops] == [RUNNING, PENDING, PENDING]
-    error = await refused(
-        append(stub, [progress("a.main.0", "c", "t", "late")]), grpc.StatusCode.FAILED_PRECONDITION
+    late = await refused_event(
+        stub, [progress("a.main.0", "c", "t", "late")], grpc.StatusCode.FAILED_PRECONDITION
     )
-    assert "a.main.0" in (error.details() or "") and "aborted" in (error.details() or "")
+    assert late.message == "loop 'a.main.0' has ended (aborted)"
 
     every = await stub.Flush(api.FlushRequest(), timeout=DEADLINE)
     assert sorted(every.aborted_loop_ids) == ["b.main.0", "b.x.1", "b.y.1"]
@@ -885,8 +909,8 @@ async def test_rule11_sessions_of_an_agent_newest_first_paged_and_delete(
     listed = await stub.ListSessions(api.ListSessionsRequest(agent_id="lister"), timeout=DEADLINE)
     assert [s.session_id for s in listed.sessions] == ["l5", "l4", "l2", "l1"]
     # A deleted session's loop is not open any more: its events are refused.
-    await refused(
-        append(stub, [progress("l3.main.0", "c", "t", "x")]), grpc.StatusCode.FAILED_PRECONDITION
+    await refused_event(
+        stub, [progress("l3.main.0", "c", "t", "x")], grpc.StatusCode.FAILED_PRECONDITION
     )
 
 
@@ -1146,21 +1170,22 @@ async def test_missing_id_is_invalid_argument_naming_the_field(recorder: Running
     stub = aio(recorder.stub())
     nameless = agent_start("s", "s.main.0", at=1)
     nameless.agent_start.loop_id = ""
-    error = await refused(
-        append(stub, [agent_start("s", "s.main.1", at=1), nameless]),
-        grpc.StatusCode.INVALID_ARGUMENT,
+    bad = await refused_event(
+        stub, [agent_start("s", "s.main.1", at=1), nameless], grpc.StatusCode.INVALID_ARGUMENT
     )
-    assert error.details() == "events[1].event.agent_start.loop_id: must not be empty"
-    info = error_info(error)
-    assert info.reason == "INVALID_FIELD"
-    assert info.metadata["field"] == "events[1].event.agent_start.loop_id"
-    await refused(get_session(stub, "s"), grpc.StatusCode.NOT_FOUND)  # nothing stored
+    assert bad.message == "events[1].event.agent_start.loop_id: must not be empty"
+    assert bad.reason == "INVALID_FIELD"
+    assert bad.metadata["field"] == "events[1].event.agent_start.loop_id"
+    session = await get_session(stub, "s")  # the valid AgentStart was stored
+    assert [loop.loop_id for loop in session.loops] == ["s.main.1"]
+    assert [r.message for r in session.refusals] == [bad.message]
 
     stream = RecordStream(stub, "w")
-    bad = await stream.send([progress("", "c", "t", "x")])
-    assert bad.rejection.code == code_pb2.INVALID_ARGUMENT
-    assert bad.rejection.reason == "INVALID_FIELD"
-    assert bad.rejection.metadata["field"] == "batch.events[0].event.progress_message.loop_id"
+    ack = await stream.send([progress("", "c", "t", "x")])
+    (refusal,) = ack.refusals
+    assert refusal.code == code_pb2.INVALID_ARGUMENT
+    assert refusal.reason == "INVALID_FIELD"
+    assert refusal.metadata["field"] == "batch.events[0].event.progress_message.loop_id"
     assert await stream.close() == grpc.StatusCode.OK
 
     error = await refused(
@@ -1205,33 +1230,23 @@ async def test_resent_sequence_with_different_content_is_aborted(
     await append(
         stub, [(0, agent_start("s", "s.main.0", at=1)), (1, progress("s.main.0", "c", "t", "a"))]
     )
-    error = await refused(
-        append(
-            stub,
-            [(2, progress("s.main.0", "c", "t", "new")), (1, progress("s.main.0", "c", "t", "B"))],
-        ),
+    conflict = await refused_event(
+        stub,
+        [(2, progress("s.main.0", "c", "t", "new")), (1, progress("s.main.0", "c", "t", "B"))],
         grpc.StatusCode.ABORTED,
     )
-    assert "s.main.0" in (error.details() or "") and "sequence 1" in (error.details() or "")
-    info = error_info(error)
-    assert info.reason == "SEQUENCE_CONFLICT"
-    assert (info.metadata["loop_id"], info.metadata["sequence"]) == ("s.main.0", "1")
+    assert "s.main.0" in conflict.message and "sequence 1" in conflict.message
+    assert conflict.reason == "SEQUENCE_CONFLICT"
+    assert (conflict.metadata["loop_id"], conflict.metadata["sequence"]) == ("s.main.0", "1")
     loop = await get_loop(stub, "s.main.0")
-    assert sequences(loop) == [0, 1]  # the batch's new event 2 was not stored either
+    assert sequences(loop) == [0, 1, 2]  # the batch's new event 2 was stored
     assert loop.events[1].event.progress_message.text == "a"
 
-    gap = await refused(
-        append(stub, [(5, progress("s.main.0", "c", "t", "skip"))]),
-        grpc.StatusCode.FAILED_PRECONDITION,
+    gap = await refused_event(
+        stub, [(5, progress("s.main.0", "c", "t", "skip"))], grpc.StatusCode.FAILED_PRECONDITION
     )
-    gap_info = error_info(gap)
-    assert gap_info.reason == "SEQUENCE_GAP"
-    assert dict(gap_info.metadata) == {
-        "loop_id": "s.main.0",
-        "sequence": "5",
-        "expected": "2",
-        "index": "0",
-    }
+    assert gap.reason == "SEQUENCE_GAP"
+    assert dict(gap.metadata) == {"loop_id": "s.main.0", "sequence": "5", "expected": "3"}
 
 
 async def test_rule14_a_session_whose_loops_all_ended_is_free_for_another_writer(

@@ -5,14 +5,18 @@ Set AGENT_RECORDER_UI_SCREENSHOTS=docs to write the README's screenshots.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from agent_recorder.v1 import events_pb2, types_pb2
-from conftest import RunningRecorder
 from playwright.async_api import Page, async_playwright, expect
+from support import events as se
+from support.events import aio, append_response
+from support.parts import missing
+from support.recorder import RunningRecorder
 
 from recorder_client import events as ev
 from recorder_client.client import RecorderClient
@@ -26,11 +30,8 @@ from recorder_server.ui.measure import (
     session_url,
 )
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is missing (apt-get install chromium failed or was not possible)",
-        allow_module_level=True,
-    )
+# The browser is slow: not in `make test-fast`.
+pytestmark = pytest.mark.slow
 
 SCREENSHOTS = os.environ.get("AGENT_RECORDER_UI_SCREENSHOTS")
 
@@ -46,6 +47,8 @@ async def ui(recorder: RunningRecorder) -> AsyncIterator[RunningUi]:
 
 @pytest.fixture
 async def page() -> AsyncIterator[Page]:
+    if not CHROMIUM.exists():
+        missing("chromium", f"{CHROMIUM} is missing (apt-get install chromium failed)")
     async with async_playwright() as playwright:
         browser = await launch_chromium(playwright)
         try:
@@ -212,3 +215,34 @@ async def test_a_loops_raw_events_come_a_page_at_a_time(
     await expect(page.locator("#details button", has_text="load more")).to_be_hidden()
     await rows.last.click()
     await expect(page.locator("#details table.events tr:not(.ev)").last).to_contain_text("agentEnd")
+
+
+async def test_refused_events_are_marked_with_their_reason(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    """A NaN in one tool call's arguments: the slot is marked, the rest is stored."""
+    stub = aio(recorder.stub())
+    response = await append_response(
+        stub,
+        [
+            se.agent_start("nan", "nan.cfg.0", at=1),
+            se.tool_start("nan.cfg.0", "c1", "bash", {"x": math.nan}),
+            se.tool_start("nan.cfg.0", "c2", "bash", {"x": 1}),
+            se.progress("gone.cfg.0", "c3", "bash", "orphan"),
+        ],
+    )
+    assert [(r.index, r.holds_slot) for r in response.refusals] == [(1, True), (3, False)]
+    await page.goto(session_url(ui.url, "nan"), wait_until="load")
+    await expect(page.locator("#session-refused")).to_have_text("1 refused")
+    node = page.locator('#tree .node[data-loop="nan.cfg.0"]')
+    await expect(node.locator(".badge.refused")).to_have_text("1 refused")
+    await node.click()
+    rows = page.locator("#details table.events tr.ev")
+    await expect(rows).to_have_count(3)
+    await expect(rows.nth(1)).to_have_class("ev refused")
+    await expect(rows.nth(1)).to_contain_text("REFUSED INVALID_FIELD")
+    await expect(rows.nth(1)).to_contain_text("args")
+    await expect(rows.nth(2)).to_contain_text("toolExecutionStart")
+    await page.locator("#session-refused").click()
+    await expect(page.locator("#details h2")).to_have_text("Refused events")
+    await expect(page.locator("#details .refusal-message")).to_contain_text("NaN or Infinity")

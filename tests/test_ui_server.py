@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunningRecorder
+from support.recorder import RunningRecorder
 
 from recorder_client.client import RecorderClient
 from recorder_server import demo

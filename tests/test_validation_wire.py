@@ -17,28 +17,26 @@ import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import types_pb2
-from conftest import RunningRecorder
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_validation import (
+from support.random_messages import JSON, fill, to_value
+from support.recorder import RunningRecorder
+from support.shapes import (
     EVENT_KINDS,
-    JSON,
     LIMITS,
     LOOP,
     SESSION,
     Event,
     agent_start,
     envelopes,
-    fill,
     full_loop,
     json_holding,
     json_sites,
     message_end,
     message_with,
     nested,
-    to_value,
     user,
     wraps,
 )
@@ -63,7 +61,10 @@ def verdict(request: api.RecordRequest, limits: Limits, wire: bytes | None = Non
         if wire is None:
             validate_request(request, limits)
         else:
-            events = validate_events(request, limits, wire)
+            checked = validate_events(request, limits, wire)
+            if checked.faults:
+                raise checked.faults[min(checked.faults)]
+            events = checked.events
             sent = request.batch.events
             assert [event for _, event in events] == [envelope.event for envelope in sent]
             assert [sequence for sequence, _ in events] == [
@@ -104,11 +105,11 @@ def test_events_come_back_with_their_sequences() -> None:
     request.batch.events.add(sequence=7).event.CopyFrom(third)
     wire = request.SerializeToString()
     decoded = api.RecordRequest.FromString(wire)
-    assert validate_events(decoded, LIMITS, wire) == [(0, first), (None, second), (7, third)]
+    assert validate_events(decoded, LIMITS, wire).events == [(0, first), (None, second), (7, third)]
     append = api.AppendRequest(events=decoded.batch.events)
-    assert validate_events(append, LIMITS) == [(0, first), (None, second), (7, third)]
+    assert validate_events(append, LIMITS).events == [(0, first), (None, second), (7, third)]
     hello = api.RecordRequest(hello=api.RecordHello(writer_id="w"))
-    assert validate_events(hello, LIMITS, hello.SerializeToString()) == []
+    assert validate_events(hello, LIMITS, hello.SerializeToString()).events == []
 
 
 @pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
@@ -231,6 +232,7 @@ def test_random_json_is_judged_the_same(data: object, padding: str) -> None:
     same_verdict(record_of([message_end(LOOP, message), start]))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
@@ -265,8 +267,8 @@ async def test_a_record_stream_refuses_a_hidden_nan_with_the_field(
         )(iter([hello, frame(2, batch)]), timeout=10)
         responses = [api.RecordResponse.FromString(raw) async for raw in call]
     assert responses[0].HasField("ready")
-    rejection = responses[1].rejection
-    assert responses[1].batch_id == 5
+    (rejection,) = responses[1].refusals
+    assert (responses[1].batch_id, list(responses[1].sequences)) == (5, [0])
     assert rejection.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert rejection.message.startswith(
         "batch.events[0].event.agent_start.metadata: contains NaN or Infinity"

@@ -13,8 +13,7 @@ import grpc
 import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
-from conftest import RunningRecorder
-from events import (
+from support.events import (
     RecordStream,
     agent_end,
     agent_start,
@@ -24,6 +23,7 @@ from events import (
     progress,
     tool_end,
 )
+from support.recorder import RunningRecorder
 
 from recorder_server import checkpoints
 from recorder_server.checkpoints import Checkpointer

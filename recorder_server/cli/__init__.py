@@ -12,10 +12,10 @@ import logging
 import sys
 
 from recorder_client.errors import RecorderRpcError
-from recorder_server.cli import maintenance, serve, sessions, transfer, ui
+from recorder_server.cli import maintenance, refusals, serve, sessions, transfer, ui
 from recorder_server.cli.common import Handler
 
-GROUPS = (serve, sessions, transfer, maintenance, ui)
+GROUPS = (serve, sessions, refusals, transfer, maintenance, ui)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,6 +69,14 @@ def register(commands: Commands) -> None:
         help="close an OTLP loop whose own span has not arrived after this long "
         "without new spans (default %(default)s)",
     )
+    serve.add_argument(
+        "--abandon-after",
+        metavar="SECONDS",
+        type=_non_negative_int,
+        default=300,
+        help="abort a writer's open loops this long after its stream ended without it "
+        "coming back (0: never; default %(default)s)",
+    )
     _add_security_flags(serve)
     _add_limit_flags(serve)
 
@@ -115,6 +123,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -136,6 +151,7 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         otlp_endpoint=args.otlp_endpoint,
         otlp_http=args.otlp_http,
         otlp_orphan_wait_s=args.otlp_orphan_wait,
+        abandon_after_s=args.abandon_after,
         limits=Limits(
             max_request_bytes=args.max_request_bytes,
             max_events_per_batch=args.max_events_per_batch,
@@ -179,7 +195,19 @@ async def run(args: argparse.Namespace) -> int:
                 f"agent-recorder listening on {server.address} (database {config.db_path})",
                 flush=True,
             )
-            await stop.wait()
+            failed = asyncio.create_task(server.failed.wait())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait([failed, stopped], return_when=asyncio.FIRST_COMPLETED)
+            failed.cancel()
+            stopped.cancel()
+            if server.failed.is_set():
+                print(
+                    "agent-recorder: the commit pipeline stopped; exiting so that a "
+                    "supervisor restarts the sidecar",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
             print("agent-recorder: stopping (draining writes)", flush=True)
     except (DatabaseInUse, SecurityConfigError) as exc:
         print(f"agent-recorder: {exc}", file=sys.stderr)

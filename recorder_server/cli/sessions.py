@@ -13,7 +13,13 @@ from rich.console import Console
 from recorder_client.client import RecorderClient
 from recorder_client.errors import RecorderRpcError
 from recorder_server.cli.common import Commands, add_command, add_target, parse_when
-from recorder_server.tree_view import event_line, session_tree, sessions_table, usage_table
+from recorder_server.tree_view import (
+    event_line,
+    refusals_table,
+    session_tree,
+    sessions_table,
+    usage_table,
+)
 
 console = Console()
 SCOPES = {
@@ -162,5 +168,8 @@ async def show_session(args: argparse.Namespace) -> int:
             print(json_format.MessageToJson(session))
             return 0
         children = await sub_sessions(client, session)
+        refusals = [r async for r in client.iter_refusals(session.session_id)]
     console.print(session_tree(session, children.get))
+    if refusals:
+        console.print(refusals_table(refusals))
     return 0

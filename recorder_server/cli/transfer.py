@@ -185,7 +185,28 @@ def _refusal(error: DeliveryError, lines: dict[tuple[str, bytes], int]) -> str:
 def render(session: session_pb2.Session, fmt: str) -> str:
     if fmt == "json":
         return json_format.MessageToJson(session)
+    left_out = without_refusals(session)
+    if left_out:
+        print(
+            f"agent-recorder export: left out {left_out} refused event(s) of session "
+            f"{session.session_id}, which phi-json has no place for "
+            f"(agent-recorder refused {session.session_id} lists them)",
+            file=sys.stderr,
+        )
     return json.dumps(session_to_json(session), indent=2, ensure_ascii=False)
+
+
+def without_refusals(session: session_pb2.Session) -> int:
+    """Drop refused events (loop slots and the session's refusal log); how many."""
+    count = len(session.refusals)
+    del session.refusals[:]
+    for loop in session.loops:
+        kept = [item for item in loop.events if not item.HasField("refused")]
+        if len(kept) != len(loop.events):
+            count += len(loop.events) - len(kept)
+            del loop.events[:]
+            loop.events.extend(kept)
+    return count
 
 
 async def export_sessions(args: argparse.Namespace) -> int:

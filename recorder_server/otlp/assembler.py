@@ -144,9 +144,11 @@ class Assembler:
             return
         request = api.AppendRequest(events=[api.EventEnvelope(event=e) for e in events])
         try:
-            validate_events(request, self.limits)
+            faults = validate_events(request, self.limits).faults
         except RecorderError as exc:
             raise Refused(f"{view.label}: {exc.message}") from None
+        if faults:
+            raise Refused(f"{view.label}: {faults[min(faults)].message}")
 
     # -- placing --------------------------------------------------------------
 

@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from agent_recorder.v1 import recorder_service_pb2 as api
+
 from recorder_server.errors import RecorderError, StorageFull, StorageUnavailable
 from recorder_server.otlp import mapping
 from recorder_server.otlp.assembler import Assembler
 from recorder_server.otlp.store import OtlpStore, Outgoing
-from recorder_server.validation import Limits
+from recorder_server.validation import Limits, validate_events
 from recorder_server.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -112,19 +114,25 @@ class OtlpIngest:
         size = self.limits.max_events_per_batch
         for start in range(0, len(outgoing), size):
             batch = outgoing[start : start + size]
+            envelopes = [api.EventEnvelope(sequence=seq, event=event) for _, _, seq, event in batch]
             try:
-                await self.writer.record(WRITER_ID, [(seq, event) for _, _, seq, event in batch])
+                checked = validate_events(api.AppendRequest(events=envelopes), self.limits)
+                _, refusals = await self.writer.record(WRITER_ID, checked)
             except (StorageFull, StorageUnavailable):
                 raise  # kept in the outbox: delivered by a later pass
             except RecorderError as exc:
-                refused.append(_refusal(batch, exc))
+                loops = sorted({loop_id for _, loop_id, _, _ in batch})
+                refused.append(f"the recorder refused loop(s) {', '.join(loops)}: {exc.message}")
+            else:
+                refused += [_refusal(batch[r.index], r.error) for r in refusals]
             await self.store.delivered([row[0] for row in batch])
         return refused
 
 
-def _refusal(batch: list[Outgoing], exc: RecorderError) -> str:
-    loops = sorted({loop_id for _, loop_id, _, _ in batch})
-    return f"the recorder refused the events of loop(s) {', '.join(loops)}: {exc.message}"
+def _refusal(row: Outgoing, error: RecorderError) -> str:
+    _, loop_id, sequence, event = row
+    kind = event.WhichOneof("event")
+    return f"the recorder refused {kind} #{sequence} of loop {loop_id}: {error.message}"
 
 
 def _summary(refused: list[str]) -> str:

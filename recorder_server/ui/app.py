@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 
 from recorder_client.client import RecorderClient
 from recorder_client.errors import RecorderRpcError
-from recorder_server.ui.outline import TURNS_UP_TO, loop_outline, session_outline
+from recorder_server.ui.outline import TURNS_UP_TO, loop_outline, refusal_json, session_outline
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,9 @@ async def _session(request: web.Request) -> web.StreamResponse:
         session = await client.get_session(session_id, skip_events=True, skip_messages=skip)
     outline = session_outline(session, turns_up_to=TURNS_UP_TO)
     outline["cursor"] = cursor
+    outline["refusals"] = [
+        refusal_json(refusal) async for refusal in client.iter_refusals(session_id)
+    ]
     return web.json_response(outline)
 
 
@@ -216,12 +219,15 @@ async def _loop_events(request: web.Request) -> web.StreamResponse:
 
 
 def _event_json(item: Any) -> dict[str, Any]:
-    return {
+    data = {
         "loopId": item.loop_id,
         "cursor": item.cursor,
         "sequence": item.event.sequence,
         "event": to_json(item.event.event),
     }
+    if item.event.HasField("refused"):
+        data["refused"] = refusal_json(item.event.refused)
+    return data
 
 
 async def _session_live(request: web.Request) -> web.StreamResponse:

@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recorder_client.queries import total_usage
 from recorder_server.otlp.mapping import continuation_unknown
+from recorder_server.refused import sent_event
 
 JsonDict = dict[str, Any]
 
@@ -165,4 +166,17 @@ def session_outline(session: session_pb2.Session, *, turns_up_to: int = TURNS_UP
         "finalized": session.HasField("finalized_at"),
         "usage": usage_dict(total_usage(session)),
         "loops": [loop_outline(loop, with_turns=with_turns) for loop in session.loops],
+    }
+
+
+def refusal_json(refusal: session_pb2.RefusedEvent) -> JsonDict:
+    """A refused event as the page shows it: where, why, and what was sent."""
+    return {
+        "loopId": refusal.loop_id,
+        "slot": refusal.slot if refusal.HasField("slot") else None,
+        "reason": refusal.reason,
+        "message": refusal.message,
+        "refusedAt": millis(refusal.refused_at),
+        "writerId": refusal.writer_id,
+        "sent": sent_event(refusal),
     }

@@ -1,1 +1,10 @@
-"""Helpers shared by several test modules (fixtures stay in conftest.py)."""
+"""Helpers the tests share, imported as `support.<module>` (never `from conftest import`).
+
+- `recorder`: `RunningRecorder`, a real in-process sidecar on a temp socket and file.
+- `events`: builders of realistic events, and ways to send them.
+- `shapes`: valid-shaped events and requests for the pure validation tests.
+- `otlp`: OTLP ingest: a sidecar taking spans, the OTel SDK sending them, reads.
+- `fault_harness`, `fault_worker`: the kill -9 scenario (tests/test_faults.py, scripts/soak.py).
+
+conftest.py holds only fixtures; it imports what it needs from here.
+"""

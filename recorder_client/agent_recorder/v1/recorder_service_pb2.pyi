@@ -148,7 +148,9 @@ Global___RecordRequest: _TypeAlias = RecordRequest  # noqa: Y015
 
 @_typing.final
 class BatchRejection(_message.Message):
-    """Why a batch was refused, as a gRPC status with a machine-readable reason."""
+    """Why a whole batch was refused (nothing of it stored), as a gRPC status with a
+    machine-readable reason.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -209,24 +211,105 @@ class RecordReady(_message.Message):
 
     INCLUDE_STREAMING_EVENTS_FIELD_NUMBER: _builtins.int
     CAPTURE_TURN_REQUESTS_FIELD_NUMBER: _builtins.int
+    MAX_ID_LENGTH_FIELD_NUMBER: _builtins.int
+    MAX_VALUE_DEPTH_FIELD_NUMBER: _builtins.int
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
+    ABANDON_AFTER_SECS_FIELD_NUMBER: _builtins.int
     include_streaming_events: _builtins.bool
     """When false, MessageUpdate events are not stored; a client should not send
     them (a numbered one would leave a gap in the loop's sequence and is refused).
     """
     capture_turn_requests: _builtins.bool
+    max_id_length: _builtins.int
+    """The limits every event is checked against, so a client can refuse its own
+    bad events at emit() before numbering them: id length in characters, nesting
+    of free-form JSON, and the largest request (a batch, or one event alone).
+    """
+    max_value_depth: _builtins.int
+    max_request_bytes: _builtins.int
+    abandon_after_secs: _builtins.int
+    """Loops of a writer whose stream ended are aborted after this long without it
+    reconnecting (0: never).
+    """
     def __init__(
         self,
         *,
         include_streaming_events: _builtins.bool = ...,
         capture_turn_requests: _builtins.bool = ...,
+        max_id_length: _builtins.int = ...,
+        max_value_depth: _builtins.int = ...,
+        max_request_bytes: _builtins.int = ...,
+        abandon_after_secs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capture_turn_requests", b"capture_turn_requests", "include_streaming_events", b"include_streaming_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_after_secs", b"abandon_after_secs", "capture_turn_requests", b"capture_turn_requests", "include_streaming_events", b"include_streaming_events", "max_id_length", b"max_id_length", "max_request_bytes", b"max_request_bytes", "max_value_depth", b"max_value_depth"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordReady: _TypeAlias = RecordReady  # noqa: Y015
+
+@_typing.final
+class EventRefusal(_message.Message):
+    """One event of a batch that was refused; the batch's other events were stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    HOLDS_SLOT_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The event's position in its batch."""
+    code: _builtins.int
+    """A google.rpc.Code value."""
+    reason: _builtins.str
+    message: _builtins.str
+    holds_slot: _builtins.bool
+    """True when the refusal holds the event's slot in its loop (its sequence is
+    in `sequences`); false when it went to a refusal log.
+    """
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        code: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        holds_slot: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "holds_slot", b"holds_slot", "index", b"index", "message", b"message", "metadata", b"metadata", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventRefusal: _TypeAlias = EventRefusal  # noqa: Y015
 
 @_typing.final
 class RecordResponse(_message.Message):
@@ -236,6 +319,7 @@ class RecordResponse(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     SEQUENCES_FIELD_NUMBER: _builtins.int
     REJECTION_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     @_builtins.property
     def ready(self) -> Global___RecordReady:
@@ -244,11 +328,16 @@ class RecordResponse(_message.Message):
     @_builtins.property
     def sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Per event of the batch, the sequence it is stored under (0 for the
-        session-level Parallel* events). Empty when rejected.
+        session-level Parallel* events and for a refusal that holds no slot).
+        Empty when the whole batch was rejected.
         """
 
     @_builtins.property
     def rejection(self) -> Global___BatchRejection: ...
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventRefusal]:
+        """The events of the batch that were refused, in batch order."""
+
     def __init__(
         self,
         *,
@@ -256,10 +345,11 @@ class RecordResponse(_message.Message):
         batch_id: _builtins.int = ...,
         sequences: _abc.Iterable[_builtins.int] | None = ...,
         rejection: Global___BatchRejection | None = ...,
+        refusals: _abc.Iterable[Global___EventRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ready", b"ready", "rejection", b"rejection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "ready", b"ready", "rejection", b"rejection", "sequences", b"sequences"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "ready", b"ready", "refusals", b"refusals", "rejection", b"rejection", "sequences", b"sequences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -293,16 +383,20 @@ class AppendResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCES_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def sequences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventRefusal]: ...
     def __init__(
         self,
         *,
         sequences: _abc.Iterable[_builtins.int] | None = ...,
+        refusals: _abc.Iterable[Global___EventRefusal] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequences", b"sequences"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refusals", b"refusals", "sequences", b"sequences"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1110,3 +1204,56 @@ class GetUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class ListRefusalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """All sessions (and the global log) when unset."""
+    page_size: _builtins.int
+    """At most this many (default 100, at most 1000)."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_session_id", b"_session_id", "session_id", b"session_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_session_id", b"_session_id", "page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__session_id: _TypeAlias = _typing.Literal["session_id"]  # noqa: Y015
+    _WhichOneofArgType__session_id: _TypeAlias = _typing.Literal["_session_id", b"_session_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__session_id) -> _WhichOneofReturnType__session_id | None: ...
+
+Global___ListRefusalsRequest: _TypeAlias = ListRefusalsRequest  # noqa: Y015
+
+@_typing.final
+class ListRefusalsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUSALS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[_session_pb2.RefusedEvent]: ...
+    def __init__(
+        self,
+        *,
+        refusals: _abc.Iterable[_session_pb2.RefusedEvent] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "refusals", b"refusals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefusalsResponse: _TypeAlias = ListRefusalsResponse  # noqa: Y015

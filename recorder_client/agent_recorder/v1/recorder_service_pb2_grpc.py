@@ -110,6 +110,11 @@ class RecorderServiceStub:
                 request_serializer=agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.ListRefusals = channel.unary_unary(
+                '/agent_recorder.v1.RecorderService/ListRefusals',
+                request_serializer=agent__recorder_dot_v1_dot_recorder__service__pb2.ListRefusalsRequest.SerializeToString,
+                response_deserializer=agent__recorder_dot_v1_dot_recorder__service__pb2.ListRefusalsResponse.FromString,
+                _registered_method=True)
 
 
 class RecorderServiceServicer:
@@ -118,15 +123,20 @@ class RecorderServiceServicer:
 
     def Record(self, request_iterator, context):
         """Batches of events in, one acknowledgement per batch out once it is committed.
-        The first request names the writer; a rejected batch is answered in the
-        stream (nothing of it stored) and the stream stays open.
+        The first request names the writer. Every event of a batch that passes is
+        stored; an event that fails validation or a rule is refused alone (kept as a
+        refusal, reported in the acknowledgement's `refusals`). A batch is refused
+        whole (`rejection`, nothing of it stored) only for what concerns all of it:
+        storage full, request too large, a session held by another writer, shutdown.
+        The stream stays open after either.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Append(self, request, context):
-        """One batch, all or nothing, answered once committed; for simple clients.
+        """One batch, answered once committed, with the same per-event refusals; for
+        simple clients.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -223,6 +233,13 @@ class RecorderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRefusals(self, request, context):
+        """Refused events (slots and refusal logs), of one session or all, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecorderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -300,6 +317,11 @@ def add_RecorderServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageRequest.FromString,
                     response_serializer=agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'ListRefusals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRefusals,
+                    request_deserializer=agent__recorder_dot_v1_dot_recorder__service__pb2.ListRefusalsRequest.FromString,
+                    response_serializer=agent__recorder_dot_v1_dot_recorder__service__pb2.ListRefusalsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -708,6 +730,33 @@ class RecorderService:
             '/agent_recorder.v1.RecorderService/GetUsage',
             agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageRequest.SerializeToString,
             agent__recorder_dot_v1_dot_recorder__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRefusals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agent_recorder.v1.RecorderService/ListRefusals',
+            agent__recorder_dot_v1_dot_recorder__service__pb2.ListRefusalsRequest.SerializeToString,
+            agent__recorder_dot_v1_dot_recorder__service__pb2.ListRefusalsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,11 +35,17 @@ class RecorderServiceStub:
     def __new__(cls, channel: _aio.Channel) -> RecorderServiceAsyncStub: ...
     Record: _grpc.StreamStreamMultiCallable[_recorder_service_pb2.RecordRequest, _recorder_service_pb2.RecordResponse]
     """Batches of events in, one acknowledgement per batch out once it is committed.
-    The first request names the writer; a rejected batch is answered in the
-    stream (nothing of it stored) and the stream stays open.
+    The first request names the writer. Every event of a batch that passes is
+    stored; an event that fails validation or a rule is refused alone (kept as a
+    refusal, reported in the acknowledgement's `refusals`). A batch is refused
+    whole (`rejection`, nothing of it stored) only for what concerns all of it:
+    storage full, request too large, a session held by another writer, shutdown.
+    The stream stays open after either.
     """
     Append: _grpc.UnaryUnaryMultiCallable[_recorder_service_pb2.AppendRequest, _recorder_service_pb2.AppendResponse]
-    """One batch, all or nothing, answered once committed; for simple clients."""
+    """One batch, answered once committed, with the same per-event refusals; for
+    simple clients.
+    """
     GetSession: _grpc.UnaryUnaryMultiCallable[_recorder_service_pb2.GetSessionRequest, _recorder_service_pb2.GetSessionResponse]
     ListSessions: _grpc.UnaryUnaryMultiCallable[_recorder_service_pb2.ListSessionsRequest, _recorder_service_pb2.ListSessionsResponse]
     """Sessions newest first (by creation), optionally of one agent."""
@@ -68,6 +74,8 @@ class RecorderServiceStub:
     """
     GetUsage: _grpc.UnaryUnaryMultiCallable[_recorder_service_pb2.GetUsageRequest, _recorder_service_pb2.GetUsageResponse]
     """Token usage summed per agent and model over loops started in a time range."""
+    ListRefusals: _grpc.UnaryUnaryMultiCallable[_recorder_service_pb2.ListRefusalsRequest, _recorder_service_pb2.ListRefusalsResponse]
+    """Refused events (slots and refusal logs), of one session or all, oldest first."""
 
 @_typing.type_check_only
 class RecorderServiceAsyncStub(RecorderServiceStub):
@@ -76,11 +84,17 @@ class RecorderServiceAsyncStub(RecorderServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Record: _aio.StreamStreamMultiCallable[_recorder_service_pb2.RecordRequest, _recorder_service_pb2.RecordResponse]  # type: ignore[assignment]
     """Batches of events in, one acknowledgement per batch out once it is committed.
-    The first request names the writer; a rejected batch is answered in the
-    stream (nothing of it stored) and the stream stays open.
+    The first request names the writer. Every event of a batch that passes is
+    stored; an event that fails validation or a rule is refused alone (kept as a
+    refusal, reported in the acknowledgement's `refusals`). A batch is refused
+    whole (`rejection`, nothing of it stored) only for what concerns all of it:
+    storage full, request too large, a session held by another writer, shutdown.
+    The stream stays open after either.
     """
     Append: _aio.UnaryUnaryMultiCallable[_recorder_service_pb2.AppendRequest, _recorder_service_pb2.AppendResponse]  # type: ignore[assignment]
-    """One batch, all or nothing, answered once committed; for simple clients."""
+    """One batch, answered once committed, with the same per-event refusals; for
+    simple clients.
+    """
     GetSession: _aio.UnaryUnaryMultiCallable[_recorder_service_pb2.GetSessionRequest, _recorder_service_pb2.GetSessionResponse]  # type: ignore[assignment]
     ListSessions: _aio.UnaryUnaryMultiCallable[_recorder_service_pb2.ListSessionsRequest, _recorder_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Sessions newest first (by creation), optionally of one agent."""
@@ -109,6 +123,8 @@ class RecorderServiceAsyncStub(RecorderServiceStub):
     """
     GetUsage: _aio.UnaryUnaryMultiCallable[_recorder_service_pb2.GetUsageRequest, _recorder_service_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Token usage summed per agent and model over loops started in a time range."""
+    ListRefusals: _aio.UnaryUnaryMultiCallable[_recorder_service_pb2.ListRefusalsRequest, _recorder_service_pb2.ListRefusalsResponse]  # type: ignore[assignment]
+    """Refused events (slots and refusal logs), of one session or all, oldest first."""
 
 class RecorderServiceServicer(metaclass=_abc_1.ABCMeta):
     """The recording sidecar: agents stream events in, tools read sessions out."""
@@ -120,8 +136,12 @@ class RecorderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_recorder_service_pb2.RecordResponse], _abc.AsyncIterator[_recorder_service_pb2.RecordResponse]]:
         """Batches of events in, one acknowledgement per batch out once it is committed.
-        The first request names the writer; a rejected batch is answered in the
-        stream (nothing of it stored) and the stream stays open.
+        The first request names the writer. Every event of a batch that passes is
+        stored; an event that fails validation or a rule is refused alone (kept as a
+        refusal, reported in the acknowledgement's `refusals`). A batch is refused
+        whole (`rejection`, nothing of it stored) only for what concerns all of it:
+        storage full, request too large, a session held by another writer, shutdown.
+        The stream stays open after either.
         """
 
     @_abc_1.abstractmethod
@@ -130,7 +150,9 @@ class RecorderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _recorder_service_pb2.AppendRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_recorder_service_pb2.AppendResponse, _abc.Awaitable[_recorder_service_pb2.AppendResponse]]:
-        """One batch, all or nothing, answered once committed; for simple clients."""
+        """One batch, answered once committed, with the same per-event refusals; for
+        simple clients.
+        """
 
     @_abc_1.abstractmethod
     def GetSession(
@@ -237,5 +259,13 @@ class RecorderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_recorder_service_pb2.GetUsageResponse, _abc.Awaitable[_recorder_service_pb2.GetUsageResponse]]:
         """Token usage summed per agent and model over loops started in a time range."""
+
+    @_abc_1.abstractmethod
+    def ListRefusals(
+        self,
+        request: _recorder_service_pb2.ListRefusalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_recorder_service_pb2.ListRefusalsResponse, _abc.Awaitable[_recorder_service_pb2.ListRefusalsResponse]]:
+        """Refused events (slots and refusal logs), of one session or all, oldest first."""
 
 def add_RecorderServiceServicer_to_server(servicer: RecorderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

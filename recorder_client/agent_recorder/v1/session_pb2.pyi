@@ -165,28 +165,135 @@ Global___ParallelGroupRecord: _TypeAlias = ParallelGroupRecord  # noqa: Y015
 
 @_typing.final
 class LoopEvent(_message.Message):
-    """One event of a loop with its gapless position (AgentStart is 0)."""
+    """One event of a loop with its gapless position (AgentStart is 0).
+    A refused slot holds `refused` instead of `event`: the loop stays gapless.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     @_builtins.property
-    def event(self) -> _events_pb2.AgentEvent: ...
+    def event(self) -> _events_pb2.AgentEvent:
+        """The stored event; unset when the slot holds a refusal."""
+
+    @_builtins.property
+    def refused(self) -> Global___RefusedEvent:
+        """Set when the event sent for this slot was refused: it is kept, with why,
+        but nothing of it was applied to the recording.
+        """
+
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
         event: _events_pb2.AgentEvent | None = ...,
+        refused: Global___RefusedEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "refused", b"refused"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "refused", b"refused", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LoopEvent: _TypeAlias = LoopEvent  # noqa: Y015
+
+@_typing.final
+class RefusedEvent(_message.Message):
+    """An event the server refused. Nothing is thrown away: it is kept with the reason,
+    either in the slot of its open loop (LoopEvent.refused) or in a refusal log
+    (Session.refusals, or the global one for events that name no known session).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    LOOP_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    WRITER_ID_FIELD_NUMBER: _builtins.int
+    REFUSED_AT_FIELD_NUMBER: _builtins.int
+    SENT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    SLOT_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Machine-readable, as in google.rpc.ErrorInfo: INVALID_FIELD, LOOP_NOT_OPEN,
+    SEQUENCE_GAP, SEQUENCE_CONFLICT, ALREADY_EXISTS, NOT_FOUND, TOO_LARGE, INTERNAL.
+    """
+    message: _builtins.str
+    """What is wrong, naming the field (e.g. `event.tool_execution_start.args...`)."""
+    code: _builtins.int
+    """A google.rpc.Code value."""
+    event: _builtins.bytes
+    """The AgentEvent's bytes exactly as they were sent."""
+    loop_id: _builtins.str
+    """The loop and session the event named (empty when it named none)."""
+    session_id: _builtins.str
+    writer_id: _builtins.str
+    """The writer that sent it (empty for Append without a writer id)."""
+    sent_sequence: _builtins.int
+    """The sequence the sender gave, if it gave one."""
+    slot: _builtins.int
+    """The slot of its loop the refusal holds; unset for an entry of a refusal log."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The field, loop_id, session_id or sequence the reason is about."""
+
+    @_builtins.property
+    def refused_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        code: _builtins.int = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        event: _builtins.bytes = ...,
+        loop_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        writer_id: _builtins.str = ...,
+        refused_at: _timestamp_pb2.Timestamp | None = ...,
+        sent_sequence: _builtins.int | None = ...,
+        slot: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_sent_sequence", b"_sent_sequence", "_slot", b"_slot", "refused_at", b"refused_at", "sent_sequence", b"sent_sequence", "slot", b"slot"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sent_sequence", b"_sent_sequence", "_slot", b"_slot", "code", b"code", "event", b"event", "loop_id", b"loop_id", "message", b"message", "metadata", b"metadata", "reason", b"reason", "refused_at", b"refused_at", "sent_sequence", b"sent_sequence", "session_id", b"session_id", "slot", b"slot", "writer_id", b"writer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__sent_sequence: _TypeAlias = _typing.Literal["sent_sequence"]  # noqa: Y015
+    _WhichOneofArgType__sent_sequence: _TypeAlias = _typing.Literal["_sent_sequence", b"_sent_sequence"]  # noqa: Y015
+    _WhichOneofReturnType__slot: _TypeAlias = _typing.Literal["slot"]  # noqa: Y015
+    _WhichOneofArgType__slot: _TypeAlias = _typing.Literal["_slot", b"_slot"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sent_sequence) -> _WhichOneofReturnType__sent_sequence | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__slot) -> _WhichOneofReturnType__slot | None: ...
+
+Global___RefusedEvent: _TypeAlias = RefusedEvent  # noqa: Y015
 
 @_typing.final
 class Turn(_message.Message):
@@ -533,6 +640,7 @@ class Session(_message.Message):
     SCOPE_FIELD_NUMBER: _builtins.int
     LOOPS_FIELD_NUMBER: _builtins.int
     FINALIZED_AT_FIELD_NUMBER: _builtins.int
+    REFUSALS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     agent_id: _builtins.str
     scope: Global___SessionScope.ValueType
@@ -550,6 +658,12 @@ class Session(_message.Message):
     def finalized_at(self) -> _timestamp_pb2.Timestamp:
         """Recorder extension: when the session was finalized by Flush or Checkpoint."""
 
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedEvent]:
+        """Recorder extension: refused events of this session that hold no loop slot
+        (their loop was not open, or their sequence did not fit), oldest first.
+        """
+
     def __init__(
         self,
         *,
@@ -562,10 +676,11 @@ class Session(_message.Message):
         scope: Global___SessionScope.ValueType = ...,
         loops: _abc.Iterable[Global___LoopRecord] | None = ...,
         finalized_at: _timestamp_pb2.Timestamp | None = ...,
+        refusals: _abc.Iterable[Global___RefusedEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "parent_spawn_ref", b"parent_spawn_ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "loops", b"loops", "parent_spawn_ref", b"parent_spawn_ref", "scope", b"scope", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "loops", b"loops", "parent_spawn_ref", b"parent_spawn_ref", "refusals", b"refusals", "scope", b"scope", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -287,9 +287,32 @@ function renderHead(state) {
     h("span", { class: "muted" }, `created ${fmtTime(session.createdAt)}`),
     finalized ? h("span", { class: "muted" }, `finalized ${fmtTime(session.finalizedAt)}`) : h("span", { class: "badge" }, "open"),
     h("span", {}, `${loops.length} loops`),
+    refusedBadge(state.outline.refusals),
     h("span", { id: "session-usage" }, `tokens: ${fmtNum(usage.total)} (in ${fmtNum(usage.input)}, out ${fmtNum(usage.output)}, cache ${fmtNum(usage.cacheRead)})`),
     spawn ? h("a", { href: `#/session/${encodeURIComponent(spawn.parentSessionId)}?loop=${encodeURIComponent(spawn.parentLoopId)}` },
       `↑ spawned by ${spawn.toolName} in ${shortLoop(spawn.parentLoopId)}`) : null]);
+}
+
+// Refused events are kept, never hidden: a red count in the head, per loop in the
+// tree, and each one (with the reason) in the details pane when the count is clicked.
+function refusedBadge(refusals) {
+  if (!refusals || !refusals.length) return null;
+  return h("a", { class: "badge refused", id: "session-refused", href: "#", onclick: (event) => {
+    event.preventDefault();
+    fill(document.getElementById("details"), refusalsDetails(refusals));
+  } }, `${refusals.length} refused`);
+}
+
+function refusalsDetails(refusals) {
+  return [h("h2", {}, "Refused events"), ...refusals.map((r) => section(
+    `${r.reason} · ${r.loopId || "no loop"} ${r.slot === null ? "(refusal log)" : `#${r.slot}`}`,
+    h("p", { class: "refusal-message" }, r.message),
+    kv([["refused", fmtTime(r.refusedAt)], ["writer", r.writerId || "-"]]),
+    r.sent ? json(r.sent) : h("p", { class: "muted" }, "the bytes sent do not decode as an event")))];
+}
+
+function loopRefusals(state, loopId) {
+  return (state.outline.refusals || []).filter((r) => r.loopId === loopId).length;
 }
 
 function kindBadge(kind) {
@@ -338,11 +361,12 @@ function onPaneClick(state, event) {
   if (item) state.reselect(selectionOf(item.dataset.key));
 }
 
-function treeNode(loop) {
+function treeNode(loop, refused) {
   return h("div", { class: "node", dataset: { loop: loop.id, key: `loop|${loop.id}` } },
     h("span", { class: `dot s-${loop.status}`, title: loop.status }),
     h("span", { class: "mono" }, shortLoop(loop.id)),
     kindBadge(loop.kind), parallelBadge(loop),
+    refused ? h("span", { class: "badge refused", title: "refused events of this loop" }, `${refused} refused`) : null,
     h("span", { class: "tokens" }, `${fmtNum(loop.usage.total)} tok`),
     loop.childRefs.length ? h("span", { class: "refs" }, loop.childRefs.map((ref) =>
       h("a", { class: "badge sub", href: `#/session/${encodeURIComponent(ref.childSessionId)}?loop=${encodeURIComponent(ref.childLoopId)}` },
@@ -351,20 +375,20 @@ function treeNode(loop) {
 
 // A chain of single continuations stays at one level (a long conversation would
 // otherwise nest a thousand deep); only a fork indents its branches.
-function treeBranch(first, children) {
+function treeBranch(state, first, children) {
   const items = [];
   for (let loop = first; loop;) {
-    const li = h("li", {}, treeNode(loop));
+    const li = h("li", {}, treeNode(loop, loopRefusals(state, loop.id)));
     items.push(li);
     const kids = children.get(loop.id) || [];
-    if (kids.length > 1) li.append(h("ul", {}, kids.flatMap((kid) => treeBranch(kid, children))));
+    if (kids.length > 1) li.append(h("ul", {}, kids.flatMap((kid) => treeBranch(state, kid, children))));
     loop = kids.length === 1 ? kids[0] : null;
   }
   return items;
 }
 
 function renderTree(state, roots, children) {
-  state.tree.replaceChildren(h("h2", {}, "Loops"), h("ul", {}, roots.flatMap((root) => treeBranch(root, children))));
+  state.tree.replaceChildren(h("h2", {}, "Loops"), h("ul", {}, roots.flatMap((root) => treeBranch(state, root, children))));
   state.tree.dataset.ready = "1";
 }
 
@@ -571,9 +595,10 @@ function eventsSection(state, loopId) {
   let after = 0, done = false, loading = false, count = 0;
 
   const addRow = (item) => {
-    const kind = Object.keys(item.event)[0] || "?";
-    const raw = h("tr", { hidden: true }, h("td", { colspan: 3 }, json(item.event)));
-    body.append(h("tr", { class: "ev", onclick: () => { raw.hidden = !raw.hidden; } },
+    const refused = item.refused;
+    const kind = refused ? `REFUSED ${refused.reason}: ${refused.message}` : Object.keys(item.event)[0] || "?";
+    const raw = h("tr", { hidden: true }, h("td", { colspan: 3 }, json(refused || item.event)));
+    body.append(h("tr", { class: refused ? "ev refused" : "ev", onclick: () => { raw.hidden = !raw.hidden; } },
       h("td", { class: "mono" }, item.sequence ?? 0), h("td", {}, kind), h("td", { class: "muted" }, `cursor ${item.cursor}`)), raw);
     count += 1;
     after = Math.max(after, item.cursor);

@@ -311,10 +311,22 @@ async def append(
     writer_id: str = "test-writer",
     deadline: float = 10.0,
 ) -> list[int]:
-    """One all-or-nothing Append; returns the sequence of each event."""
-    request = api.AppendRequest(writer_id=writer_id, events=envelopes(events))
-    response = await stub.Append(request, timeout=deadline)
+    """One Append that must store every event; returns the sequence of each event."""
+    response = await append_response(stub, events, writer_id, deadline)
+    assert not response.refusals, list(response.refusals)
     return list(response.sequences)
+
+
+async def append_response(
+    stub: Stub,
+    events: Iterable[Event | Envelope],
+    writer_id: str = "test-writer",
+    deadline: float = 10.0,
+) -> api.AppendResponse:
+    """One Append, answered with its refusals if any."""
+    request = api.AppendRequest(writer_id=writer_id, events=envelopes(events))
+    response: api.AppendResponse = await stub.Append(request, timeout=deadline)
+    return response
 
 
 class RecordStream:

@@ -1,7 +1,7 @@
 """The kill -9 scenario, shared by tests/test_faults.py and scripts/soak.py (not a test).
 
 A real sidecar process (`python -m recorder_server.cli serve`) takes the streams of
-several client processes (tests/fault_worker.py); at seeded random points of their
+several client processes (support/fault_worker.py); at seeded random points of their
 progress it is killed with SIGKILL and restarted on the same file and socket. The
 clients reconnect and re-send what was not acknowledged. Afterwards the database
 file is opened read-only and compared with what the clients emitted, event by
@@ -26,7 +26,8 @@ from functools import partial
 from pathlib import Path
 
 from agent_recorder.v1 import events_pb2, types_pb2
-from events import (
+
+from support.events import (
     agent_end,
     agent_start,
     assistant,
@@ -45,7 +46,8 @@ from events import (
     user,
 )
 
-WORKER = Path(__file__).with_name("fault_worker.py")
+# The worker runs as `python -m support.fault_worker` with tests/ on its path.
+TESTS_DIR = Path(__file__).resolve().parents[1]
 TOOLS = ("read_file", "bash", "edit_file", "grep")
 STARTUP_TIMEOUT_S = 30.0
 KINDS: dict[Callable[..., events_pb2.AgentEvent], str] = {
@@ -257,13 +259,20 @@ def check_store(db_path: Path, expected: dict[str, list[str]]) -> Verdict:
 # -- processes -------------------------------------------------------------------------------
 
 
+def worker_env() -> dict[str, str]:
+    """This environment with tests/ first on PYTHONPATH, so `support` imports in the worker."""
+    paths = [str(TESTS_DIR), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 class ServerProcess:
     """`agent-recorder serve` as a child process that can be killed and restarted."""
 
-    def __init__(self, db_path: Path, socket_path: Path, log_path: Path) -> None:
+    def __init__(self, db_path: Path, socket_path: Path, log_path: Path, *flags: str) -> None:
         self.db_path = db_path
         self.socket_path = socket_path
         self.log_path = log_path
+        self.flags = flags
         self.process: asyncio.subprocess.Process | None = None
         self.starts = 0
 
@@ -285,6 +294,7 @@ class ServerProcess:
                 "--listen",
                 self.target,
                 "--include-streaming-events",
+                *self.flags,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
             )
@@ -339,7 +349,8 @@ class _Workers:
         for client in range(clients):
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
-                str(WORKER),
+                "-m",
+                "support.fault_worker",
                 "--target",
                 target,
                 "--client",
@@ -349,6 +360,7 @@ class _Workers:
                 "--seed",
                 str(seed),
                 stdout=asyncio.subprocess.PIPE,
+                env=worker_env(),
             )
             self.processes.append(process)
             self.readers.append(asyncio.create_task(self._read(client, process)))

@@ -14,9 +14,8 @@ import json
 import sys
 from collections import Counter
 
-from fault_harness import plan
-
 from recorder_client import DeliveryConfig, DeliveryError, RecorderClient
+from support.fault_harness import plan
 
 # Patient enough to outlive every restart of the scenario; a small pending bound
 # keeps the stream going throughout the run instead of queueing it all at once.

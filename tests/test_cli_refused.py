@@ -1,0 +1,95 @@
+"""The refused events as the command line shows them: `refused`, `show`, `tail` and
+`export --format phi-json` (which leaves them out and says how many)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+from agent_recorder.v1 import session_pb2
+from google.protobuf import json_format
+from support.events import agent_start, aio, append_response, progress, tool_start
+from support.recorder import RunningRecorder
+
+from recorder_server.cli import main
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def record_refusals(recorder: RunningRecorder) -> None:
+    """Loop r.cfg.0 with a NaN in one tool call (a slot), and an orphan event (the log)."""
+    response = await append_response(
+        aio(recorder.stub()),
+        [
+            agent_start("r", "r.cfg.0", at=1),
+            tool_start("r.cfg.0", "c1", "bash", {"x": math.nan}),
+            progress("r.cfg.0", "c1", "bash", "fine"),
+            progress("r.never.0", "c2", "bash", "orphan"),
+        ],
+        writer_id="cli-writer",
+    )
+    assert [(r.index, r.holds_slot) for r in response.refusals] == [(1, True), (3, False)]
+
+
+async def test_refused_lists_each_refusal_with_reason_and_what_was_sent(
+    recorder: RunningRecorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await record_refusals(recorder)
+    code, out, _ = await cli(capsys, "refused", "r", "--target", recorder.target, "--json")
+    assert code == 0
+    slot, logged = (json.loads(line) for line in out.splitlines())
+    assert (slot["loopId"], slot["slot"], slot["reason"]) == ("r.cfg.0", "1", "INVALID_FIELD")
+    assert slot["message"].startswith("events[1].event.tool_execution_start.args")
+    assert "NaN or Infinity" in slot["message"]
+    assert slot["writerId"] == "cli-writer"
+    assert "nan" in slot["event"]["text"]  # JSON cannot hold the NaN: the text form
+    assert (logged["loopId"], logged["reason"], "slot" in logged) == (
+        "r.never.0",
+        "LOOP_NOT_OPEN",
+        False,
+    )
+    assert logged["event"]["progressMessage"]["text"] == "orphan"
+    code, out, _ = await cli(capsys, "refused", "--target", recorder.target)
+    assert code == 0 and "refused events (2)" in out and "LOOP_NOT_OPEN" in out
+    code, out, _ = await cli(capsys, "refused", "nothing", "--target", recorder.target)
+    assert (code, out) == (0, "no refused events in session nothing\n")
+
+
+async def test_show_and_tail_mark_refusals_and_phi_json_export_leaves_them_out(
+    recorder: RunningRecorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await record_refusals(recorder)
+    code, out, _ = await cli(capsys, "show", "r", "--target", recorder.target)
+    assert code == 0 and "refused events (2)" in out and "INVALID_FIELD" in out
+    code, out, _ = await cli(capsys, "tail", "r", "--no-follow", "--target", recorder.target)
+    assert code == 0
+    assert [line.split()[1:3] for line in out.splitlines()] == [
+        ["#0", "agent_start"],
+        ["#1", "REFUSED"],
+        ["#2", "progress_message"],
+    ]
+    code, out, err = await cli(
+        capsys, "export", "r", "--format", "phi-json", "--target", recorder.target
+    )
+    assert code == 0
+    assert err.strip() == (
+        "agent-recorder export: left out 2 refused event(s) of session r, which phi-json "
+        "has no place for (agent-recorder refused r lists them)"
+    )
+    (loop,) = json.loads(out)["loops"]
+    assert [e["sequence"] for e in loop["events"]] == [0, 2]
+    code, out, err = await cli(
+        capsys, "export", "r", "--format", "json", "--target", recorder.target
+    )
+    session = session_pb2.Session()
+
+    json_format.Parse(out, session)
+    assert [e.HasField("refused") for e in session.loops[0].events] == [False, True, False]
+    assert [r.loop_id for r in session.refusals] == ["r.never.0"]
