@@ -165,7 +165,8 @@ MIGRATIONS: dict[int, str] = {
         id INTEGER PRIMARY KEY,
         loop_id TEXT NOT NULL,
         sequence INTEGER NOT NULL,
-        event BLOB NOT NULL
+        event BLOB NOT NULL,
+        span TEXT NOT NULL                -- "trace/span" it came from; '' for a closing
     );
     """,
 }

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from agent_recorder.v1 import recorder_service_pb2 as api
+from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 from agent_recorder.v1 import session_pb2, types_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -765,7 +767,8 @@ async def test_events_planned_before_a_crash_are_delivered_once(short_tmp: Path)
                 "ORDER BY sequence"
             ).fetchall()
             conn.executemany(
-                "INSERT INTO otlp_outbox (loop_id, sequence, event) VALUES (?, ?, ?)", committed
+                "INSERT INTO otlp_outbox (loop_id, sequence, event, span) VALUES (?, ?, ?, '')",
+                committed,
             )
         views, refused = span_views(request_of(genai_run("conv-2")).resource_spans)
         assert not refused
@@ -802,3 +805,25 @@ async def test_a_child_ending_with_its_agent_span_is_still_its_child(short_tmp: 
         "tool_execution_end",
         "agent_end",
     ]
+
+
+async def test_events_the_recorder_refuses_are_named_in_the_answer(short_tmp: Path) -> None:
+    """A client flushed the session (its loop ABORTED) before the rest of the spans came."""
+    spans = genai_run()
+    async with sidecar(short_tmp) as server:
+        await export(server, [spans[1]])
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = api_grpc.RecorderServiceStub(channel)
+            await stub.Flush(api.FlushRequest(session_id="conv-1"))
+        response = await export(server, [spans[2]])
+        session = await get_session(server, "conv-1")
+    loop_id = f"conv-1.otlp.{AGENT}"
+    tool = f"{TRACE:032x}/{TOOL:016x}"
+    assert response.partial_success.rejected_spans == 1
+    message = response.partial_success.error_message
+    assert message.startswith(
+        f"span {tool}: the recorder refused tool_execution_start #5 of loop {loop_id}: "
+    )
+    assert f"span {tool}: the recorder refused tool_execution_end #6 of loop {loop_id}: " in message
+    [loop] = session.loops
+    assert (loop.status, len(loop.turns)) == (session_pb2.LOOP_STATUS_ABORTED, 1)

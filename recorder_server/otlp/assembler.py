@@ -34,7 +34,8 @@ from recorder_server.otlp import mapping
 from recorder_server.otlp.mapping import Refused, Role, SpanView
 from recorder_server.validation import Limits, validate_events
 
-Envelope = tuple[str, int, events_pb2.AgentEvent]
+# (loop id, sequence, event, the span it came from: "trace/span", or "" for a closing)
+Envelope = tuple[str, int, events_pb2.AgentEvent, str]
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Assembler:
         self.now_us = now_us
         self.changes = Changes()
         self._arriving: dict[tuple[str, str], SpanView] = {}
+        self._source = ""  # the span being placed, for the events it makes
 
     # -- entry points ---------------------------------------------------------
 
@@ -157,6 +159,7 @@ class Assembler:
 
     def _place(self, view: SpanView) -> None:
         trace = self._trace(view.trace_id)
+        self._source = f"{view.trace_id}/{view.span_id}"
         role = view.role
         node = SpanNode(view.parent_id, role)
         if role == Role.AGENT:
@@ -381,7 +384,7 @@ class Assembler:
             self._emit(loop, event)
 
     def _emit(self, loop: LoopState, event: events_pb2.AgentEvent) -> None:
-        self.changes.envelopes.append((loop.loop_id, loop.next_seq, event))
+        self.changes.envelopes.append((loop.loop_id, loop.next_seq, event, self._source))
         loop.next_seq += 1
         loop.touched_us = self.now_us
         self.changes.loops[loop.loop_id] = loop

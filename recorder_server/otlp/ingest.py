@@ -78,10 +78,12 @@ class OtlpIngest:
             changes = Assembler(traces, self.limits, _now_us()).add(views)
             refused += changes.refused
             await self.store.save(changes)
-            refused += await self._deliver()
+            delivered = await self._deliver()
+        count = len(refused) + len({span for span, _ in delivered if span})
+        refused += [message for _, message in delivered]
         if refused:
-            log.warning("OTLP export: %d span(s) refused: %s", len(refused), refused[0])
-        return len(refused), _summary(refused)
+            log.warning("OTLP export: %d span(s) refused: %s", count, refused[0])
+        return count, _summary(refused)
 
     async def expire(self) -> None:
         """Close loops whose own span did not arrive within the wait; deliver what waits."""
@@ -94,7 +96,7 @@ class OtlpIngest:
                 traces = await self.store.load(stale)
                 assembler = Assembler(traces, self.limits, _now_us())
                 await self.store.save(assembler.expire(older, self.orphan_wait_s))
-            for refusal in await self._deliver():
+            for _, refusal in await self._deliver():
                 log.warning("OTLP events refused: %s", refusal)
             self._quiet = not await self.store.has_open_loops()
 
@@ -107,32 +109,38 @@ class OtlpIngest:
             except (StorageFull, StorageUnavailable) as exc:
                 log.warning("OTLP orphan pass postponed: %s", exc.message)
 
-    async def _deliver(self) -> list[str]:
-        """Send the outbox in order, in batches; what the writer refuses is named and dropped."""
+    async def _deliver(self) -> list[tuple[str, str]]:
+        """Send the outbox in order, in batches; what the writer refuses is named and dropped.
+
+        Returns (the span an event came from, why it was refused) per refused event.
+        """
         outgoing = await self.store.outbox()
-        refused: list[str] = []
+        refused: list[tuple[str, str]] = []
         size = self.limits.max_events_per_batch
         for start in range(0, len(outgoing), size):
             batch = outgoing[start : start + size]
-            envelopes = [api.EventEnvelope(sequence=seq, event=event) for _, _, seq, event in batch]
+            envelopes = [api.EventEnvelope(sequence=row[2], event=row[3]) for row in batch]
             try:
                 checked = validate_events(api.AppendRequest(events=envelopes), self.limits)
                 _, refusals = await self.writer.record(WRITER_ID, checked)
             except (StorageFull, StorageUnavailable):
                 raise  # kept in the outbox: delivered by a later pass
             except RecorderError as exc:
-                loops = sorted({loop_id for _, loop_id, _, _ in batch})
-                refused.append(f"the recorder refused loop(s) {', '.join(loops)}: {exc.message}")
+                refused += [_refusal(row, exc) for row in batch]
             else:
                 refused += [_refusal(batch[r.index], r.error) for r in refusals]
             await self.store.delivered([row[0] for row in batch])
         return refused
 
 
-def _refusal(row: Outgoing, error: RecorderError) -> str:
-    _, loop_id, sequence, event = row
+def _refusal(row: Outgoing, error: RecorderError) -> tuple[str, str]:
+    _, loop_id, sequence, event, span = row
     kind = event.WhichOneof("event")
-    return f"the recorder refused {kind} #{sequence} of loop {loop_id}: {error.message}"
+    where = f"span {span}: " if span else ""
+    return (
+        span,
+        f"{where}the recorder refused {kind} #{sequence} of loop {loop_id}: {error.message}",
+    )
 
 
 def _summary(refused: list[str]) -> str:

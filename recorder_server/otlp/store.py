@@ -23,7 +23,8 @@ from recorder_server.otlp.mapping import Role
 from recorder_server.storage import COMMON_PRAGMAS, connect
 
 T = TypeVar("T")
-Outgoing = tuple[int, str, int, events_pb2.AgentEvent]  # (outbox id, loop id, sequence, event)
+# (outbox id, loop id, sequence, event, the span it came from or "")
+Outgoing = tuple[int, str, int, events_pb2.AgentEvent, str]
 
 _LOOP_COLUMNS = (
     "loop_id, trace_id, session_id, agent_id, next_seq, turns, usage, messages, ended, "
@@ -73,11 +74,11 @@ class OtlpStore:
         await self._run(_save, self._conn, changes)
 
     async def outbox(self) -> list[Outgoing]:
-        sql = "SELECT id, loop_id, sequence, event FROM otlp_outbox ORDER BY id"
+        sql = "SELECT id, loop_id, sequence, event, span FROM otlp_outbox ORDER BY id"
         rows = await self._run(_rows, self._conn, sql, ())
         return [
-            (int(i), str(loop), int(seq), events_pb2.AgentEvent.FromString(body))
-            for i, loop, seq, body in rows
+            (int(i), str(loop), int(seq), events_pb2.AgentEvent.FromString(body), str(span))
+            for i, loop, seq, body, span in rows
         ]
 
     async def delivered(self, ids: Sequence[int]) -> None:
@@ -177,10 +178,10 @@ def _save(conn: sqlite3.Connection, changes: Changes) -> None:
             [_loop_row(loop) for loop in changes.loops.values()],
         )
         conn.executemany(
-            "INSERT INTO otlp_outbox (loop_id, sequence, event) VALUES (?, ?, ?)",
+            "INSERT INTO otlp_outbox (loop_id, sequence, event, span) VALUES (?, ?, ?, ?)",
             [
-                (lid, seq, e.SerializeToString(deterministic=True))
-                for lid, seq, e in changes.envelopes
+                (lid, seq, e.SerializeToString(deterministic=True), span)
+                for lid, seq, e, span in changes.envelopes
             ],
         )
         conn.execute("COMMIT")
