@@ -9,9 +9,9 @@ comes out as a `ChangeSet` for the storage layer to persist.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -53,10 +53,8 @@ class LoopState:
     next_seq: int = 0
     partial: session_pb2.Turn | None = None
     turns: int = 0  # materialized so far: the next turn's number
-    # The sequence of the AgentEnd event whose messages are the loop's (rule 9).
-    # They are kept once, in that event, and reads put them into the record: a
-    # long loop's messages run to tens of KB, and holding and writing them twice
-    # cost 8-39% of ingest in paired runs (docs/performance.md, fourth round).
+    # The sequence of the AgentEnd event whose messages are the loop's (rule 9):
+    # kept once, in that event (reads put them into the record), not written twice.
     end_event: int | None = None
 
     def copy(self) -> LoopState:
@@ -708,6 +706,53 @@ class Batch:
             pg.selected_config_index = end.selected_config_index
             pg.evaluation_usage.CopyFrom(end.evaluation_usage)
             pg.is_selected = loop_id == end.selected_loop_id
+
+
+# How many rounds of lookups a batch may need: a loop names its session and its
+# parent, the parent its session, and re-sends their stored events; never more.
+LOOKUP_ROUNDS: Final = 4
+
+
+class Rules:
+    """The recording rules over one snapshot, as the writer and the tests use them:
+    prepare a batch, load what it needs, apply it, merge what it changed."""
+
+    def __init__(self, options: RecordingOptions, snapshot: Snapshot | None = None) -> None:
+        self.options = options
+        self.snapshot = snapshot or Snapshot()
+
+    @staticmethod
+    def prepare(envelopes: Iterable[tuple[int | None, events_pb2.AgentEvent]]) -> list[Item]:
+        return prepare(envelopes)
+
+    def needed(self, items: Sequence[Item]) -> Needed:
+        return needed(self.snapshot, items)
+
+    async def load(self, items: Sequence[Item], fetch: Callable[[Needed], Awaitable[None]]) -> None:
+        """Fetch what the batch consults until nothing is missing."""
+        for _ in range(LOOKUP_ROUNDS):
+            missing = self.needed(items)
+            if not missing:
+                return
+            await fetch(missing)
+
+    def sessions_touched(self, items: Iterable[Item]) -> set[str]:
+        return sessions_touched(self.snapshot, items)
+
+    def apply(
+        self,
+        items: Iterable[Item],
+        faults: Mapping[int, RecorderError] | None = None,
+        writer_id: str = "",
+        now: Timestamp | None = None,
+    ) -> Batch:
+        """Apply a batch on top of the snapshot (which is unchanged until `merge`)."""
+        batch = Batch(self.snapshot, self.options)
+        batch.apply(items, faults, writer_id, now)
+        return batch
+
+    def merge(self, batch: Batch) -> None:
+        merge(self.snapshot, batch)
 
 
 def sessions_touched(snapshot: Snapshot, items: Iterable[Item]) -> set[str]:

@@ -49,11 +49,6 @@ from recorder_server.validation import Limits
 from recorder_server.writer import Writer
 
 log = logging.getLogger(__name__)
-# For the process that runs the sidecar (`serve` sets it; an embedding program
-# decides for itself): the store's thread takes the GIL back after each SQL
-# statement, and the event loop gives it up only when asked and this interval has
-# passed. 1 ms instead of 5 measured ~7% more ingest (docs/performance.md).
-GIL_SWITCH_INTERVAL_S = 0.001
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["RecorderService"].full_name
 # Probes and generic tools reach these without the token: liveness and the public schema.
 OPEN_SERVICES = (

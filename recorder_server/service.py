@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from operator import itemgetter
 from typing import Any
 
@@ -35,6 +36,37 @@ PAGE_BYTES = 1024 * 1024
 # Refusals per ListRefusals page unless asked otherwise.
 REFUSALS_PAGE = 100
 SESSION_FIELD = api.GetSessionResponse.DESCRIPTOR.fields_by_name["session"].number
+
+
+Handler = Callable[[Any, Any, Context], Awaitable[Any]]
+StreamHandler = Callable[[Any, Any, Context], AsyncIterator[Any]]
+
+
+def rpc(handler: Handler) -> Handler:
+    """A unary handler: its request is validated first, every failure leaves as a status."""
+
+    @functools.wraps(handler)
+    async def validated(self: RecorderServicer, request: Any, context: Context) -> Any:
+        validate_request(request, self.limits)
+        return await handler(self, request, context)
+
+    validated.validates = True  # type: ignore[attr-defined]
+    return unary(validated)
+
+
+def stream_rpc(handler: StreamHandler) -> StreamHandler:
+    """`rpc` for a response-streaming handler."""
+
+    @functools.wraps(handler)
+    async def validated(
+        self: RecorderServicer, request: Any, context: Context
+    ) -> AsyncIterator[Any]:
+        validate_request(request, self.limits)
+        async for item in handler(self, request, context):
+            yield item
+
+    validated.validates = True  # type: ignore[attr-defined]
+    return streaming(validated)
 
 
 class RecorderServicer(api_grpc.RecorderServiceServicer):
@@ -130,110 +162,98 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
             batch_id=batch_id, sequences=sequences, refusals=_event_refusals(refused)
         )
 
-    @unary
+    @unary  # validated event by event: one bad event is refused alone
     async def Append(self, request: api.AppendRequest, context: Context) -> api.AppendResponse:
         events = validate_events(request, self.limits)
         sequences, refused = await self.writer.record(request.writer_id, events)
         return api.AppendResponse(sequences=sequences, refusals=_event_refusals(refused))
 
-    @unary
+    @rpc
     async def OpenSession(
         self, request: api.OpenSessionRequest, context: Context
     ) -> api.OpenSessionResponse:
-        validate_request(request, self.limits)
         return api.OpenSessionResponse(session=await self.writer.open_session(request))
 
-    @unary
+    @rpc
     async def RotateSession(
         self, request: api.RotateSessionRequest, context: Context
     ) -> api.RotateSessionResponse:
-        validate_request(request, self.limits)
         return await self.writer.rotate_session(request)
 
-    @unary
+    @rpc
     async def Flush(self, request: api.FlushRequest, context: Context) -> api.FlushResponse:
-        validate_request(request, self.limits)
         sid = request.session_id if request.HasField("session_id") else None
         return await self.writer.flush(sid)
 
-    @unary
+    @rpc
     async def Checkpoint(
         self, request: api.CheckpointRequest, context: Context
     ) -> api.CheckpointResponse:
-        validate_request(request, self.limits)
         sid = request.session_id if request.HasField("session_id") else None
         return await self.writer.checkpoint(sid)
 
-    @unary
+    @rpc
     async def DeleteSession(
         self, request: api.DeleteSessionRequest, context: Context
     ) -> api.DeleteSessionResponse:
-        validate_request(request, self.limits)
         await self.writer.delete_sessions([request.session_id])
         return api.DeleteSessionResponse()
 
-    @unary
+    @rpc
     async def PruneSessions(
         self, request: api.PruneSessionsRequest, context: Context
     ) -> api.PruneSessionsResponse:
-        validate_request(request, self.limits)
         ids = await self.writer.prune(request.older_than, request.dry_run)
         return api.PruneSessionsResponse(session_ids=ids)
 
-    @unary
+    @rpc
     async def ImportSession(
         self, request: api.ImportSessionRequest, context: Context
     ) -> api.ImportSessionResponse:
-        validate_request(request, self.limits)
         return await self.writer.import_session(request.session, request.replace)
 
     # -- reading ----------------------------------------------------------------
 
-    @unary
-    async def GetSession(  # type: ignore[override]  # bytes: see add_to_server
+    @rpc
+    async def GetSession(  # answers bytes: see add_to_server
         self, request: api.GetSessionRequest, context: Context
     ) -> bytes:
         """GetSessionResponse bytes framed around the stored session, never decoded."""
-        validate_request(request, self.limits)
         session = await self.reads.session_bytes(
             request.session_id, request.skip_events, request.skip_messages
         )
         return response_of(SESSION_FIELD, session)
 
-    @unary
+    @rpc
     async def GetLoop(self, request: api.GetLoopRequest, context: Context) -> api.GetLoopResponse:
-        validate_request(request, self.limits)
         loop = await self.reads.get_loop(request.loop_id, request.skip_events)
         return api.GetLoopResponse(loop=loop)
 
-    @unary
+    @rpc
     async def ListSessions(
         self, request: api.ListSessionsRequest, context: Context
     ) -> api.ListSessionsResponse:
-        validate_request(request, self.limits)
         sessions, token = await self.reads.list_sessions(request)
         return api.ListSessionsResponse(sessions=sessions, next_page_token=token)
 
-    @unary
+    @rpc
     async def GetUsage(
         self, request: api.GetUsageRequest, context: Context
     ) -> api.GetUsageResponse:
-        validate_request(request, self.limits)
         return api.GetUsageResponse(rows=await self.reads.usage(request))
 
-    @unary
+    @rpc
     async def ListRefusals(
         self, request: api.ListRefusalsRequest, context: Context
     ) -> api.ListRefusalsResponse:
-        validate_request(request, self.limits)
         sid = request.session_id if request.HasField("session_id") else None
         refusals, token = await self.reads.refusals(
             sid, request.page_size or REFUSALS_PAGE, request.page_token
         )
         return api.ListRefusalsResponse(refusals=refusals, next_page_token=token)
 
-    @streaming
-    async def StreamEvents(  # type: ignore[override]  # bytes: see add_to_server
+    @stream_rpc
+    async def StreamEvents(  # answers bytes: see add_to_server
         self, request: api.StreamEventsRequest, context: Context
     ) -> AsyncIterator[bytes]:
         """StreamEventsResponse pages as bytes framed around the stored events.
@@ -241,13 +261,12 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         Each page goes out as soon as its events are read; with follow, the stream
         then waits for the next commit, until the loop ends or the session is done.
         """
-        validate_request(request, self.limits)
         loop_id = request.loop_id if request.WhichOneof("target") == "loop_id" else None
         session_id = request.session_id if loop_id is None else None
         page_size = request.page_size or EVENTS_PAGE
         cursor = request.after_cursor
         while True:
-            next_commit = self.writer.commits.next()
+            next_commit = self.writer.next_commit()
             finished = await self._finished(session_id, loop_id) or not request.follow
             stored = await self.reads.events_after(
                 session_id=session_id, loop_id=loop_id, after_cursor=cursor, limit=EVENTS_PAGE
@@ -274,12 +293,11 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
             raise NotFound(f"session {session_id!r} not found", session_id=session_id)
         return finalized
 
-    @streaming
+    @stream_rpc
     async def WatchSessions(
         self, request: api.WatchSessionsRequest, context: Context
     ) -> AsyncIterator[api.WatchSessionsResponse]:
-        validate_request(request, self.limits)
-        subscription = self.writer.lifecycle.subscribe()
+        subscription = self.writer.watch()
         last: api.WatchSessionsResponse | None = None
         try:
             while (message := await subscription.queue.get()) is not None:
@@ -287,7 +305,7 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
                     last = message
                     yield message
         finally:
-            self.writer.lifecycle.unsubscribe(subscription)
+            self.writer.unwatch(subscription)
         if subscription.cut_off:
             raise FellBehind(subscription.limit, last.timestamp if last is not None else None)
 

@@ -145,7 +145,7 @@ class Writer:
             max_queue=max_queue,
             max_group=max_group,
         )
-        self._snapshot = recording.Snapshot()
+        self.rules = recording.Rules(options)
         # Loops and sessions the snapshot keeps before letting closed ones go.
         self.cache_limit = 4096
 
@@ -158,10 +158,10 @@ class Writer:
         self.pipeline.checkpointer = checkpointer
 
     async def start(self) -> None:
-        self._snapshot = await self.store.load_open()
+        self.rules.snapshot = await self.store.load_open()
         self.pipeline.start()
         # Loops left open by a previous run had writers that are gone now.
-        self._expect(recording.open_sessions(self._snapshot), "(before the restart)")
+        self._expect(recording.open_sessions(self.rules.snapshot), "(before the restart)")
 
     async def stop(self) -> None:
         """Drain: every job queued before this is committed, then the pipeline ends."""
@@ -184,7 +184,7 @@ class Writer:
         """A Record stream ended; if it was the writer's last, its open loops wait
         `abandon_after_s` for it to come back."""
         released = self.leases.detach(writer_id)
-        self._expect(released & recording.open_sessions(self._snapshot), writer_id)
+        self._expect(released & recording.open_sessions(self.rules.snapshot), writer_id)
 
     def _expect(self, session_ids: set[str], writer_id: str) -> None:
         if self.abandon_after_s <= 0 or not session_ids:
@@ -217,7 +217,7 @@ class Writer:
 
         async def run() -> tuple[None, ChangeSet]:
             await self._fetch_sessions([session_id])
-            batch = recording.abandon(self._snapshot, [session_id], rejection, now_timestamp())
+            batch = recording.abandon(self.rules.snapshot, [session_id], rejection, now_timestamp())
             return None, await self._persist(batch)
 
         try:
@@ -227,26 +227,39 @@ class Writer:
         else:
             log.warning("session %r: open loops aborted (%s)", session_id, rejection)
 
+    # -- what readers wait on -------------------------------------------------------
+
+    def next_commit(self) -> asyncio.Event:
+        """The event the next commit sets; take it before reading to miss nothing."""
+        return self.commits.next()
+
+    def watch(self) -> Subscription:
+        """Session admissions and finalizations from now on (WatchSessions)."""
+        return self.lifecycle.subscribe()
+
+    def unwatch(self, subscription: Subscription) -> None:
+        self.lifecycle.unsubscribe(subscription)
+
     # -- what the pipeline calls back --------------------------------------------
 
     def _committed(self, jobs: Sequence[Applied], event_keys: Sequence[tuple[str, int]]) -> None:
         for key in event_keys:
-            self._snapshot.unwritten.pop(key, None)
+            self.rules.snapshot.unwritten.pop(key, None)
         changesets = [changes for _, _, changes in jobs]
         self._release_ended(changesets)
         self._after_commit(changesets)
 
     def _maybe_evict(self) -> None:
         """Lookups of what may leave the snapshot wait for the write in flight when it
-        touches them (see _lookup), so closed loops can be let go once handed off."""
+        touches them (see _fetch_committed), so closed loops can be let go once handed off."""
         limit = self.cache_limit
-        if len(self._snapshot.loops) > limit or len(self._snapshot.sessions) > limit:
-            recording.evict(self._snapshot)
+        if len(self.rules.snapshot.loops) > limit or len(self.rules.snapshot.sessions) > limit:
+            recording.evict(self.rules.snapshot)
 
     async def _reload(self) -> None:
         """Nothing of a failed write is kept: the rules start again from the store."""
         try:
-            self._snapshot = await self.store.load_open()
+            self.rules.snapshot = await self.store.load_open()
         except sqlite3.Error as exc:
             log.error("reloading state after a failed write: %s", exc)
 
@@ -259,7 +272,7 @@ class Writer:
             if loop_id in changes.loops
         }
         if ended:
-            self.leases.release(ended - recording.open_sessions(self._snapshot))
+            self.leases.release(ended - recording.open_sessions(self.rules.snapshot))
 
     def _after_commit(self, changesets: Sequence[ChangeSet]) -> None:
         self.commits.fire()
@@ -289,22 +302,16 @@ class Writer:
 
     # -- jobs -----------------------------------------------------------------
 
-    async def _lookup(self, needed: Callable[[], Needed]) -> None:
-        """Load what the rules will consult, until nothing is missing.
-
-        From the committed state, beside the write in flight, unless that write
-        changes something asked for (then after it lands).
-        """
-        for _ in range(4):
-            missing = needed()
-            if not missing:
-                return
-            await self.pipeline.settled(missing)
-            self.store.fetch_committed(self._snapshot, missing)
+    async def _fetch_committed(self, missing: Needed) -> None:
+        """Load what the rules will consult: from the committed state, beside the
+        write in flight, unless that write changes something asked for (then after
+        it lands)."""
+        await self.pipeline.settled(missing)
+        self.store.fetch_committed(self.rules.snapshot, missing)
 
     async def _persist(self, batch: Batch) -> ChangeSet:
         await self.store.persist(batch.changes)
-        recording.merge(self._snapshot, batch)
+        recording.merge(self.rules.snapshot, batch)
         return batch.changes
 
     async def record(self, writer_id: str, checked: CheckedBatch) -> Recorded:
@@ -320,17 +327,18 @@ class Writer:
         Every event that passes is stored; one that failed validation (`checked.faults`)
         or fails a rule is kept as a refusal and costs nothing else.
         """
-        items = recording.prepare(checked.events)
+        rules = self.rules
+        items = rules.prepare(checked.events)
 
         async def run() -> tuple[Recorded, ChangeSet]:
-            await self._lookup(lambda: recording.needed(self._snapshot, items))
-            touched = recording.sessions_touched(self._snapshot, items)
+            await rules.load(items, self._fetch_committed)
+            touched = rules.sessions_touched(items)
             self.leases.claim(writer_id, touched)
             if self._vanished:
                 self._came_back(touched)
-            batch = Batch(self._snapshot, self.options)
-            changes = batch.apply(items, checked.faults, writer_id, now_timestamp())
-            recording.merge(self._snapshot, batch)
+            batch = rules.apply(items, checked.faults, writer_id, now_timestamp())
+            rules.merge(batch)
+            changes = batch.changes
             return (changes.sequences, changes.refused), changes
 
         label = f"batch of writer {writer_id!r} ({_ids_of(items)})"
@@ -339,7 +347,7 @@ class Writer:
     async def flush(self, session_id: str | None) -> api.FlushResponse:
         async def run() -> tuple[api.FlushResponse, ChangeSet]:
             sids = await self._scope(session_id)
-            batch = recording.flush(self._snapshot, sids, session_id, now_timestamp())
+            batch = recording.flush(self.rules.snapshot, sids, session_id, now_timestamp())
             changes = await self._persist(batch)
             response = api.FlushResponse(
                 aborted_loop_ids=changes.ended_loops, finalized_session_ids=changes.finalized
@@ -354,7 +362,7 @@ class Writer:
     async def checkpoint(self, session_id: str | None) -> api.CheckpointResponse:
         async def run() -> tuple[api.CheckpointResponse, ChangeSet]:
             sids = await self._scope(session_id)
-            batch = recording.checkpoint(self._snapshot, sids, now_timestamp())
+            batch = recording.checkpoint(self.rules.snapshot, sids, now_timestamp())
             changes = await self._persist(batch)
             return api.CheckpointResponse(finalized_session_ids=changes.finalized), changes
 
@@ -373,7 +381,7 @@ class Writer:
 
     async def _fetch_sessions(self, session_ids: Sequence[str]) -> None:
         await self.store.fetch(
-            self._snapshot, Needed(frozenset(), frozenset(session_ids), frozenset())
+            self.rules.snapshot, Needed(frozenset(), frozenset(session_ids), frozenset())
         )
 
     async def open_session(self, request: api.OpenSessionRequest) -> session_pb2.Session:
@@ -400,7 +408,9 @@ class Writer:
         now: Timestamp,
     ) -> tuple[session_pb2.Session, ChangeSet]:
         await self._fetch_sessions([sid])
-        batch = recording.open_session(self._snapshot, sid, agent_id, scope, ref, formation, now)
+        batch = recording.open_session(
+            self.rules.snapshot, sid, agent_id, scope, ref, formation, now
+        )
         changes = await self._persist(batch)
         return changes.sessions[sid].session, changes
 
@@ -411,7 +421,7 @@ class Writer:
             latest = None
             if latest_id is not None:
                 await self._fetch_sessions([latest_id])
-                state = self._snapshot.sessions.get(latest_id)
+                state = self.rules.snapshot.sessions.get(latest_id)
                 latest = state.session if state is not None else None
             if latest is not None and not recording.rotation_needed(
                 latest, request.threshold_secs, now
@@ -441,7 +451,7 @@ class Writer:
                     raise NotFound(f"session {sid!r} not found", session_id=sid)
             await self.store.delete_sessions(session_ids)
             for sid in session_ids:
-                recording.forget_session(self._snapshot, sid)
+                recording.forget_session(self.rules.snapshot, sid)
                 self.leases.forget(sid)
             return None, ChangeSet()
 
@@ -459,7 +469,7 @@ class Writer:
             if not dry_run:
                 await self.store.delete_sessions(ids)
                 for sid in ids:
-                    recording.forget_session(self._snapshot, sid)
+                    recording.forget_session(self.rules.snapshot, sid)
             return ids, ChangeSet()
 
         ids: list[str] = await self._submit("prune", run)
@@ -488,16 +498,18 @@ class Writer:
             if existed:
                 await self.store.delete_sessions([sid])
             events = await self.store.insert_session(session)
-            recording.forget_session(self._snapshot, sid)
+            recording.forget_session(self.rules.snapshot, sid)
             loop_ids = {loop.loop_id for loop in session.loops}
             for loop_id in loop_ids:
-                self._snapshot.loops.pop(loop_id, None)
-            for key in [k for k in self._snapshot.stored_events if k[0] in loop_ids]:
-                del self._snapshot.stored_events[key]
+                self.rules.snapshot.loops.pop(loop_id, None)
+            for key in [k for k in self.rules.snapshot.stored_events if k[0] in loop_ids]:
+                del self.rules.snapshot.stored_events[key]
             open_ids = frozenset(
                 loop.loop_id for loop in session.loops if loop.status in recording.OPEN_STATUSES
             )
-            await self.store.fetch(self._snapshot, Needed(open_ids, frozenset([sid]), frozenset()))
+            await self.store.fetch(
+                self.rules.snapshot, Needed(open_ids, frozenset([sid]), frozenset())
+            )
             response = api.ImportSessionResponse(
                 session_id=sid, loops=len(session.loops), events=events, replaced=existed
             )

@@ -7,6 +7,7 @@ a batch, merge it. Assertions are on the ChangeSet and the snapshot, field by fi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 import pytest
@@ -38,6 +39,7 @@ from support.events import (
     value,
 )
 
+from recorder_server import recording
 from recorder_server.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -52,9 +54,10 @@ from recorder_server.recording import (
     Batch,
     ChangeSet,
     LoopState,
+    Needed,
     RecordingOptions,
     SessionState,
-    Snapshot,
+    Stored,
     checkpoint,
     combine,
     config_segment,
@@ -75,39 +78,39 @@ REJECTED = session_pb2.LOOP_STATUS_REJECTED
 ABORTED = session_pb2.LOOP_STATUS_ABORTED
 
 
-class Rules:
-    """The writer's side of the rules, with a dict for a store."""
+class Rules(recording.Rules):
+    """The recording rules as the writer uses them, with a dict for a store."""
 
     def __init__(self, options: RecordingOptions | None = None) -> None:
-        self.options = options or RecordingOptions()
-        self.snapshot = Snapshot()
-        self.stored: dict[tuple[str, int], bytes] = {}
+        super().__init__(options or RecordingOptions())
+        self.stored: dict[tuple[str, int], Stored] = {}
 
-    def load(self, envelopes: list[Envelope]) -> None:
+    def load_now(self, envelopes: list[Envelope]) -> None:
         """Answer needed() as the store would: unknown ids load as None."""
-        for _ in range(4):
-            missing = needed(self.snapshot, prepare(envelopes))
-            if not missing:
-                return
-            for loop_id in missing.loop_ids:
-                self.snapshot.loops[loop_id] = None
-            for session_id in missing.session_ids:
-                self.snapshot.sessions[session_id] = None
-                self.snapshot.pending_refs.setdefault(session_id, None)
-            for key in missing.event_keys:
-                if key in self.stored:
-                    self.snapshot.stored_events[key] = self.stored[key]
+        asyncio.run(self.load(self.prepare(envelopes), self._fetch))
 
-    def apply(self, events: Iterable[Event | Envelope]) -> ChangeSet:
+    async def _fetch(self, missing: Needed) -> None:
+        for loop_id in missing.loop_ids:
+            self.snapshot.loops[loop_id] = None
+        for session_id in missing.session_ids:
+            self.snapshot.sessions[session_id] = None
+            self.snapshot.pending_refs.setdefault(session_id, None)
+        for key in missing.event_keys:
+            if key in self.stored:
+                self.snapshot.stored_events[key] = self.stored[key]
+
+    def apply_events(self, events: Iterable[Event | Envelope]) -> ChangeSet:
         envelopes = [e if isinstance(e, tuple) else (None, e) for e in events]
-        self.load(envelopes)
-        batch = Batch(self.snapshot, self.options)
-        changes = batch.apply(prepare(envelopes))
-        merge(self.snapshot, batch)
-        for loop_id, sequence, _session, _kind, body in changes.events:
-            self.stored[(loop_id, sequence)] = body
+        self.load_now(envelopes)
+        batch = self.apply(self.prepare(envelopes))
+        self.merge(batch)
+        for loop_id, sequence, _session, kind, body in batch.changes.events:
+            refused = kind == REFUSED
+            self.stored[(loop_id, sequence)] = (
+                session_pb2.RefusedEvent.FromString(body) if refused else body
+            )
         self.snapshot.unwritten.clear()  # handed to the store, as the writer does
-        return changes
+        return batch.changes
 
     def refused(
         self, events: Iterable[Event | Envelope], kind: type[RecorderError]
@@ -116,11 +119,11 @@ class Rules:
         when it holds its loop's next slot, that loop's next sequence."""
         *fine, last = list(events)
         if fine:
-            assert not self.apply(fine).refused
+            assert not self.apply_events(fine).refused
         events = [last]
         before = {k: _dump_loop(v) for k, v in self.snapshot.loops.items()}
         sessions = {k: _dump_session(v) for k, v in self.snapshot.sessions.items()}
-        changes = self.apply(events)
+        changes = self.apply_events(events)
         assert [r.index for r in changes.refused] == [len(events) - 1]
         refusal = changes.refused[0]
         assert isinstance(refusal.error, kind), refusal.error
@@ -167,7 +170,7 @@ def _dump_session(state: SessionState | None) -> bytes | None:
 
 def test_rule1_agent_start_opens_a_first_loop_session() -> None:
     rules = Rules()
-    changes = rules.apply([agent_start("s1", "s1.main.0", agent="coder", at=5)])
+    changes = rules.apply_events([agent_start("s1", "s1.main.0", agent="coder", at=5)])
     session = changes.sessions["s1"].session
     assert session.session_id == "s1"
     assert session.agent_id == "coder"
@@ -184,24 +187,24 @@ def test_rule1_agent_start_opens_a_first_loop_session() -> None:
 
 def test_rule1_every_agent_start_moves_last_active_only_forward() -> None:
     rules = Rules()
-    rules.apply([agent_start("s1", "s1.main.0", at=5)])
-    changes = rules.apply([agent_start("s1", "s1.main.1", "s1.main.0", at=9)])
+    rules.apply_events([agent_start("s1", "s1.main.0", at=5)])
+    changes = rules.apply_events([agent_start("s1", "s1.main.1", "s1.main.0", at=9)])
     assert changes.admitted == []
     assert changes.sessions["s1"].session.created_at == ts(5)
     assert changes.sessions["s1"].session.last_active_at == ts(9)
     # An AgentStart stamped earlier does not move it back.
-    rules.apply([agent_start("s1", "s1.main.2", "s1.main.0", at=7)])
+    rules.apply_events([agent_start("s1", "s1.main.2", "s1.main.0", at=7)])
     assert rules.session("s1").last_active_at == ts(9)
     assert rules.session("s1").formation.first_loop.timestamp == ts(5)
 
 
 def test_rule1_a_finalized_session_is_admitted_again_by_a_new_loop() -> None:
     rules = Rules()
-    rules.apply([agent_start("s1", "s1.main.0", at=1), agent_end("s1.main.0", at=2)])
+    rules.apply_events([agent_start("s1", "s1.main.0", at=1), agent_end("s1.main.0", at=2)])
     fin = checkpoint(rules.snapshot, ["s1"], ts(3))
     assert fin.changes.finalized == ["s1"]
     merge(rules.snapshot, fin)
-    changes = rules.apply([agent_start("s1", "s1.main.1", at=4)])
+    changes = rules.apply_events([agent_start("s1", "s1.main.1", at=4)])
     assert changes.admitted == ["s1"]
     assert not changes.sessions["s1"].session.HasField("finalized_at")
     assert changes.sessions["s1"].session.formation.first_loop.timestamp == ts(1)
@@ -212,8 +215,8 @@ def test_rule1_a_finalized_session_is_admitted_again_by_a_new_loop() -> None:
 
 def test_rule2_parent_in_another_session_sets_a_partial_spawn_ref() -> None:
     rules = Rules()
-    rules.apply([agent_start("p", "p.main.0", agent="lead", at=1)])
-    changes = rules.apply([agent_start("c", "c.main.0", "p.main.0", agent="helper", at=2)])
+    rules.apply_events([agent_start("p", "p.main.0", agent="lead", at=1)])
+    changes = rules.apply_events([agent_start("c", "c.main.0", "p.main.0", agent="helper", at=2)])
     ref = changes.sessions["c"].session.parent_spawn_ref
     assert changes.sessions["c"].session.HasField("parent_spawn_ref")
     assert ref.parent_session_id == "p"
@@ -225,16 +228,16 @@ def test_rule2_parent_in_another_session_sets_a_partial_spawn_ref() -> None:
 
 def test_rule2_parent_in_the_same_session_is_no_spawn() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1)])
-    changes = rules.apply([agent_start("s", "s.main.1", "s.main.0", at=2)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1)])
+    changes = rules.apply_events([agent_start("s", "s.main.1", "s.main.0", at=2)])
     assert not changes.sessions["s"].session.HasField("parent_spawn_ref")
 
 
 def test_rule2_an_existing_spawn_ref_is_kept() -> None:
     rules = Rules()
-    rules.apply([agent_start("p", "p.main.0", at=1), agent_start("q", "q.main.0", at=1)])
-    rules.apply([agent_start("c", "c.main.0", "p.main.0", at=2)])
-    rules.apply([agent_start("c", "c.main.1", "q.main.0", at=3)])
+    rules.apply_events([agent_start("p", "p.main.0", at=1), agent_start("q", "q.main.0", at=1)])
+    rules.apply_events([agent_start("c", "c.main.0", "p.main.0", at=2)])
+    rules.apply_events([agent_start("c", "c.main.1", "q.main.0", at=3)])
     assert rules.session("c").parent_spawn_ref.parent_loop_id == "p.main.0"
     assert rules.session("c").parent_spawn_ref.parent_session_id == "p"
 
@@ -253,7 +256,7 @@ def test_rule3_agent_start_creates_a_running_loop_at_sequence_0() -> None:
         metadata={"task": "fix bug", "attempt": 2},
         at=3,
     )
-    changes = rules.apply([start])
+    changes = rules.apply_events([start])
     assert changes.sequences == [0]
     assert changes.events == [
         ("s.fast.0", 0, "s", "agent_start", start.SerializeToString(deterministic=True))
@@ -275,17 +278,17 @@ def test_rule3_agent_start_creates_a_running_loop_at_sequence_0() -> None:
 
 def test_rule3_a_started_loop_cannot_start_again() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1)])
     error = rules.refused([agent_start("s", "s.main.0", at=2)], AlreadyExists)
     assert error.metadata["loop_id"] == "s.main.0"
 
 
 def test_rule3_agent_start_promotes_a_pending_loop() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", agent="lead", at=1)])
-    rules.apply([parallel_start("s", ["s.a.1", "s.b.1"], at=2)])
+    rules.apply_events([agent_start("s", "s.main.0", agent="lead", at=1)])
+    rules.apply_events([parallel_start("s", ["s.a.1", "s.b.1"], at=2)])
     assert rules.loop("s.a.1").record.status == PENDING
-    changes = rules.apply(
+    changes = rules.apply_events(
         [agent_start("s", "s.a.1", "s.main.0", agent="lead", config=config(config_id="a"), at=3)]
     )
     record = changes.loops["s.a.1"].record
@@ -301,7 +304,7 @@ def test_rule3_agent_start_promotes_a_pending_loop() -> None:
 
 def test_rule4_events_get_gapless_sequences_per_loop() -> None:
     rules = Rules()
-    changes = rules.apply(
+    changes = rules.apply_events(
         [
             agent_start("s", "s.main.0", at=1),
             agent_start("s", "s.main.1", "s.main.0", at=1),
@@ -318,13 +321,13 @@ def test_rule4_events_get_gapless_sequences_per_loop() -> None:
         ("s.main.1", 1, "input_rejected"),
         ("s.main.0", 2, "progress_message"),
     ]
-    assert rules.apply([progress("s.main.0", "c1", "bash", "x")]).sequences == [3]
+    assert rules.apply_events([progress("s.main.0", "c1", "bash", "x")]).sequences == [3]
     assert rules.loop("s.main.0").next_seq == 4
 
 
 def test_rule4_an_event_for_a_loop_never_started_is_refused_naming_it() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1)])
     error = rules.refused(
         [progress("s.main.0", "c", "t", "ok"), progress("s.ghost.0", "c", "t", "lost")],
         LoopNotOpen,
@@ -338,12 +341,12 @@ def test_rule4_an_event_for_a_loop_never_started_is_refused_naming_it() -> None:
 def test_one_refused_event_costs_no_other_event_of_its_batch() -> None:
     """DESIGN.md §Refusals: a batch of three loops with one invalid event in the middle."""
     rules = Rules()
-    rules.apply([agent_start("s", f"s.main.{n}", at=1) for n in range(3)])
+    rules.apply_events([agent_start("s", f"s.main.{n}", at=1) for n in range(3)])
     batch: list[Envelope] = [(1, progress(f"s.main.{n}", "c", "t", "before")) for n in range(3)]
     batch.append((2, progress("s.main.1", "c", "t", "bad")))
     batch += [(2 + (n == 1), progress(f"s.main.{n}", "c", "t", "after")) for n in range(3)]
     fault = InvalidArgument("batch.events[3].event.progress_message.text", "is wrong")
-    rules.load(batch)
+    rules.load_now(batch)
     applied = Batch(rules.snapshot, rules.options)
     changes = applied.apply(prepare(batch), {3: fault}, "w1", ts(5))
     merge(rules.snapshot, applied)
@@ -368,9 +371,9 @@ def test_one_refused_event_costs_no_other_event_of_its_batch() -> None:
 
 def test_a_refusal_without_a_slot_goes_to_the_refusal_log() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
     events: list[Envelope] = [(None, progress("s.main.0", "c", "t", "late"))]
-    rules.load(events)
+    rules.load_now(events)
     applied = Batch(rules.snapshot, rules.options)
     changes = applied.apply(prepare(events), {}, "w1", ts(3))
     assert changes.sequences == [0] and not changes.events
@@ -388,11 +391,11 @@ def test_a_refusal_without_a_slot_goes_to_the_refusal_log() -> None:
 
 def test_a_resent_refused_event_is_refused_again_in_its_slot() -> None:
     rules = Rules()
-    rules.apply([(0, agent_start("s", "s.main.0", at=1))])
+    rules.apply_events([(0, agent_start("s", "s.main.0", at=1))])
     bad: list[Envelope] = [(1, progress("s.main.0", "c", "t", "bad"))]
     fault = InvalidArgument("events[0].event.progress_message.text", "is wrong")
     for attempt in range(2):
-        rules.load(bad)
+        rules.load_now(bad)
         applied = Batch(rules.snapshot, rules.options)
         changes = applied.apply(prepare(bad), {0: fault} if attempt == 0 else {}, "w", ts(2))
         merge(rules.snapshot, applied)
@@ -400,16 +403,16 @@ def test_a_resent_refused_event_is_refused_again_in_its_slot() -> None:
         assert (refusal.slot, refusal.error.reason, refusal.error.code) == (1, "INVALID_FIELD", 3)
         assert changes.sequences == [1]
         assert len(changes.events) == (1 if attempt == 0 else 0)
-    assert rules.apply([(2, progress("s.main.0", "c", "t", "next"))]).sequences == [2]
+    assert rules.apply_events([(2, progress("s.main.0", "c", "t", "next"))]).sequences == [2]
 
 
 def test_rule4_an_event_for_an_ended_or_pending_loop_is_refused() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
     error = rules.refused([progress("s.main.0", "c", "t", "late")], LoopNotOpen)
     assert error.metadata["loop_id"] == "s.main.0"
     assert "completed" in error.message
-    rules.apply([agent_start("s", "s.main.1", at=3), parallel_start("s", ["s.x.2"], at=3)])
+    rules.apply_events([agent_start("s", "s.main.1", at=3), parallel_start("s", ["s.x.2"], at=3)])
     error = rules.refused([turn_start("s.x.2", 0, at=4)], LoopNotOpen)
     assert error.metadata["loop_id"] == "s.x.2"
     assert "pending" in error.message
@@ -417,14 +420,14 @@ def test_rule4_an_event_for_an_ended_or_pending_loop_is_refused() -> None:
 
 def test_rule4_a_numbered_event_must_be_the_next_sequence() -> None:
     rules = Rules()
-    rules.apply([(0, agent_start("s", "s.main.0", at=1))])
+    rules.apply_events([(0, agent_start("s", "s.main.0", at=1))])
     error = rules.refused([(2, progress("s.main.0", "c", "t", "skipped"))], SequenceGap)
     assert error.metadata == {
         "loop_id": "s.main.0",
         "sequence": "2",
         "expected": "1",
     }
-    assert rules.apply([(1, progress("s.main.0", "c", "t", "next"))]).sequences == [1]
+    assert rules.apply_events([(1, progress("s.main.0", "c", "t", "next"))]).sequences == [1]
 
 
 # -- rule 5: streaming deltas -----------------------------------------------------------------
@@ -432,8 +435,8 @@ def test_rule4_a_numbered_event_must_be_the_next_sequence() -> None:
 
 def test_rule5_message_updates_are_not_stored_by_default() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1)])
-    changes = rules.apply(
+    rules.apply_events([agent_start("s", "s.main.0", at=1)])
+    changes = rules.apply_events(
         [message_update("s.main.0", assistant("He"), "He"), progress("s.main.0", "c", "t", "p")]
     )
     assert changes.sequences == [0, 1]
@@ -446,7 +449,7 @@ def test_rule5_message_updates_are_not_stored_by_default() -> None:
 def test_rule5_an_unkept_message_update_for_a_loop_not_open_is_still_refused() -> None:
     """Rule 4 holds for deltas too: dropping them is not dropping the error."""
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
     error = rules.refused([message_update("s.ghost.0", assistant("x"), "x")], LoopNotOpen)
     assert error.metadata == {"loop_id": "s.ghost.0"}
     error = rules.refused([message_update("s.main.0", assistant("x"), "x")], LoopNotOpen)
@@ -456,9 +459,9 @@ def test_rule5_an_unkept_message_update_for_a_loop_not_open_is_still_refused() -
 
 def test_rule5_message_updates_are_stored_when_configured() -> None:
     rules = Rules(RecordingOptions(include_streaming_events=True))
-    rules.apply([agent_start("s", "s.main.0", at=1)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1)])
     update = message_update("s.main.0", assistant("He"), "He")
-    changes = rules.apply([update, (2, message_update("s.main.0", assistant("Hel"), "l"))])
+    changes = rules.apply_events([update, (2, message_update("s.main.0", assistant("Hel"), "l"))])
     assert changes.sequences == [1, 2]
     assert [(e[1], e[3]) for e in changes.events] == [(1, "message_update"), (2, "message_update")]
     assert changes.events[0][4] == update.SerializeToString(deterministic=True)
@@ -491,8 +494,8 @@ def _turn_events(loop: str, index: int = 0) -> list[Event]:
 
 def test_rule6_turn_end_materializes_the_partial_turn() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", config=config(), at=1)])
-    changes = rules.apply(_turn_events("s.main.0"))
+    rules.apply_events([agent_start("s", "s.main.0", config=config(), at=1)])
+    changes = rules.apply_events(_turn_events("s.main.0"))
     assert changes.sequences == list(range(1, 9))
     assert len(changes.turns) == 1
     loop_id, number, turn = changes.turns[0]
@@ -518,8 +521,8 @@ def test_rule6_turn_end_materializes_the_partial_turn() -> None:
 
 def test_rule6_request_payload_is_kept_only_with_capture_on() -> None:
     rules = Rules(RecordingOptions(capture_turn_requests=True))
-    rules.apply([agent_start("s", "s.main.0", at=1)])
-    changes = rules.apply(_turn_events("s.main.0"))
+    rules.apply_events([agent_start("s", "s.main.0", at=1)])
+    changes = rules.apply_events(_turn_events("s.main.0"))
     payload = changes.turns[0][2].request_payload
     expected = struct_pb2.Struct()
     expected.update({"model": "m", "max_tokens": 100})
@@ -530,18 +533,18 @@ def test_rule6_request_payload_is_kept_only_with_capture_on() -> None:
 
 def test_rule6_partial_turn_is_kept_across_batches() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1), turn_start("s.main.0", 0, at=2)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1), turn_start("s.main.0", 0, at=2)])
     partial = rules.loop("s.main.0").partial
     assert partial is not None and partial.turn_id.turn_index == 0
-    rules.apply([message_end("s.main.0", user("hi", at=2))])
-    changes = rules.apply([turn_end("s.main.0", assistant("hello"), at=3)])
+    rules.apply_events([message_end("s.main.0", user("hi", at=2))])
+    changes = rules.apply_events([turn_end("s.main.0", assistant("hello"), at=3)])
     assert [m.content[0].text.text for m in changes.turns[0][2].input_messages] == ["hi"]
 
 
 def test_rule6_turn_end_without_a_partial_turn_materializes_nothing() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", config=config(), at=1)])
-    changes = rules.apply([turn_end("s.main.0", assistant("orphan"), at=2)])
+    rules.apply_events([agent_start("s", "s.main.0", config=config(), at=1)])
+    changes = rules.apply_events([turn_end("s.main.0", assistant("orphan"), at=2)])
     assert changes.turns == []
     assert changes.sequences == [1]
     assert [e[3] for e in changes.events] == ["turn_end"]
@@ -549,13 +552,15 @@ def test_rule6_turn_end_without_a_partial_turn_materializes_nothing() -> None:
 
 def test_rule6_config_comes_from_turn_end_when_missing() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.fast-cfg.3", at=1), turn_start("s.fast-cfg.3", 0, at=2)])
+    rules.apply_events(
+        [agent_start("s", "s.fast-cfg.3", at=1), turn_start("s.fast-cfg.3", 0, at=2)]
+    )
     assert not rules.loop("s.fast-cfg.3").record.HasField("config")
-    rules.apply([turn_end("s.fast-cfg.3", assistant("x", model="gpt-5", provider="openai"))])
+    rules.apply_events([turn_end("s.fast-cfg.3", assistant("x", model="gpt-5", provider="openai"))])
     expected = types_pb2.LoopConfigSnapshot(model="gpt-5", provider="openai", config_id="fast-cfg")
     assert rules.loop("s.fast-cfg.3").record.config == expected
     # A config, once there, is not replaced by later answers.
-    rules.apply([turn_start("s.fast-cfg.3", 1), turn_end("s.fast-cfg.3", assistant("y"))])
+    rules.apply_events([turn_start("s.fast-cfg.3", 1), turn_end("s.fast-cfg.3", assistant("y"))])
     assert rules.loop("s.fast-cfg.3").record.config == expected
 
 
@@ -565,8 +570,8 @@ def test_rule6_config_id_is_absent_when_the_loop_id_has_no_config_segment() -> N
     assert config_segment("plain") is None
     assert session_of("s.a.b.7") == "s"
     rules = Rules()
-    rules.apply([agent_start("s", "s.7", at=1), turn_start("s.7", 0)])
-    rules.apply([turn_end("s.7", assistant("x", model="m", provider="p"))])
+    rules.apply_events([agent_start("s", "s.7", at=1), turn_start("s.7", 0)])
+    rules.apply_events([turn_end("s.7", assistant("x", model="m", provider="p"))])
     record = rules.loop("s.7").record
     assert record.config == types_pb2.LoopConfigSnapshot(model="m", provider="p")
     assert not record.config.HasField("config_id")
@@ -574,8 +579,8 @@ def test_rule6_config_id_is_absent_when_the_loop_id_has_no_config_segment() -> N
 
 def test_rule6_a_user_turn_end_message_supplies_no_config() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1), turn_start("s.main.0", 0)])
-    rules.apply([turn_end("s.main.0", user("not an answer"))])
+    rules.apply_events([agent_start("s", "s.main.0", at=1), turn_start("s.main.0", 0)])
+    rules.apply_events([turn_end("s.main.0", user("not an answer"))])
     assert not rules.loop("s.main.0").record.HasField("config")
 
 
@@ -584,9 +589,13 @@ def test_rule6_a_user_turn_end_message_supplies_no_config() -> None:
 
 def test_rule7_child_in_an_open_session_gets_the_full_spawn_ref() -> None:
     rules = Rules()
-    rules.apply([agent_start("p", "p.main.0", at=1), tool_start("p.main.0", "call-1", "delegate")])
-    rules.apply([agent_start("c", "c.main.0", "p.main.0", agent="helper", at=2)])
-    changes = rules.apply([tool_end("p.main.0", "call-1", "delegate", child_loop_id="c.main.0")])
+    rules.apply_events(
+        [agent_start("p", "p.main.0", at=1), tool_start("p.main.0", "call-1", "delegate")]
+    )
+    rules.apply_events([agent_start("c", "c.main.0", "p.main.0", agent="helper", at=2)])
+    changes = rules.apply_events(
+        [tool_end("p.main.0", "call-1", "delegate", child_loop_id="c.main.0")]
+    )
     assert list(changes.loops["p.main.0"].record.child_loop_refs) == [
         session_pb2.ChildLoopRef(
             tool_call_id="call-1",
@@ -605,19 +614,23 @@ def test_rule7_child_in_an_open_session_gets_the_full_spawn_ref() -> None:
 
 def test_rule7_child_loop_id_on_the_event_counts_too() -> None:
     rules = Rules()
-    rules.apply([agent_start("p", "p.main.0", at=1), agent_start("c", "c.main.0", "p.main.0")])
-    rules.apply([tool_end("p.main.0", "k", "task", child_loop_id="c.main.0", on_event=True)])
+    rules.apply_events(
+        [agent_start("p", "p.main.0", at=1), agent_start("c", "c.main.0", "p.main.0")]
+    )
+    rules.apply_events([tool_end("p.main.0", "k", "task", child_loop_id="c.main.0", on_event=True)])
     assert rules.loop("p.main.0").record.child_loop_refs[0].child_loop_id == "c.main.0"
     assert rules.session("c").parent_spawn_ref.tool_call_id == "k"
 
 
 def test_rule7_finalized_child_session_is_filled_too() -> None:
     rules = Rules()
-    rules.apply([agent_start("p", "p.main.0", at=1)])
-    rules.apply([agent_start("c", "c.main.0", "p.main.0", at=2), agent_end("c.main.0", at=3)])
+    rules.apply_events([agent_start("p", "p.main.0", at=1)])
+    rules.apply_events(
+        [agent_start("c", "c.main.0", "p.main.0", at=2), agent_end("c.main.0", at=3)]
+    )
     merge(rules.snapshot, checkpoint(rules.snapshot, ["c"], ts(4)))
     assert rules.session("c").HasField("finalized_at")
-    rules.apply([tool_end("p.main.0", "call-9", "spawn", child_loop_id="c.main.0")])
+    rules.apply_events([tool_end("p.main.0", "call-9", "spawn", child_loop_id="c.main.0")])
     ref = rules.session("c").parent_spawn_ref
     assert (ref.tool_call_id, ref.tool_name) == ("call-9", "spawn")
     assert rules.session("c").HasField("finalized_at")  # filling it does not re-open it
@@ -625,8 +638,10 @@ def test_rule7_finalized_child_session_is_filled_too() -> None:
 
 def test_rule7_child_session_appearing_later_takes_the_recorded_ref() -> None:
     rules = Rules()
-    rules.apply([agent_start("p", "p.main.0", at=1)])
-    changes = rules.apply([tool_end("p.main.0", "call-2", "delegate", child_loop_id="c.main.0")])
+    rules.apply_events([agent_start("p", "p.main.0", at=1)])
+    changes = rules.apply_events(
+        [tool_end("p.main.0", "call-2", "delegate", child_loop_id="c.main.0")]
+    )
     full = session_pb2.SpawnRef(
         parent_session_id="p",
         parent_loop_id="p.main.0",
@@ -635,24 +650,26 @@ def test_rule7_child_session_appearing_later_takes_the_recorded_ref() -> None:
     )
     assert changes.pending_refs == {"c": full}
     assert "c" not in changes.sessions
-    changes = rules.apply([agent_start("c", "c.main.0", "p.main.0", at=5)])
+    changes = rules.apply_events([agent_start("c", "c.main.0", "p.main.0", at=5)])
     assert changes.sessions["c"].session.parent_spawn_ref == full
     assert changes.pending_refs == {"c": None}  # consumed
 
 
 def test_rule7_a_complete_spawn_ref_is_not_overwritten() -> None:
     rules = Rules()
-    rules.apply([agent_start("p", "p.main.0", at=1), agent_start("c", "c.main.0", "p.main.0")])
-    rules.apply([tool_end("p.main.0", "first", "delegate", child_loop_id="c.main.0")])
-    rules.apply([tool_end("p.main.0", "second", "delegate", child_loop_id="c.main.0")])
+    rules.apply_events(
+        [agent_start("p", "p.main.0", at=1), agent_start("c", "c.main.0", "p.main.0")]
+    )
+    rules.apply_events([tool_end("p.main.0", "first", "delegate", child_loop_id="c.main.0")])
+    rules.apply_events([tool_end("p.main.0", "second", "delegate", child_loop_id="c.main.0")])
     assert rules.session("c").parent_spawn_ref.tool_call_id == "first"
     assert len(rules.loop("p.main.0").record.child_loop_refs) == 2
 
 
 def test_rule7_same_session_child_gets_a_child_ref_but_no_spawn_ref() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1)])
-    changes = rules.apply([tool_end("s.main.0", "c", "subtask", child_loop_id="s.sub.1")])
+    rules.apply_events([agent_start("s", "s.main.0", at=1)])
+    changes = rules.apply_events([tool_end("s.main.0", "c", "subtask", child_loop_id="s.sub.1")])
     ref = changes.loops["s.main.0"].record.child_loop_refs[0]
     assert ref.child_session_id == "s"
     assert changes.pending_refs == {}
@@ -662,8 +679,8 @@ def test_rule7_same_session_child_gets_a_child_ref_but_no_spawn_ref() -> None:
 
 def test_rule7_tool_end_without_child_changes_no_refs() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1)])
-    changes = rules.apply([tool_end("s.main.0", "c", "bash")])
+    rules.apply_events([agent_start("s", "s.main.0", at=1)])
+    changes = rules.apply_events([tool_end("s.main.0", "c", "bash")])
     assert len(changes.loops["s.main.0"].record.child_loop_refs) == 0
     assert changes.pending_refs == {}
 
@@ -673,9 +690,9 @@ def test_rule7_tool_end_without_child_changes_no_refs() -> None:
 
 def test_rule8_parallel_start_registers_pending_loops_in_config_order() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", agent="lead", at=1)])
+    rules.apply_events([agent_start("s", "s.main.0", agent="lead", at=1)])
     branches = ["s.cfg-b.1", "s.cfg-a.1", "s.cfg-c.1"]
-    changes = rules.apply([parallel_start("s", branches, at=2)])
+    changes = rules.apply_events([parallel_start("s", branches, at=2)])
     assert changes.sequences == [0]
     assert changes.events == []
     assert list(changes.loops) == branches
@@ -695,12 +712,12 @@ def test_rule8_parallel_start_registers_pending_loops_in_config_order() -> None:
 
 def test_rule8_parallel_end_marks_every_branch_open_or_ended() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1)])
     branches = ["s.a.1", "s.b.1", "s.c.1"]
-    rules.apply([parallel_start("s", branches, at=2)])
-    rules.apply([agent_start("s", loop, "s.main.0", at=3) for loop in branches])
-    rules.apply([agent_end("s.a.1", at=4), agent_end("s.b.1", rejection="worse", at=4)])
-    changes = rules.apply([parallel_end("s", "s.b.1", 1, use=usage(7, 3), at=5)])
+    rules.apply_events([parallel_start("s", branches, at=2)])
+    rules.apply_events([agent_start("s", loop, "s.main.0", at=3) for loop in branches])
+    rules.apply_events([agent_end("s.a.1", at=4), agent_end("s.b.1", rejection="worse", at=4)])
+    changes = rules.apply_events([parallel_end("s", "s.b.1", 1, use=usage(7, 3), at=5)])
     assert changes.sequences == [0]
     assert changes.events == []
     for loop_id in branches:
@@ -717,8 +734,10 @@ def test_rule8_parallel_end_marks_every_branch_open_or_ended() -> None:
 
 def test_rule8_parallel_end_reaches_branches_that_never_started() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1), parallel_start("s", ["s.a.1", "s.b.1"])])
-    rules.apply([parallel_end("s", "s.a.1", 0)])
+    rules.apply_events(
+        [agent_start("s", "s.main.0", at=1), parallel_start("s", ["s.a.1", "s.b.1"])]
+    )
+    rules.apply_events([parallel_end("s", "s.a.1", 0)])
     assert rules.loop("s.b.1").record.status == PENDING
     assert rules.loop("s.b.1").record.parallel_group.is_selected is False
     assert rules.loop("s.a.1").record.parallel_group.is_selected is True
@@ -728,15 +747,17 @@ def test_rule8_parallel_events_need_a_known_session_and_group() -> None:
     rules = Rules()
     error = rules.refused([parallel_start("nobody", ["nobody.a.1"])], NotFound)
     assert error.metadata["session_id"] == "nobody"
-    rules.apply([agent_start("s", "s.main.0", at=1)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1)])
     error = rules.refused([parallel_end("s", "s.zzz.1", 0)], NotFound)
     assert error.metadata["loop_id"] == "s.zzz.1"
 
 
 def test_rule8_a_repeated_parallel_start_registers_nothing_new() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1), parallel_start("s", ["s.a.1", "s.b.1"])])
-    changes = rules.apply([parallel_start("s", ["s.a.1", "s.b.1"])])
+    rules.apply_events(
+        [agent_start("s", "s.main.0", at=1), parallel_start("s", ["s.a.1", "s.b.1"])]
+    )
+    changes = rules.apply_events([parallel_start("s", ["s.a.1", "s.b.1"])])
     assert changes.groups == {}
     assert set(changes.loops) == set()
 
@@ -746,9 +767,9 @@ def test_rule8_a_repeated_parallel_start_registers_nothing_new() -> None:
 
 def test_rule9_agent_end_completes_the_loop() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1), turn_start("s.main.0", 0, at=2)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1), turn_start("s.main.0", 0, at=2)])
     messages = [user("hi", at=1), assistant("hello", model="m9", provider="p9", at=2)]
-    changes = rules.apply([agent_end("s.main.0", messages, use=usage(100, 20), at=9)])
+    changes = rules.apply_events([agent_end("s.main.0", messages, use=usage(100, 20), at=9)])
     record = changes.loops["s.main.0"].record
     assert record.status == COMPLETED
     assert not record.HasField("rejection")
@@ -769,8 +790,8 @@ def test_rule9_agent_end_completes_the_loop() -> None:
 
 def test_rule9_rejection_makes_the_loop_rejected() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", config=config(), at=1)])
-    changes = rules.apply([agent_end("s.main.0", rejection="input too long", at=2)])
+    rules.apply_events([agent_start("s", "s.main.0", config=config(), at=1)])
+    changes = rules.apply_events([agent_end("s.main.0", rejection="input too long", at=2)])
     record = changes.loops["s.main.0"].record
     assert record.status == REJECTED
     assert record.rejection == "input too long"
@@ -780,31 +801,33 @@ def test_rule9_rejection_makes_the_loop_rejected() -> None:
 
 def test_rule9_same_session_children_join_the_parent_once() -> None:
     rules = Rules()
-    rules.apply(
+    rules.apply_events(
         [
             agent_start("s", "s.main.0", at=1),
             agent_start("s", "s.main.1", "s.main.0", at=2),
             agent_start("s", "s.main.2", "s.main.0", at=2),
         ]
     )
-    rules.apply([agent_end("s.main.0", at=3)])  # a parent may end before its children
-    rules.apply([agent_end("s.main.2", at=4)])
-    changes = rules.apply([agent_end("s.main.1", at=5)])
+    rules.apply_events([agent_end("s.main.0", at=3)])  # a parent may end before its children
+    rules.apply_events([agent_end("s.main.2", at=4)])
+    changes = rules.apply_events([agent_end("s.main.1", at=5)])
     assert list(changes.loops["s.main.0"].record.children_loop_ids) == ["s.main.2", "s.main.1"]
     assert changes.loops["s.main.0"].record.status == COMPLETED
 
 
 def test_rule9_cross_session_children_do_not_join_children_loop_ids() -> None:
     rules = Rules()
-    rules.apply([agent_start("p", "p.main.0", at=1), agent_start("c", "c.main.0", "p.main.0")])
-    changes = rules.apply([agent_end("c.main.0", at=2)])
+    rules.apply_events(
+        [agent_start("p", "p.main.0", at=1), agent_start("c", "c.main.0", "p.main.0")]
+    )
+    changes = rules.apply_events([agent_end("c.main.0", at=2)])
     assert "p.main.0" not in changes.loops
     assert len(rules.loop("p.main.0").record.children_loop_ids) == 0
 
 
 def test_rule9_an_ended_loop_takes_no_second_end() -> None:
     rules = Rules()
-    rules.apply([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
+    rules.apply_events([agent_start("s", "s.main.0", at=1), agent_end("s.main.0", at=2)])
     rules.refused([agent_end("s.main.0", rejection="again", at=3)], LoopNotOpen)
     assert rules.loop("s.main.0").record.status == COMPLETED
 
@@ -814,7 +837,7 @@ def test_rule9_an_ended_loop_takes_no_second_end() -> None:
 
 def _three_sessions() -> Rules:
     rules = Rules()
-    rules.apply(
+    rules.apply_events(
         [
             agent_start("a", "a.main.0", at=1),
             turn_start("a.main.0", 0, at=2),
@@ -869,8 +892,8 @@ def test_rule10_checkpoint_finalizes_only_idle_sessions() -> None:
 
 def test_rule12_open_session_is_explicit_and_takes_a_pending_ref() -> None:
     rules = Rules()
-    rules.apply([agent_start("p", "p.main.0", at=1)])
-    rules.apply([tool_end("p.main.0", "call", "spawn", child_loop_id="c.main.0")])
+    rules.apply_events([agent_start("p", "p.main.0", at=1)])
+    rules.apply_events([tool_end("p.main.0", "call", "spawn", child_loop_id="c.main.0")])
     rules.snapshot.sessions["c"] = None
     formation = session_pb2.SessionFormation()
     formation.explicit.timestamp.CopyFrom(ts(3))
@@ -886,7 +909,7 @@ def test_rule12_open_session_is_explicit_and_takes_a_pending_ref() -> None:
     assert batch.changes.admitted == ["c"]
     merge(rules.snapshot, batch)
     # The first loop keeps the explicit formation and agent of the opened session.
-    changes = rules.apply([agent_start("c", "c.main.0", "p.main.0", agent="other", at=4)])
+    changes = rules.apply_events([agent_start("c", "c.main.0", "p.main.0", agent="other", at=4)])
     assert changes.sessions["c"].session.formation == formation
     assert changes.sessions["c"].session.agent_id == "helper"
     assert changes.admitted == []
@@ -910,12 +933,12 @@ def test_rule12_rotation_needed_after_the_threshold_only() -> None:
 def test_resend_with_same_content_is_acknowledged_without_storing_twice() -> None:
     rules = Rules()
     batch = [(0, agent_start("s", "s.main.0", at=1)), (1, progress("s.main.0", "c", "t", "p"))]
-    rules.apply(batch)
+    rules.apply_events(batch)
     rules.snapshot.stored_events.clear()  # as after a restart: looked up in the store again
     resent = [*batch, (2, progress("s.main.0", "c", "t", "new"))]
     missing = needed(rules.snapshot, prepare(resent))
     assert missing.event_keys == {("s.main.0", 0), ("s.main.0", 1)}
-    changes = rules.apply(resent)
+    changes = rules.apply_events(resent)
     assert changes.sequences == [0, 1, 2]
     assert [(e[1], e[3]) for e in changes.events] == [(2, "progress_message")]
     assert changes.admitted == []
@@ -929,7 +952,7 @@ def test_resend_of_events_not_yet_handed_to_the_store_needs_no_lookup() -> None:
         (0, agent_start("s", "s.main.0", at=1)),
         (1, progress("s.main.0", "c", "t", "p")),
     ]
-    rules.load(batch)
+    rules.load_now(batch)
     first = Batch(rules.snapshot, rules.options)
     first.apply(prepare(batch))
     merge(rules.snapshot, first)
@@ -948,8 +971,10 @@ def test_resend_of_events_not_yet_handed_to_the_store_needs_no_lookup() -> None:
 
 def test_combine_keeps_the_last_state_and_every_append_in_order() -> None:
     rules = Rules()
-    first = rules.apply([agent_start("s", "s.main.0", at=1), progress("s.main.0", "c", "t", "a")])
-    second = rules.apply([progress("s.main.0", "c", "t", "b"), agent_end("s.main.0", at=2)])
+    first = rules.apply_events(
+        [agent_start("s", "s.main.0", at=1), progress("s.main.0", "c", "t", "a")]
+    )
+    second = rules.apply_events([progress("s.main.0", "c", "t", "b"), agent_end("s.main.0", at=2)])
     combined = combine([first, second])
     assert [(e[1], e[3]) for e in combined.events] == [
         (0, "agent_start"),
@@ -965,8 +990,8 @@ def test_combine_keeps_the_last_state_and_every_append_in_order() -> None:
 def test_resend_of_an_ended_loops_events_is_still_acknowledged() -> None:
     rules = Rules()
     batch = [(0, agent_start("s", "s.main.0", at=1)), (1, agent_end("s.main.0", at=2))]
-    rules.apply(batch)
-    changes = rules.apply(batch)
+    rules.apply_events(batch)
+    changes = rules.apply_events(batch)
     assert changes.sequences == [0, 1]
     assert changes.events == []
     assert changes.ended_loops == []
@@ -975,14 +1000,16 @@ def test_resend_of_an_ended_loops_events_is_still_acknowledged() -> None:
 def test_resend_within_one_batch_is_recognised() -> None:
     rules = Rules()
     start = (0, agent_start("s", "s.main.0", at=1))
-    changes = rules.apply([start, start])
+    changes = rules.apply_events([start, start])
     assert changes.sequences == [0, 0]
     assert len(changes.events) == 1
 
 
 def test_resend_with_different_content_is_a_conflict_naming_loop_and_sequence() -> None:
     rules = Rules()
-    rules.apply([(0, agent_start("s", "s.main.0", at=1)), (1, progress("s.main.0", "c", "t", "a"))])
+    rules.apply_events(
+        [(0, agent_start("s", "s.main.0", at=1)), (1, progress("s.main.0", "c", "t", "a"))]
+    )
     error = rules.refused([(1, progress("s.main.0", "c", "t", "b"))], SequenceConflict)
     assert error.metadata == {"loop_id": "s.main.0", "sequence": "1"}
     assert rules.loop("s.main.0").next_seq == 2
@@ -990,7 +1017,7 @@ def test_resend_with_different_content_is_a_conflict_naming_loop_and_sequence() 
 
 def test_sessions_touched_names_every_session_a_batch_writes() -> None:
     rules = Rules()
-    rules.apply([agent_start("a", "a.main.0", at=1)])
+    rules.apply_events([agent_start("a", "a.main.0", at=1)])
     events = [
         progress("a.main.0", "c", "t", "x"),
         agent_start("b", "b.main.0"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import signal
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from recorder_client import defaults
 from recorder_client.defaults import default_db_path, default_target
+from recorder_server import tuning
 from recorder_server.cli.common import Commands, add_command
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import SecurityConfigError, check_token
@@ -176,9 +176,9 @@ def _token(token_file: Path | None) -> str | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from recorder_server.server import GIL_SWITCH_INTERVAL_S, DatabaseInUse, RecorderServer
+    from recorder_server.server import DatabaseInUse, RecorderServer
 
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    tuning.before_start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -186,11 +186,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
         async with RecorderServer(config) as server:
-            # What startup made (modules, descriptors, the server) lives as long as
-            # the process: out of the collector's sight, a full collection no longer
-            # walks it. Full collections had paused the event loop for 25-45 ms.
-            gc.collect()
-            gc.freeze()
+            tuning.after_start()
             print(
                 f"agent-recorder listening on {server.address} (database {config.db_path})",
                 flush=True,
