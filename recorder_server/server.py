@@ -30,10 +30,12 @@ from recorder_client.defaults import (
     normalize_target,
 )
 from recorder_server.checkpoints import Checkpointer
+from recorder_server.cost import PriceBook
 from recorder_server.decoding import DecodeGuard
 from recorder_server.otel import OtlpExporter
 from recorder_server.otlp import receiver
 from recorder_server.otlp.ingest import OtlpIngest
+from recorder_server.price_file import load_overrides
 from recorder_server.reads import ReadPool, Reads
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import (
@@ -87,6 +89,8 @@ class ServerConfig:
     otlp_orphan_wait_s: float = 60.0
     # Open loops of a writer gone this long are aborted (0: never).
     abandon_after_s: int = 300
+    # The user's price overrides (price_file.py), read and checked at start.
+    prices: Path | None = None
 
 
 def _lock_database(db_path: Path) -> IO[str]:
@@ -150,6 +154,7 @@ class RecorderServer:
 
     async def _start(self) -> None:
         config = self.config
+        book = PriceBook(load_overrides(config.prices) if config.prices else ())
         tls = tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
         check_transport(normalize_target(config.listen), tls, config.insecure)
         credentials = None if tls is None else server_credentials(tls)
@@ -170,7 +175,7 @@ class RecorderServer:
         await pool.open()
         self._stack.push_async_callback(pool.close)
         if config.otlp_endpoint is not None:
-            exporter = OtlpExporter(Reads(pool), config.otlp_endpoint)
+            exporter = OtlpExporter(Reads(pool, book), config.otlp_endpoint)
             await exporter.start()
             self._stack.push_async_callback(exporter.stop)
             writer.listeners.append(exporter.on_commit)
@@ -179,7 +184,7 @@ class RecorderServer:
         await ingest.start()
         self._stack.push_async_callback(ingest.stop)
         self.ingest = ingest
-        await self._serve(RecorderServicer(writer, Reads(pool), config.limits), credentials)
+        await self._serve(RecorderServicer(writer, Reads(pool, book), config.limits), credentials)
         if config.otlp_http is not None:
             await self._serve_otlp_http(ingest, tls)
 

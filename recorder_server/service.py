@@ -15,7 +15,7 @@ from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 
 from recorder_server.decoding import Received, wants_wire
 from recorder_server.errors import FellBehind, InvalidArgument, NotFound, RecorderError
-from recorder_server.framing import event_pages, response_of
+from recorder_server.framing import event_pages, field_of, response_of
 from recorder_server.reads import Reads
 from recorder_server.recording import OPEN_STATUSES, Refusal
 from recorder_server.status import (
@@ -36,6 +36,7 @@ PAGE_BYTES = 1024 * 1024
 # Refusals per ListRefusals page unless asked otherwise.
 REFUSALS_PAGE = 100
 SESSION_FIELD = api.GetSessionResponse.DESCRIPTOR.fields_by_name["session"].number
+COST_FIELD = api.GetSessionResponse.DESCRIPTOR.fields_by_name["cost"].number
 
 
 Handler = Callable[[Any, Any, Context], Awaitable[Any]]
@@ -218,16 +219,21 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     async def GetSession(  # answers bytes: see add_to_server
         self, request: api.GetSessionRequest, context: Context
     ) -> bytes:
-        """GetSessionResponse bytes framed around the stored session, never decoded."""
+        """GetSessionResponse bytes framed around the stored session, never decoded,
+        and the session's cost (priced at read time) beside it."""
         session = await self.reads.session_bytes(
             request.session_id, request.skip_events, request.skip_messages
         )
-        return response_of(SESSION_FIELD, session)
+        if request.skip_cost:
+            return response_of(SESSION_FIELD, session)
+        cost = await self.reads.session_cost(request.session_id)
+        return response_of(SESSION_FIELD, session) + field_of(COST_FIELD, cost.SerializeToString())
 
     @rpc
     async def GetLoop(self, request: api.GetLoopRequest, context: Context) -> api.GetLoopResponse:
         loop = await self.reads.get_loop(request.loop_id, request.skip_events)
-        return api.GetLoopResponse(loop=loop)
+        cost = await self.reads.loop_cost(request.loop_id)
+        return api.GetLoopResponse(loop=loop, cost=cost)
 
     @rpc
     async def ListSessions(
@@ -240,7 +246,8 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     async def GetUsage(
         self, request: api.GetUsageRequest, context: Context
     ) -> api.GetUsageResponse:
-        return api.GetUsageResponse(rows=await self.reads.usage(request))
+        rows, total = await self.reads.usage(request)
+        return api.GetUsageResponse(rows=rows, total_cost=total.to_proto())
 
     @rpc
     async def ListRefusals(

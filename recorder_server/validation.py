@@ -809,7 +809,10 @@ def _get_usage(request: recorder_service_pb2.GetUsageRequest, limits: Limits) ->
     for name in ("since", "until"):
         if request.HasField(name):
             _check_timestamp(getattr(request, name), name)
+    _check_enum(request.group_by, _USAGE_GROUPINGS, "group_by")
 
+
+_USAGE_GROUPINGS = frozenset(recorder_service_pb2.UsageGrouping.values())
 
 _REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], object]] = {
     recorder_service_pb2.RecordRequest: lambda r, limits: _whole(_record(r, limits)),

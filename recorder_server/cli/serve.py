@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from recorder_client import defaults
 from recorder_client.defaults import default_db_path, default_target
 from recorder_server import tuning
 from recorder_server.cli.common import Commands, add_command
+from recorder_server.price_file import PRICES_ENV, PriceFileError
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import SecurityConfigError, check_token
 from recorder_server.validation import Limits
@@ -76,6 +78,13 @@ def register(commands: Commands) -> None:
         default=300,
         help="abort a writer's open loops this long after its stream ended without it "
         "coming back (0: never; default %(default)s)",
+    )
+    serve.add_argument(
+        "--prices",
+        type=Path,
+        metavar="FILE",
+        help="YAML or TOML file of your own prices per provider and model; they win over "
+        f"genai-prices' (default: ${PRICES_ENV} when set)",
     )
     _add_security_flags(serve)
     _add_limit_flags(serve)
@@ -163,7 +172,16 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
         token=_token(args.token_file),
+        prices=_prices_file(args.prices),
     )
+
+
+def _prices_file(flag: Path | None) -> Path | None:
+    """--prices, else $AGENT_RECORDER_PRICES; the file is read and checked at start."""
+    if flag is not None:
+        return flag
+    env = os.environ.get(PRICES_ENV, "").strip()
+    return Path(env) if env else None
 
 
 def _token(token_file: Path | None) -> str | None:
@@ -205,7 +223,7 @@ async def run(args: argparse.Namespace) -> int:
                 )
                 return 1
             print("agent-recorder: stopping (draining writes)", flush=True)
-    except (DatabaseInUse, SecurityConfigError) as exc:
+    except (DatabaseInUse, SecurityConfigError, PriceFileError) as exc:
         print(f"agent-recorder: {exc}", file=sys.stderr)
         return 1
     return 0

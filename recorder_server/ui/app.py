@@ -166,12 +166,13 @@ async def _session(request: web.Request) -> web.StreamResponse:
     started = [loop.loop_id for loop in session.loops if loop.HasField("started_at")]
     if not session.HasField("finalized_at"):
         cursor = await _last_cursor(client, started[-1]) if started else 0
-    if not session.HasField("finalized_at") or len(session.loops) <= TURNS_UP_TO:
-        # Turns only where the outline draws them; a big session's loop rows
-        # fetch theirs when expanded.
-        skip = len(session.loops) > TURNS_UP_TO
-        session = await client.get_session(session_id, skip_events=True, skip_messages=skip)
-    outline = session_outline(session, turns_up_to=TURNS_UP_TO)
+    # Read again after the cursor, with the cost. Turns only where the outline draws
+    # them; a big session's loop rows fetch theirs when expanded.
+    skip = len(session.loops) > TURNS_UP_TO
+    session, cost = await client.get_session_and_cost(
+        session_id, skip_events=True, skip_messages=skip
+    )
+    outline = session_outline(session, cost, turns_up_to=TURNS_UP_TO)
     outline["cursor"] = cursor
     outline["refusals"] = [
         refusal_json(refusal) async for refusal in client.iter_refusals(session_id)
@@ -194,8 +195,9 @@ async def _loop(request: web.Request) -> web.StreamResponse:
 
 async def _loop_outline(request: web.Request) -> web.StreamResponse:
     """A loop's turns and tool executions, for a big session's timeline row when expanded."""
-    loop = await request.app[CLIENT].get_loop(request.match_info["loop_id"], skip_events=True)
-    return web.json_response(loop_outline(loop))
+    client = request.app[CLIENT]
+    loop, cost = await client.get_loop_and_cost(request.match_info["loop_id"], skip_events=True)
+    return web.json_response(loop_outline(loop, cost))
 
 
 async def _loop_events(request: web.Request) -> web.StreamResponse:
