@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import ssl
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from recorder_server.cli import build_parser
 from recorder_server.cli.serve import config_from
 from recorder_server.security import SecurityConfigError
 from recorder_server.server import RecorderServer
+from recorder_server.validation import Limits
 
 PROTOBUF = "application/x-protobuf"
 
@@ -65,10 +67,11 @@ async def test_otlp_json_with_a_bad_span(short_tmp: Path) -> None:
             async with http.post(url(server), json=otlp_json([*genai_run(), bad])) as response:
                 assert (response.status, response.content_type) == (200, "application/json")
                 answer = await response.json()
-            # The same spans again, as protobuf: nothing changes, nothing refused.
-            body = request_of(genai_run()).SerializeToString()
-            headers = {"Content-Type": PROTOBUF}
+            # The same spans again, as gzipped protobuf: nothing changes, nothing refused.
+            body = gzip.compress(request_of(genai_run()).SerializeToString())
+            headers = {"Content-Type": PROTOBUF, "Content-Encoding": "gzip"}
             async with http.post(url(server), data=body, headers=headers) as response:
+                assert response.status == 200
                 again = otlp.ExportTraceServiceResponse.FromString(await response.read())
         session = await get_session(server, "conv-1")
     assert answer == {
@@ -147,3 +150,17 @@ async def test_both_endpoints_serve_the_sidecar_tls(short_tmp: Path) -> None:
             reads = api_grpc.RecorderServiceStub(channel)
             got = await reads.GetSession(api.GetSessionRequest(session_id="conv-1"))
     check_genai_run(got.session)
+
+
+async def test_a_body_that_inflates_past_the_limit_is_refused(short_tmp: Path) -> None:
+    limits = Limits(max_request_bytes=64 * 1024)
+    bomb = gzip.compress(b"\0" * (1024 * 1024))
+    assert len(bomb) < limits.max_request_bytes
+    headers = {"Content-Type": PROTOBUF, "Content-Encoding": "gzip"}
+    async with sidecar(short_tmp, otlp_http="127.0.0.1:0", limits=limits) as server:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url(server), data=bomb, headers=headers) as response,
+        ):
+            assert response.status == 413
+        assert await list_sessions(server) == []
