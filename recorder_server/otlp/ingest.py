@@ -52,6 +52,7 @@ class OtlpIngest:
             async with self._lock:
                 for _, refusal in await self._deliver():
                     log.warning("OTLP events refused: %s", refusal)
+                self._quiet = not await self.store.has_open_loops()
         except (StorageFull, StorageUnavailable) as exc:
             log.warning("OTLP events not delivered yet: %s", exc.message)
         self._expiry = asyncio.create_task(self._expire_forever(), name="otlp-orphans")
@@ -107,13 +108,13 @@ class OtlpIngest:
     async def _expire_forever(self) -> None:
         period = min(max(self.orphan_wait_s / 4, 0.05), 5.0)
         while True:
+            await asyncio.sleep(period)
             try:
                 await self.expire()
             except (StorageFull, StorageUnavailable) as exc:
                 log.warning("OTLP orphan pass postponed: %s", exc.message)
             except Exception:  # a bug must not end the passes: the next one tries again
                 log.exception("OTLP orphan pass failed")
-            await asyncio.sleep(period)
 
     async def _deliver(self) -> list[tuple[str, str]]:
         """Send the outbox in order, in batches; what the writer refuses is named and dropped.
