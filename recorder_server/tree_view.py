@@ -16,6 +16,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from recorder_client.queries import root_loops
+from recorder_server.otlp.mapping import continuation_unknown
 
 STATUS_STYLE = {
     session_pb2.LOOP_STATUS_PENDING: ("pending", "dim"),
@@ -122,7 +123,8 @@ def loop_label(loop: session_pb2.LoopRecord, cost: api.LoopCost | None = None) -
     name, style = STATUS_STYLE.get(loop.status, ("?", ""))
     label = Text(loop.loop_id, style="bold")
     label.append(f"  [{name}]", style=style)
-    label.append(f"  {continuation(loop.continuation_kind)}", style="cyan")
+    kind = "unknown" if continuation_unknown(loop) else continuation(loop.continuation_kind)
+    label.append(f"  {kind}", style="cyan")
     if loop.HasField("config") and loop.config.model:
         label.append(f"  {loop.config.provider}/{loop.config.model}", style="blue")
     if loop.HasField("parallel_group"):
