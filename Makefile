@@ -6,15 +6,17 @@ PY := $(BIN)/python
 STAMPS := .stamps
 PROTO_SRC := $(wildcard protos/agent_recorder/v1/*.proto)
 GEN_DIR := recorder_client
+# Exact versions of everything the repo installs (users get pyproject's ranges).
+CONSTRAINTS := constraints.txt
 
-.PHONY: setup proto demo serve test test-fast lint bench fmt clean rust-test rust-lint
+.PHONY: setup proto demo serve test test-fast lint bench fmt clean constraints rust-test rust-lint
 
 setup: $(STAMPS)/venv $(STAMPS)/node
 
-$(STAMPS)/venv: pyproject.toml
+$(STAMPS)/venv: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[server,dev]'
 	mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/node: package.json
@@ -80,6 +82,16 @@ rust-lint:
 	cd $(RUST_DIR) && cargo clippy --all-targets --features phi-core -- -D warnings
 	cd $(RUST_DIR) && cargo clippy --all-targets -- -D warnings
 	cd $(RUST_DIR) && cargo fmt --check
+
+# Re-resolves the newest versions pyproject's ranges allow, in a scratch venv, into
+# $(CONSTRAINTS). Run it on purpose (then make setup, make test) and commit the result.
+constraints:
+	rm -rf .constraints-venv && $(PYTHON) -m venv .constraints-venv
+	.constraints-venv/bin/pip install -q --upgrade pip
+	.constraints-venv/bin/pip install -q -e '.[server,dev]'
+	{ head -n 2 $(CONSTRAINTS); .constraints-venv/bin/pip freeze --exclude-editable | \
+	  grep -v '^agent-recorder'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf .constraints-venv
 
 clean:
 	rm -rf $(VENV) node_modules $(STAMPS) $(RUST_DIR)/target

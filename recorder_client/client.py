@@ -40,8 +40,10 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from recorder_client import defaults
+from recorder_client.autostart import ensure_sidecar
 from recorder_client.delivery import DeliveryConfig, EventSender
 from recorder_client.errors import DeliveryError, EventsRefused, RecorderRpcError, RefusedEvent
+from recorder_common.version import USER_AGENT
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
@@ -59,7 +61,8 @@ _RECORD_METHOD: Final = (
 # gRPC's own reconnect backoff starts at 1 s and grows to 120 s; a sidecar restart
 # should be noticed within a couple of seconds. Whole sessions can exceed gRPC's
 # 4 MiB default message limit, so reads take as much as the server sends.
-_CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
+_CHANNEL_OPTIONS: Final[tuple[tuple[str, int | str], ...]] = (
+    ("grpc.primary_user_agent", USER_AGENT),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
@@ -159,8 +162,12 @@ class RecorderClient:
         tls_ca: Path | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        autostart: bool = False,
     ) -> RecorderClient:
         """Dial the sidecar lazily: nothing fails here if it is not up yet.
+
+        autostart=True starts the sidecar first when nothing answers the default
+        socket, and waits for it (recorder_client.autostart).
 
         target defaults to $AGENT_RECORDER_TARGET or the default Unix socket; token to
         $AGENT_RECORDER_TOKEN (or the file $AGENT_RECORDER_TOKEN_FILE names). TLS is
@@ -170,6 +177,8 @@ class RecorderClient:
         will use the client (gRPC's asyncio channels belong to one loop).
         """
         address = defaults.normalize_target(target or defaults.default_target())
+        if autostart:
+            ensure_sidecar(address)
         options = [*_CHANNEL_OPTIONS, *channel_options]
         credentials = _tls_credentials(tls, tls_ca, tls_cert, tls_key)
         if credentials is None:

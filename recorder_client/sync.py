@@ -41,6 +41,7 @@ class SyncRecorder:
         writer_id: str | None = None,
         config: DeliveryConfig | None = None,
         default_timeout: float = DEFAULT_TIMEOUT,
+        autostart: bool = False,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -53,7 +54,9 @@ class SyncRecorder:
 
         async def open_client() -> tuple[RecorderClient, EventSender]:
             # grpc.aio objects belong to the loop they are made on: make them there.
-            client = RecorderClient.connect(target, token=token, default_timeout=default_timeout)
+            client = RecorderClient.connect(
+                target, token=token, default_timeout=default_timeout, autostart=autostart
+            )
             return client, client.sender(writer_id=writer_id, config=config)
 
         self._client, self._sender = self._run(open_client())

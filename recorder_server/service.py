@@ -12,6 +12,7 @@ import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 
+from recorder_common.version import __version__
 from recorder_server.decoding import Received, wants_wire
 from recorder_server.errors import FellBehind, InvalidArgument, NotFound, RecorderError
 from recorder_server.framing import event_pages, field_of, response_of
@@ -128,6 +129,7 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
                 max_value_depth=self.limits.max_value_depth,
                 max_request_bytes=self.limits.max_request_bytes,
                 abandon_after_secs=self.writer.abandon_after_s,
+                server_version=__version__,
             )
         )
         self.writer.attach(writer_id)

@@ -95,7 +95,7 @@ async def test_import_refuses_an_existing_session_unless_replace(
 ) -> None:
     assert (await cli(capsys, "import", "--target", recorder.target, str(FULL)))[0] == 0
     code, out, err = await cli(capsys, "import", "--target", recorder.target, str(FULL))
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")  # refused by the sidecar
     assert f"{FULL}: ALREADY_EXISTS: session '{SID}' already exists" in err
     changed = full()
     changed["agent_id"] = "agent-2"
@@ -118,9 +118,15 @@ async def test_import_names_the_file_and_path_of_what_it_cannot_read(
     (tmp_path / "b.json").write_text("{", encoding="utf-8")
     code, out, err = await cli(capsys, "import", "--target", recorder.target, str(tmp_path))
     assert (code, out) == (1, "")
-    assert err.splitlines()[0].startswith(f"agent-recorder import: {tmp_path / 'a.json'}: ")
+    assert err.splitlines()[0].startswith(
+        f"agent-recorder import: {tmp_path / 'a.json'}: not a phi-json session: "
+    )
     assert "loops[1].status" in err.splitlines()[0]
-    assert err.splitlines()[1].startswith(f"agent-recorder import: {tmp_path / 'b.json'}: ")
+    # File, line and column once, not again in the decoder's own words.
+    assert err.splitlines()[1] == (
+        f"agent-recorder import: {tmp_path / 'b.json'}:1:2: "
+        "Expecting property name enclosed in double quotes"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     code, out, err = await cli(capsys, "import", "--target", recorder.target, str(empty))
@@ -384,11 +390,13 @@ async def test_ingest_names_the_line_of_bad_json(
     path.write_text(f"{good}\n\n{bad}\n", encoding="utf-8")
     code, out, err = await cli(capsys, "ingest", "--target", recorder.target, str(path))
     assert (code, out) == (1, "")
-    assert err.startswith("agent-recorder ingest: line 3: ")
-    assert "turn_index" in err
+    assert err == f"agent-recorder ingest: {path}:3: turn_index: missing\n"
     async with RecorderClient.connect(recorder.target) as client:
         loop = await client.get_loop("s1.c.0")
     assert [e.sequence for e in loop.events] == [0]
+    path.write_text(f'{good}\n{{"type": }}\n', encoding="utf-8")
+    code, out, err = await cli(capsys, "ingest", "--target", recorder.target, str(path))
+    assert (code, out, err) == (1, "", f"agent-recorder ingest: {path}:2:10: Expecting value\n")
 
 
 @pytest.mark.slow
