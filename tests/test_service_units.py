@@ -4,6 +4,8 @@ No running systemd is needed: a stand-in `systemctl` on PATH records its argumen
 
 from __future__ import annotations
 
+import asyncio
+
 import configparser
 import os
 import plistlib
@@ -144,7 +146,7 @@ async def test_status_says_whether_it_is_installed_and_the_sidecar_answers(
     ]
     assert (await run_cli(["service", "install", "--no-start"], env))[0] == 0
     data = Path(env["XDG_DATA_HOME"])
-    data.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(data.mkdir, parents=True, exist_ok=True)
     running = RunningRecorder(db_path=data / "r.db", socket_path=socket)
     await running.start()
     try:
