@@ -211,6 +211,29 @@ class RecorderClient:
         skip_messages: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> session_pb2.Session:
+        """The stored session (without its cost: see `get_session_and_cost`)."""
+        request = service_pb2.GetSessionRequest(
+            session_id=session_id,
+            skip_events=skip_events,
+            skip_messages=skip_messages,
+            skip_cost=True,
+        )
+        response = await self._call(
+            lambda t, md: self._stub.GetSession(request, timeout=t, metadata=md),
+            idempotent=True,
+            timeout=self._deadline(timeout),
+        )
+        return response.session
+
+    async def get_session_and_cost(
+        self,
+        session_id: str,
+        *,
+        skip_events: bool = False,
+        skip_messages: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[session_pb2.Session, service_pb2.SessionCost]:
+        """The session and what it, its loops and turns and its sub-agent tree cost."""
         request = service_pb2.GetSessionRequest(
             session_id=session_id, skip_events=skip_events, skip_messages=skip_messages
         )
@@ -219,7 +242,7 @@ class RecorderClient:
             idempotent=True,
             timeout=self._deadline(timeout),
         )
-        return response.session
+        return response.session, response.cost
 
     async def list_sessions(
         self,
@@ -312,13 +335,23 @@ class RecorderClient:
         skip_events: bool = False,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> session_pb2.LoopRecord:
+        return (await self.get_loop_and_cost(loop_id, skip_events=skip_events, timeout=timeout))[0]
+
+    async def get_loop_and_cost(
+        self,
+        loop_id: str,
+        *,
+        skip_events: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> tuple[session_pb2.LoopRecord, service_pb2.LoopCost]:
+        """The loop and what it and each of its turns cost."""
         request = service_pb2.GetLoopRequest(loop_id=loop_id, skip_events=skip_events)
         response = await self._call(
             lambda t, md: self._stub.GetLoop(request, timeout=t, metadata=md),
             idempotent=True,
             timeout=self._deadline(timeout),
         )
-        return response.loop
+        return response.loop, response.cost
 
     def stream_events(
         self,
@@ -528,16 +561,30 @@ class RecorderClient:
         until: datetime | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> list[service_pb2.UsageRow]:
-        """Token usage per agent and model over loops started in [since, until)."""
-        request = service_pb2.GetUsageRequest(
-            agent_id=agent_id, since=_timestamp(since), until=_timestamp(until)
+        """Token usage and cost per agent and model over loops started in [since, until)."""
+        report = await self.get_usage_report(
+            agent_id=agent_id, since=since, until=until, timeout=timeout
         )
-        response = await self._call(
+        return list(report.rows)
+
+    async def get_usage_report(
+        self,
+        *,
+        agent_id: str = "",
+        since: datetime | None = None,
+        until: datetime | None = None,
+        group_by: service_pb2.UsageGrouping.ValueType = service_pb2.USAGE_GROUPING_UNSPECIFIED,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> service_pb2.GetUsageResponse:
+        """Usage and cost per group (agent and model by default) and their total cost."""
+        request = service_pb2.GetUsageRequest(
+            agent_id=agent_id, since=_timestamp(since), until=_timestamp(until), group_by=group_by
+        )
+        return await self._call(
             lambda t, md: self._stub.GetUsage(request, timeout=t, metadata=md),
             idempotent=True,
             timeout=self._deadline(timeout),
         )
-        return list(response.rows)
 
     # -- the one road every call takes ------------------------------------------------
 

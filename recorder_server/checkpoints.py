@@ -2,8 +2,8 @@
 
 In WAL mode every commit appends pages to the log; a checkpoint copies them into
 the database file and syncs it. SQLite's automatic checkpoint runs inside the
-commit that crosses the threshold, which is a 100-300 ms stall in the ack path
-of whoever sent that batch. Here a connection of its own, on a thread of its
+commit that crosses the threshold, a long stall in the ack path of whoever sent
+that batch. Here a connection of its own, on a thread of its
 own, runs PASSIVE checkpoints (they never block the writer or readers) once
 enough has been written since the last one. The writer reports what it wrote;
 nothing polls.
@@ -13,11 +13,10 @@ with every frame already copied, which one checkpoint running beside a busy
 writer rarely achieves: the frames committed during it are left. So each
 checkpoint is followed by short passes over what was committed meanwhile, each
 shorter than the one before, until one finds nothing new: then the writer's next
-transaction restarts the log. At 1,000 events/s a 30 ms checkpoint is followed by
-passes of ~10, ~2 and 0 ms. A writer that never pauses (bulk ingest) keeps adding
+transaction restarts the log. A writer that never pauses (bulk ingest) keeps adding
 frames; once the log is long anyway, the writer copies the few frames left
 itself (`catch_up`), between two of its transactions, which stalls that one
-commit for the sync (15-20 ms) but bounds the log.
+commit for the sync but bounds the log.
 """
 
 from __future__ import annotations
@@ -39,21 +38,16 @@ from recorder_server.storage import COMMON_PRAGMAS, connect
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Event bytes between checkpoints. A checkpoint first syncs the WAL, and with
-# synchronous=NORMAL nothing else does: the pages committed since the last one
-# go to disk in one burst, during which commits wait on the file system (at 1,000
-# acknowledged batches/s, 16 MB of events between checkpoints gave ack stalls of
-# 200-300 ms, 4 MB ~60 ms, 1 MB ~15 ms). Small and frequent keeps bursts short.
+# Event bytes between checkpoints: each one syncs what came since the last, and
+# commits wait meanwhile, so small and frequent keeps those stalls short.
 DEFAULT_EVERY_BYTES: Final = 1024 * 1024
 # WAL pages (of 4 KiB) past which the writer is asked to catch up, so the log
 # starts over instead of growing (64 MiB).
 DEFAULT_CATCH_UP_PAGES: Final = 16384
 # Passes after a checkpoint, at most, that chase the frames committed during it.
 FOLLOW_UP_PASSES: Final = 6
-# The checkpoint thread's nice value (Linux): a checkpoint keeps a core busy for
-# 30-50 ms, and on a small machine the event loop (and the agents beside it)
-# waited for a core meanwhile. At the lowest priority it takes what is left over:
-# ack p99 at 1,000 events/s went from 7.6-8.2 to 6.1-7.1 ms (docs/performance.md).
+# The checkpoint thread's nice value (Linux): it takes the cores the event loop
+# and the agents beside it leave over, which shortens the ack p99.
 CHECKPOINT_NICE: Final = 19
 
 

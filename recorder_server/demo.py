@@ -29,7 +29,8 @@ from recorder_server.cli.sessions import sub_sessions
 from recorder_server.tree_view import session_tree
 
 AGENT = "research-agent"
-MODEL, PROVIDER = "claude-sonnet", "anthropic"
+MODEL, PROVIDER = "claude-sonnet-4", "anthropic"
+SUB_MODEL = "gpt-4o-mini"
 
 
 class Clock:
@@ -57,8 +58,8 @@ def sidecar() -> Iterator[str]:
     if "listening on" not in line:
         error = process.stderr.read()
         process.wait()
-        if "in use by another agent-recorder server" in error:
-            print("a sidecar already owns the default database; recording through it")
+        if "in use by another agent-recorder server" in error or "is served by pid" in error:
+            print("a sidecar already serves the default address; recording through it")
             yield default_target()
             return
         raise SystemExit(f"the sidecar did not start:\n{line}{error}")
@@ -164,21 +165,21 @@ def record_origin(sender: EventSender, clock: Clock, session: str, sub_session: 
     )
     sender.emit(ev.turn_start(loop, 1, at=clock.tick()))
     sender.emit(ev.tool_start(loop, "call-2", "delegate", {"task": "summarize results"}))
-    sub_loop = f"{sub_session}.openai-gpt.0"
+    sub_loop = f"{sub_session}.openai-{SUB_MODEL}.0"
     sender.emit(
         ev.agent_start(
             agent_id="summarizer",
             session_id=sub_session,
             loop_id=sub_loop,
             parent_loop_id=loop,
-            model="gpt",
+            model=SUB_MODEL,
             provider="openai",
             at=clock.tick(),
         )
     )
     sender.emit(ev.turn_start(sub_loop, 0, types_pb2.TURN_TRIGGER_SUB_AGENT, at=clock.tick()))
     summary = ev.assistant_message(
-        "WAL + NORMAL is the usual choice.", model="gpt", provider="openai"
+        "WAL + NORMAL is the usual choice.", model=SUB_MODEL, provider="openai"
     )
     sender.emit(
         ev.turn_end(sub_loop, summary, tokens=ev.usage(input=300, output=50), at=clock.tick())
@@ -237,9 +238,9 @@ async def record(target: str) -> tuple[str, str]:
 
 async def show(target: str, session_id: str) -> None:
     async with RecorderClient.connect(target) as client:
-        session = await client.get_session(session_id, skip_events=True)
-        children = await sub_sessions(client, session)
-    Console().print(session_tree(session, children.get))
+        priced = await client.get_session_and_cost(session_id, skip_events=True)
+        children = await sub_sessions(client, priced[0])
+    Console().print(session_tree(priced, children.get))
 
 
 def main() -> None:

@@ -81,6 +81,11 @@ def response_of(number: int, message: Pieces) -> bytes:
     return response.join()
 
 
+def field_of(number: int, payload: bytes) -> bytes:
+    """A length-delimited field around already encoded bytes."""
+    return _key(number, _LENGTH_DELIMITED) + varint(len(payload)) + payload
+
+
 # A stored event as its row comes: (cursor, loop_id, sequence, refused (0 or 1), body).
 StoredEvent: TypeAlias = tuple[int, str, int, int, bytes]
 

@@ -52,6 +52,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2, types_pb2
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -243,6 +244,20 @@ def _usage(usage: types_pb2.Usage) -> Attributes:
         "gen_ai.usage.reasoning.output_tokens": usage.reasoning,
         "agent_recorder.usage.total_tokens": usage.total_tokens,
     }
+
+
+def _cost(cost: types_pb2.Cost) -> Attributes:
+    """What the span's model calls cost (recorder_server/cost.py); an exact decimal
+    string, left out when nothing was priced (unpriced is never 0)."""
+    return _present(
+        {
+            "agent_recorder.cost.amount": cost.amount,
+            "agent_recorder.cost.currency": cost.currency,
+            "agent_recorder.cost.priced": cost.priced,
+            "agent_recorder.cost.source": cost.source,
+            "agent_recorder.cost.unpriced_reason": cost.unpriced_reason,
+        }
+    )
 
 
 def _present(attributes: Mapping[str, AttributeValue | None]) -> Attributes:
@@ -446,7 +461,7 @@ class OtlpExporter:
             log.debug("loop %s waits for %s to name the tool call", loop_id, placement.wait_for)
             self._waiting.setdefault(placement.wait_for, []).append(loop_id)
             return
-        self._emit(loop, placement)
+        self._emit(loop, placement, await self._reads.loop_cost(loop_id))
         for child in self._waiting.pop(loop_id, []):
             await self._export_safely(child, may_wait=False)
 
@@ -500,7 +515,9 @@ class OtlpExporter:
 
     # -- spans ----------------------------------------------------------------
 
-    def _emit(self, loop: session_pb2.LoopRecord, placement: _Placement) -> None:
+    def _emit(
+        self, loop: session_pb2.LoopRecord, placement: _Placement, cost: api.LoopCost
+    ) -> None:
         trace_id = placement.trace_id
         loop_start = _ns(loop.started_at) or 0
         loop_end = max(_ns(loop.ended_at) or loop_start, loop_start)
@@ -520,11 +537,14 @@ class OtlpExporter:
             SpanKind.INTERNAL,
             loop_start,
             loop_end,
-            _loop_attributes(loop) | extra,
+            _loop_attributes(loop) | _cost(cost.cost) | extra,
             status,
         )
+        turn_costs = {c.turn_index: c.cost for c in cost.turns}
         for position, turn in enumerate(loop.turns):
             name, attributes = _turn_attributes(loop, turn)
+            if (turn_cost := turn_costs.get(turn.turn_id.turn_index)) is not None:
+                attributes |= _cost(turn_cost)
             start = _ns(turn.started_at) or loop_start
             turn_status = Status(StatusCode.UNSET)
             output = turn.output_message

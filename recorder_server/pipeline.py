@@ -108,10 +108,8 @@ class Pipeline:
         committed: Callable[[list[Applied], list[tuple[str, int]]], None],
         reload: Callable[[], Awaitable[None]],
         handed_off: Callable[[], None] = lambda: None,
-        # Jobs accepted but not applied, each holding a parsed batch (~1 MB on the
-        # wire). A deeper queue does not feed group commit but holds memory (see
-        # docs/performance.md); when full, Record streams stop reading and HTTP/2
-        # flow control pushes back on the clients.
+        # Jobs accepted but not applied: deeper holds memory, not throughput; when
+        # full, Record streams stop reading and HTTP/2 flow control pushes back.
         max_queue: int = 2,
         max_group: int = 512,
     ) -> None:
@@ -244,31 +242,39 @@ class Pipeline:
         return group, None
 
     async def _apply(self, group: list[Job]) -> list[Applied]:
-        """Run each job's rules; a job that fails fails alone and changes nothing."""
+        """Run each job's rules; a job that fails fails alone and costs no other job."""
         applied: list[Applied] = []
         for job in group:
             try:
                 result, changes = await job.run()
+            except RecorderError as exc:
+                job.future.set_exception(exc)  # refused before anything changed
+                continue
             except Exception as exc:
-                await self._failed(job, exc)
+                job.future.set_exception(self._unexpected(job, exc))
+                applied = await self._start_over(applied)
                 continue
             applied.append((job, result, changes))
         return applied
 
-    async def _failed(self, job: Job, exc: Exception) -> None:
-        """One job's failure: a refusal as is, anything else INTERNAL after a reload."""
-        if isinstance(exc, RecorderError):
-            job.future.set_exception(exc)
-            return
+    def _unexpected(self, job: Job, exc: Exception) -> RecorderError:
+        """A job that failed other than by a refusal: the store's fault, or a bug."""
         if isinstance(exc, sqlite3.Error):
-            error: RecorderError = storage_error(exc)
+            return storage_error(exc)
+        log.error("unexpected error in %s", job.label, exc_info=exc)
+        return Internal(f"internal error in {job.label}: {type(exc).__name__}: {exc}")
+
+    async def _start_over(self, applied: list[Applied]) -> list[Applied]:
+        """After a job failed halfway (the snapshot may be half-changed): commit the
+        jobs applied before it, then reload the snapshot from the store, which then
+        holds them. Nothing is left to apply on top of."""
+        if await self._land():
+            await self._take_off(applied)
+            await self._land()
         else:
-            log.error("unexpected error in %s", job.label, exc_info=exc)
-            error = Internal(f"internal error in {job.label}: {type(exc).__name__}: {exc}")
-        job.future.set_exception(error)
-        # The rules may have changed the snapshot halfway: start again from the store.
-        await self._land()
+            self._fail(applied, StorageUnavailable("an earlier write of this group failed"))
         await self._reload()
+        return []
 
     async def _take_off(self, applied: list[Applied]) -> None:
         """Hand the group's changes to the store; its jobs resolve when it commits."""
@@ -335,10 +341,13 @@ class Pipeline:
                 await self.store.rollback()
                 raise
             await self.store.commit()
+        except RecorderError as exc:
+            job.future.set_exception(exc)  # refused; its transaction rolled back
+            return
         except Exception as exc:
-            if not isinstance(exc, RecorderError):
-                await self._safe_rollback()
-            await self._failed(job, exc)
+            await self._safe_rollback()
+            job.future.set_exception(self._unexpected(job, exc))
+            await self._reload()
             return
         job.future.set_result(result)
         self._committed([(job, result, changes)], [])

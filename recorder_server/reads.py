@@ -12,12 +12,15 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
 
+from recorder_server.cost import PriceBook, Total, total_of
+from recorder_server.cost_reads import CostReader
 from recorder_server.errors import InvalidArgument, NotFound
 from recorder_server.framing import Pieces, StoredEvent
 from recorder_server.recording import REFUSED
@@ -36,8 +39,7 @@ READER_PRAGMAS = (
     *READ_ONLY_PRAGMAS,
     # 16 MiB page cache per reader for repeated reads of the same session.
     "PRAGMA cache_size = -16384",
-    # Read the file through a shared memory map: a whole session's event bodies
-    # (overflow pages) come 2.5x faster than through read() into the page cache.
+    # A memory map reads a session's event bodies (overflow pages) faster than read().
     "PRAGMA mmap_size = 1073741824",
 )
 
@@ -88,8 +90,9 @@ class ReadPool:
 class Reads:
     """The read queries of the service (rule 11 and the listing/streaming RPCs)."""
 
-    def __init__(self, pool: ReadPool) -> None:
+    def __init__(self, pool: ReadPool, prices: PriceBook | None = None) -> None:
         self.pool = pool
+        self.prices = prices or PriceBook()
 
     async def session_head(self, session_id: str) -> session_pb2.Session | None:
         """A session without its loops: one small read (spawn-ref walks, summaries)."""
@@ -189,6 +192,21 @@ class Reads:
                     record.add_loop_event(LOOP_EVENTS_FIELD, sequence, refused, body)
         return session_pb2.LoopRecord.FromString(record.join())
 
+    async def session_cost(self, session_id: str) -> api.SessionCost:
+        """What a session, its loops and turns, and its sub-agent tree cost (cost.py)."""
+        async with self.pool.connection() as conn:
+            return await CostReader(conn, self.prices).session_cost(session_id)
+
+    async def loop_cost(self, loop_id: str) -> api.LoopCost:
+        async with self.pool.connection() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT loop_id, record FROM loops WHERE loop_id = ?", (loop_id,)
+            )
+            priced = await CostReader(conn, self.prices).loops(list(rows))  # type: ignore[arg-type]
+        if not priced:
+            raise NotFound(f"loop {loop_id!r} not found", loop_id=loop_id)
+        return priced[0][1]
+
     async def list_sessions(
         self, request: api.ListSessionsRequest
     ) -> tuple[list[api.SessionSummary], str]:
@@ -220,6 +238,7 @@ class Reads:
             rows = rows[:page_size]
             summaries = [_summary(bytes(head)) for _, _, head in rows]
             await self._fill_loop_stats(conn, summaries)
+            await self._fill_costs(conn, summaries)
         token = _encode_token(int(rows[-1][1]), str(rows[-1][0])) if more else ""
         return summaries, token
 
@@ -250,8 +269,20 @@ class Reads:
             u.cache_write += usage[4]
             u.total_tokens += usage[5]
 
-    async def usage(self, request: api.GetUsageRequest) -> list[api.UsageRow]:
-        """Usage summed per agent and model over loops started in [since, until)."""
+    async def _fill_costs(
+        self, conn: aiosqlite.Connection, summaries: list[api.SessionSummary]
+    ) -> None:
+        """Each session's own cost and its sub-agent tree's."""
+        costs = CostReader(conn, self.prices)
+        await costs.load_sessions(s.session_id for s in summaries)
+        for summary in summaries:
+            summary.cost.CopyFrom(costs.session_total(summary.session_id).to_proto())
+            tree, _ = await costs.tree(summary.session_id)
+            summary.tree_cost.CopyFrom(tree.to_proto())
+
+    async def usage(self, request: api.GetUsageRequest) -> tuple[list[api.UsageRow], Total]:
+        """Usage and cost summed per group (UsageGrouping) over loops started in
+        [since, until), and the cost of them all."""
         where: list[str] = []
         args: list[object] = []
         if request.agent_id:
@@ -264,31 +295,31 @@ class Reads:
             where.append("l.started_us < ?")
             args.append(ts_us(request.until))
         sql = (
-            "SELECT s.agent_id, l.model, COUNT(*), SUM(l.usage_input), SUM(l.usage_output), "
-            "SUM(l.usage_reasoning), SUM(l.usage_cache_read), SUM(l.usage_cache_write), "
-            "SUM(l.usage_total) FROM loops l JOIN sessions s ON s.session_id = l.session_id"
+            "SELECT s.agent_id, l.model, l.started_us, l.usage_input, l.usage_output, "
+            "l.usage_reasoning, l.usage_cache_read, l.usage_cache_write, l.usage_total, "
+            "l.loop_id, l.record FROM loops l JOIN sessions s ON s.session_id = l.session_id"
         )
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " GROUP BY s.agent_id, l.model ORDER BY s.agent_id, l.model"
         async with self.pool.connection() as conn:
-            rows = await conn.execute_fetchall(sql, args)
-        return [
-            api.UsageRow(
-                agent_id=agent,
-                model=model,
-                loops=count,
-                usage=types_pb2.Usage(
-                    input=u[0],
-                    output=u[1],
-                    reasoning=u[2],
-                    cache_read=u[3],
-                    cache_write=u[4],
-                    total_tokens=u[5],
-                ),
-            )
-            for agent, model, count, *u in rows
-        ]
+            rows = list(await conn.execute_fetchall(sql, args))
+            priced = await CostReader(conn, self.prices).loops([(r[9], r[10]) for r in rows])
+        groups: dict[tuple[str, str, str], tuple[api.UsageRow, list[Total]]] = {}
+        for row, (_, _, total) in zip(rows, priced, strict=True):
+            agent, model, started_us, *tokens = row[:9]
+            key = _usage_key(request.group_by, agent, model, started_us)
+            if key not in groups:
+                groups[key] = (api.UsageRow(agent_id=key[0], model=key[1], day=key[2]), [])
+            usage_row, totals = groups[key]
+            usage_row.loops += 1
+            _add_usage(usage_row.usage, tokens)
+            totals.append(total)
+        result = []
+        for key in sorted(groups):
+            usage_row, totals = groups[key]
+            usage_row.cost.CopyFrom(total_of(totals).to_proto())
+            result.append(usage_row)
+        return result, total_of(total for _, _, total in priced)
 
     async def events_after(
         self, *, session_id: str | None, loop_id: str | None, after_cursor: int, limit: int
@@ -348,6 +379,27 @@ class Reads:
                 )
             )
         return (bool(rows), bool(rows) and rows[0][0] is not None)
+
+
+def _usage_key(grouping: int, agent: str, model: str, started_us: int) -> tuple[str, str, str]:
+    """(agent, model, day) of a usage row; the parts the grouping leaves out are empty."""
+    if grouping == api.USAGE_GROUPING_AGENT:
+        return agent, "", ""
+    if grouping == api.USAGE_GROUPING_MODEL:
+        return "", model, ""
+    if grouping == api.USAGE_GROUPING_DAY:
+        day = datetime.fromtimestamp(started_us / 1_000_000, tz=UTC).date().isoformat()
+        return "", "", day
+    return agent, model, ""
+
+
+def _add_usage(usage: types_pb2.Usage, tokens: list[int]) -> None:
+    usage.input += tokens[0]
+    usage.output += tokens[1]
+    usage.reasoning += tokens[2]
+    usage.cache_read += tokens[3]
+    usage.cache_write += tokens[4]
+    usage.total_tokens += tokens[5]
 
 
 def _add_end_messages(record: Pieces, end_event: bytes) -> None:

@@ -53,10 +53,8 @@ class LoopState:
     next_seq: int = 0
     partial: session_pb2.Turn | None = None
     turns: int = 0  # materialized so far: the next turn's number
-    # The sequence of the AgentEnd event whose messages are the loop's (rule 9).
-    # They are kept once, in that event, and reads put them into the record: a
-    # long loop's messages run to tens of KB, and holding and writing them twice
-    # cost 8-39% of ingest in paired runs (docs/performance.md, fourth round).
+    # The sequence of the AgentEnd event whose messages are the loop's (rule 9):
+    # kept once, in that event (reads put them into the record), not written twice.
     end_event: int | None = None
 
     def copy(self) -> LoopState:

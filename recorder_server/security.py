@@ -93,6 +93,25 @@ def check_transport(listen: str, tls: TlsFiles | None, insecure: bool) -> None:
         )
 
 
+def open_listener_warning(listen: str, tls: TlsFiles | None, token: str | None) -> str | None:
+    """What to tell the operator when a listener lets callers in without a secret.
+
+    A socket path is private by its file mode; any TCP port or abstract socket
+    without a token (or client certificates) admits every local user, and a
+    non-loopback one everybody who can reach it.
+    """
+    if token is not None or listen.startswith("unix:"):
+        return None
+    if tls is not None and tls.client_ca is not None:
+        return None
+    who = "every local user" if is_local_address(listen) else "anyone who can reach it"
+    plain = "plaintext " if tls is None else ""
+    return (
+        f"{listen} accepts {plain}calls from {who} without a token: "
+        "give --token-file (or listen on a Unix socket path)"
+    )
+
+
 def check_token(token: str) -> str:
     """A token must fit an HTTP/2 header value as `Bearer <token>` sends it."""
     if not token or not token.isascii() or not token.isprintable() or " " in token:

@@ -1,21 +1,21 @@
-"""The sidecar's lifecycle: lock, store, writer, readers, gRPC server.
+"""The sidecar's lifecycle: address, lock, store, writer, readers, gRPC server.
 
-Built from async context managers on one AsyncExitStack so teardown runs in the
-reverse order: the gRPC server stops accepting first, then the writer drains
-its queue and commits, then the store closes and the file lock is released.
+Settings are checked and the address claimed before any database is touched
+(ownership.py, startup.py). Built from async context managers on one
+AsyncExitStack so teardown runs in the reverse order: the open streams end and
+the gRPC server stops accepting first, then the writer drains its queue and
+commits, then the store closes, the file lock is released and the socket removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
@@ -29,27 +29,37 @@ from recorder_client.defaults import (
     normalize_target,
 )
 from recorder_server.checkpoints import Checkpointer
+from recorder_server.cost import PriceBook
 from recorder_server.decoding import DecodeGuard
 from recorder_server.otel import OtlpExporter
+from recorder_server.ownership import (
+    DatabaseInUse,
+    SocketClaim,
+    StartupError,
+    check_abstract_free,
+    check_port_free,
+    claim_database,
+    claim_socket,
+    loose_files,
+    make_private_dirs,
+)
+from recorder_server.price_file import load_overrides
 from recorder_server.reads import ReadPool, Reads
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import (
     TokenInterceptor,
     check_transport,
+    open_listener_warning,
     server_credentials,
     tls_files,
 )
 from recorder_server.service import RecorderServicer, add_to_server
+from recorder_server.startup import resolve_database, split_port
 from recorder_server.storage import WriteStore
 from recorder_server.validation import Limits
 from recorder_server.writer import Writer
 
 log = logging.getLogger(__name__)
-# For the process that runs the sidecar (`serve` sets it; an embedding program
-# decides for itself): the store's thread takes the GIL back after each SQL
-# statement, and the event loop gives it up only when asked and this interval has
-# passed. 1 ms instead of 5 measured ~7% more ingest (docs/performance.md).
-GIL_SWITCH_INTERVAL_S = 0.001
 SERVICE_NAME = api.DESCRIPTOR.services_by_name["RecorderService"].full_name
 # Probes and generic tools reach these without the token: liveness and the public schema.
 OPEN_SERVICES = (
@@ -57,9 +67,7 @@ OPEN_SERVICES = (
     reflection.SERVICE_NAME,
 )
 
-
-class DatabaseInUse(RuntimeError):
-    """Another server process owns the database file (rule 14)."""
+__all__ = ["DatabaseInUse", "RecorderServer", "ServerConfig"]
 
 
 @dataclass
@@ -82,37 +90,12 @@ class ServerConfig:
     insecure: bool = False
     # Bearer token every RecorderService call must carry; None leaves calls open.
     token: str | None = None
+    # Make a missing database directory anywhere; without it only under the data dir.
+    create_db_dir: bool = False
     # Open loops of a writer gone this long are aborted (0: never).
     abandon_after_s: int = 300
-
-
-def _lock_database(db_path: Path) -> IO[str]:
-    """Hold an exclusive lock beside the database for the life of the process."""
-    lock_path = db_path.with_name(db_path.name + ".lock")
-    handle = open(lock_path, "a+")  # noqa: SIM115 - held open until shutdown
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise DatabaseInUse(
-            f"database {db_path} is in use by another agent-recorder server (pid {holder})"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-
-
-def _prepare_unix_socket(address: str) -> Path:
-    """The socket's directory is private to the owner; a stale socket is removed."""
-    path = Path(address.removeprefix("unix://").removeprefix("unix:"))
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.exists():
-        path.unlink()
-    return path
+    # The user's price overrides (price_file.py), read and checked at start.
+    prices: Path | None = None
 
 
 class RecorderServer:
@@ -121,6 +104,7 @@ class RecorderServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.address = ""
+        self.db_path = config.db_path
         self.writer: Writer | None = None
         # Set when the commit pipeline died: health is NOT_SERVING and the
         # process should exit non-zero so that a supervisor restarts it.
@@ -145,15 +129,20 @@ class RecorderServer:
 
     async def _start(self) -> None:
         config = self.config
+        book = PriceBook(load_overrides(config.prices) if config.prices else ())
+        listen = normalize_target(config.listen)
         tls = tls_files(config.tls_cert, config.tls_key, config.tls_client_ca)
-        check_transport(normalize_target(config.listen), tls, config.insecure)
+        check_transport(listen, tls, config.insecure)
         credentials = None if tls is None else server_credentials(tls)
-        config.db_path.parent.mkdir(parents=True, exist_ok=True)
-        lock = _lock_database(config.db_path)
-        self._stack.callback(lock.close)
-        store = await WriteStore.open(config.db_path, config.synchronous)
+        db_path = resolve_database(config.db_path, create=config.create_db_dir)
+        # The address first: a second server is refused before it touches a database.
+        socket_claim = self._claim_address(listen)
+        if (warning := open_listener_warning(listen, tls, config.token)) is not None:
+            log.warning("%s", warning)
+        self._claim_database(db_path)
+        store = await WriteStore.open(db_path, config.synchronous)
         self._stack.push_async_callback(store.close)
-        checkpointer = Checkpointer(config.db_path)
+        checkpointer = Checkpointer(db_path)
         await checkpointer.start()
         self._stack.push_async_callback(checkpointer.stop)
         writer = Writer(store, config.options, abandon_after_s=config.abandon_after_s)
@@ -161,61 +150,97 @@ class RecorderServer:
         await writer.start()
         self._stack.push_async_callback(writer.stop)
         self.writer = writer
-        pool = ReadPool(config.db_path, config.read_connections)
+        pool = ReadPool(db_path, config.read_connections)
         await pool.open()
         self._stack.push_async_callback(pool.close)
         if config.otlp_endpoint is not None:
-            exporter = OtlpExporter(Reads(pool), config.otlp_endpoint)
+            exporter = OtlpExporter(Reads(pool, book), config.otlp_endpoint)
             await exporter.start()
             self._stack.push_async_callback(exporter.stop)
             writer.listeners.append(exporter.on_commit)
             self._stack.callback(writer.listeners.remove, exporter.on_commit)
-        await self._serve(RecorderServicer(writer, Reads(pool), config.limits), credentials)
+        servicer = RecorderServicer(writer, Reads(pool, book), config.limits)
+        await self._serve(servicer, listen, socket_claim, credentials)
 
-    async def _serve(
-        self, servicer: RecorderServicer, credentials: grpc.ServerCredentials | None
-    ) -> None:
+    def _claim_database(self, db_path: Path) -> None:
+        """Its directory made (0700), the file locked (released last but the address)."""
+        make_private_dirs(db_path.parent)
+        claim = claim_database(db_path)
+        self._stack.callback(claim.release)
+        self.db_path = db_path
+        if loose := loose_files(db_path):
+            names = " ".join(str(path) for path in loose)
+            log.warning("%s can be read by other users: chmod 600 %s", names, names)
+
+    def _claim_address(self, listen: str) -> SocketClaim | None:
+        """Hold a socket path (released last), or check that a port or abstract name is free."""
+        if listen.startswith("unix:"):
+            path = Path(listen.removeprefix("unix://").removeprefix("unix:"))
+            socket_claim = claim_socket(path)
+            self._stack.callback(socket_claim.release)
+            return socket_claim
+        if listen.startswith("unix-abstract:"):
+            check_abstract_free(listen.removeprefix("unix-abstract:"), listen)
+        else:
+            check_port_free(*split_port(listen), listen)
+        return None
+
+    def _grpc_server(self) -> grpc.aio.Server:
         config = self.config
-        max_bytes = config.limits.max_request_bytes
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [DecodeGuard()]
         if config.token is not None:
             interceptors.insert(0, TokenInterceptor(config.token, OPEN_SERVICES))
-        server = grpc.aio.server(
+        return grpc.aio.server(
             interceptors=interceptors,
             options=[
-                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_receive_message_length", config.limits.max_request_bytes),
                 ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+                # One owner per port: never share it with another process.
+                ("grpc.so_reuseport", 0),
             ],
         )
+
+    async def _serve(
+        self,
+        servicer: RecorderServicer,
+        listen: str,
+        socket_claim: SocketClaim | None,
+        credentials: grpc.ServerCredentials | None,
+    ) -> None:
+        server = self._grpc_server()
         add_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection((SERVICE_NAME, *OPEN_SERVICES), server)
-        listen = normalize_target(config.listen)
-        socket_path = _prepare_unix_socket(listen) if listen.startswith("unix:") else None
-        if credentials is None:
-            port = server.add_insecure_port(listen)
-        else:
-            port = server.add_secure_port(listen, credentials)
-        if socket_path is not None:
-            self.address = f"unix://{socket_path}"
+        bind = listen if socket_claim is None else f"unix://{socket_claim.bind_path}"
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(bind)
+            else:
+                port = server.add_secure_port(bind, credentials)
+        except RuntimeError:
+            raise StartupError(f"cannot listen on {listen}") from None
+        await server.start()
+
+        async def stop() -> None:
+            await health_servicer.enter_graceful_shutdown()
+            await servicer.stop_streams()
+            await server.stop(self.config.shutdown_grace_s)
+
+        self._stack.push_async_callback(stop)
+        if socket_claim is not None:
+            socket_claim.publish()
+            self.address = f"unix://{socket_claim.path}"
+        elif listen.startswith("unix-abstract:"):
+            self.address = listen
         else:
             self.address = f"{listen.rsplit(':', 1)[0]}:{port}"
-        await server.start()
-        if socket_path is not None:
-            socket_path.chmod(0o600)
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         assert self.writer is not None
         watch = asyncio.create_task(self._watch(self.writer.pipeline.died, health_servicer))
         self._stack.callback(watch.cancel)
-
-        async def stop() -> None:
-            await health_servicer.enter_graceful_shutdown()
-            await server.stop(self.config.shutdown_grace_s)
-
-        self._stack.push_async_callback(stop)
-        log.info("agent-recorder listening on %s (database %s)", self.address, self.config.db_path)
+        log.debug("listening on %s (database %s)", self.address, self.db_path)
 
     async def _watch(self, died: asyncio.Event, health_servicer: Any) -> None:
         """A dead commit pipeline makes the sidecar NOT_SERVING and `failed`."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from operator import itemgetter
@@ -15,7 +14,7 @@ from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 
 from recorder_server.decoding import Received, wants_wire
 from recorder_server.errors import FellBehind, InvalidArgument, NotFound, RecorderError
-from recorder_server.framing import event_pages, response_of
+from recorder_server.framing import event_pages, field_of, response_of
 from recorder_server.reads import Reads
 from recorder_server.recording import OPEN_STATUSES, Refusal
 from recorder_server.status import (
@@ -36,6 +35,9 @@ PAGE_BYTES = 1024 * 1024
 # Refusals per ListRefusals page unless asked otherwise.
 REFUSALS_PAGE = 100
 SESSION_FIELD = api.GetSessionResponse.DESCRIPTOR.fields_by_name["session"].number
+COST_FIELD = api.GetSessionResponse.DESCRIPTOR.fields_by_name["cost"].number
+
+STOPPING = "the server is stopping"
 
 
 Handler = Callable[[Any, Any, Context], Awaitable[Any]]
@@ -74,6 +76,22 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         self.writer = writer
         self.reads = reads
         self.limits = limits
+        # The request readers of open Record streams, stopped when the server stops.
+        self._readers: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    async def stop_streams(self) -> None:
+        """End the open-ended streams with UNAVAILABLE "the server is stopping".
+
+        A Record stream ends once the batches it already read are acknowledged (a
+        client re-sends the rest when it reconnects); live tails and watchers end at
+        once. So the server need not wait out its grace period for calls that would
+        never end by themselves.
+        """
+        self._stopping = True
+        for reader in list(self._readers):
+            reader.cancel()
+        self.writer.release_readers()
 
     # -- writing ----------------------------------------------------------------
 
@@ -114,14 +132,21 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
         )
         self.writer.attach(writer_id)
         reader = asyncio.create_task(self._read_batches(writer_id, request_iterator, acks))
+        self._readers.add(reader)
         try:
             while (item := await acks.get()) is not None:
                 yield await self._ack(*item)
-            await reader
+            await asyncio.wait([reader])
+            if reader.cancelled():
+                await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
+            if (error := reader.exception()) is not None:
+                raise error
         finally:
+            self._readers.discard(reader)
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            # Retrieved even when the stream is closed under it (the server stopping):
+            # the reader may have failed with the closed call's error by then.
+            await asyncio.gather(reader, return_exceptions=True)
             self.writer.detach(writer_id)
 
     async def _read_batches(
@@ -218,16 +243,21 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     async def GetSession(  # answers bytes: see add_to_server
         self, request: api.GetSessionRequest, context: Context
     ) -> bytes:
-        """GetSessionResponse bytes framed around the stored session, never decoded."""
+        """GetSessionResponse bytes framed around the stored session, never decoded,
+        and the session's cost (priced at read time) beside it."""
         session = await self.reads.session_bytes(
             request.session_id, request.skip_events, request.skip_messages
         )
-        return response_of(SESSION_FIELD, session)
+        if request.skip_cost:
+            return response_of(SESSION_FIELD, session)
+        cost = await self.reads.session_cost(request.session_id)
+        return response_of(SESSION_FIELD, session) + field_of(COST_FIELD, cost.SerializeToString())
 
     @rpc
     async def GetLoop(self, request: api.GetLoopRequest, context: Context) -> api.GetLoopResponse:
         loop = await self.reads.get_loop(request.loop_id, request.skip_events)
-        return api.GetLoopResponse(loop=loop)
+        cost = await self.reads.loop_cost(request.loop_id)
+        return api.GetLoopResponse(loop=loop, cost=cost)
 
     @rpc
     async def ListSessions(
@@ -240,7 +270,8 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     async def GetUsage(
         self, request: api.GetUsageRequest, context: Context
     ) -> api.GetUsageResponse:
-        return api.GetUsageResponse(rows=await self.reads.usage(request))
+        rows, total = await self.reads.usage(request)
+        return api.GetUsageResponse(rows=rows, total_cost=total.to_proto())
 
     @rpc
     async def ListRefusals(
@@ -280,6 +311,8 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
             if finished:
                 return
             await next_commit.wait()
+            if self._stopping:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
 
     async def _finished(self, session_id: str | None, loop_id: str | None) -> bool:
         """A followed loop ended, or a followed session was finalized or deleted."""
@@ -304,6 +337,8 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
                 if not request.agent_id or message.agent_id in ("", request.agent_id):
                     last = message
                     yield message
+            if self._stopping:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, STOPPING)
         finally:
             self.writer.unwatch(subscription)
         if subscription.cut_off:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TypeAlias
 
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
@@ -44,13 +46,42 @@ def usage_text(usage: types_pb2.Usage) -> str:
     return text
 
 
+def money(cost: types_pb2.Cost, sep: str = " ") -> str:
+    """A cost as people read it: "$0.0123"; "unpriced"; "$0.01 + 2 unpriced" when partly."""
+    if cost.unpriced_calls and not cost.priced_calls:
+        return "unpriced"
+    amount = Decimal(cost.amount or "0")
+    text = f"${amount:.2f}" if amount == amount.quantize(Decimal("0.01")) else f"${amount}"
+    if cost.currency and cost.currency != "USD":
+        text = f"{amount} {cost.currency}"
+    if cost.unpriced_calls:
+        text += f"{sep}+ {cost.unpriced_calls} unpriced"
+    return text
+
+
+def cost_text(
+    cost: types_pb2.Cost, style: str = "green", why: bool = False, sep: str = " "
+) -> Text:
+    """`money`, marked when something had no price (and why, if asked)."""
+    text = Text(money(cost, sep), style=style if cost.priced else "bold red")
+    if why and not cost.priced and cost.unpriced_reason:
+        text.append(f" ({cost.unpriced_reason})", style="red")
+    return text
+
+
 def sessions_table(sessions: Sequence[api.SessionSummary]) -> Table:
     table = Table(title="sessions (newest first)")
-    for column in ("session", "agent", "created", "scope", "loops", "tokens"):
+    # Ids wrap rather than lose characters: they are what people copy.
+    for column in ("session", "agent"):
+        table.add_column(column, overflow="fold")
+    for column in ("created", "scope"):
         table.add_column(column)
+    table.add_column("loops", no_wrap=True)
+    table.add_column("tokens")
+    table.add_column("cost", justify="right", no_wrap=True)
     for s in sessions:
         loops = s.loops
-        counts = ", ".join(
+        counts = "\n".join(
             f"{n} {name}"
             for name, n in (
                 ("running", loops.running),
@@ -69,11 +100,21 @@ def sessions_table(sessions: Sequence[api.SessionSummary]) -> Table:
             scope,
             counts or "-",
             str(s.usage.total_tokens or s.usage.input + s.usage.output),
+            _session_cost(s),
         )
     return table
 
 
-def loop_label(loop: session_pb2.LoopRecord) -> Text:
+def _session_cost(summary: api.SessionSummary) -> Text:
+    """The session's cost and, when it spawned sub-agents, its tree's ("+ subs")."""
+    text = Text(money(summary.cost, "\n"), style="" if summary.cost.priced else "bold red")
+    if summary.tree_cost != summary.cost:
+        tree = summary.tree_cost
+        text.append(f"\n+subs {money(tree, chr(10))}", style="dim" if tree.priced else "bold red")
+    return text
+
+
+def loop_label(loop: session_pb2.LoopRecord, cost: api.LoopCost | None = None) -> Text:
     name, style = STATUS_STYLE.get(loop.status, ("?", ""))
     label = Text(loop.loop_id, style="bold")
     label.append(f"  [{name}]", style=style)
@@ -84,12 +125,15 @@ def loop_label(loop: session_pb2.LoopRecord) -> Text:
         mark = "  ★ winner" if loop.parallel_group.is_selected else "  parallel branch"
         label.append(mark, style="bold green" if loop.parallel_group.is_selected else "dim")
     label.append(f"  {usage_text(loop.usage)}", style="dim")
+    if cost is not None:
+        label.append("  ")
+        label.append_text(cost_text(cost.cost))
     if loop.HasField("rejection"):
         label.append(f"  rejected: {loop.rejection}", style="red")
     return label
 
 
-def turn_label(turn: session_pb2.Turn) -> Text:
+def turn_label(turn: session_pb2.Turn, cost: api.TurnCost | None = None) -> Text:
     trigger = types_pb2.TurnTrigger.Name(turn.triggered_by).removeprefix("TURN_TRIGGER_").lower()
     text = Text(f"turn {turn.turn_id.turn_index} ({trigger})")
     calls = [b.tool_call.name for b in turn.output_message.content if b.HasField("tool_call")]
@@ -99,35 +143,50 @@ def turn_label(turn: session_pb2.Turn) -> Text:
     if said:
         text.append(f"  “{said[:60]}”", style="italic")
     text.append(f"  {usage_text(turn.usage)}", style="dim")
+    if cost is not None:
+        text.append("  ")
+        text.append_text(cost_text(cost.cost, why=True))
     return text
 
 
+Priced: TypeAlias = tuple[session_pb2.Session, api.SessionCost]
+
+
 def session_tree(
-    session: session_pb2.Session,
-    fetch_child: Callable[[str], session_pb2.Session | None],
+    priced: Priced,
+    fetch_child: Callable[[str], Priced | None],
     depth: int = 0,
 ) -> Tree:
-    """The loop tree; sub-agent sessions (via ChildLoopRef) are nested in place."""
+    """The loop tree with costs; sub-agent sessions (via ChildLoopRef) are nested in place."""
+    session, cost = priced
     head = Text(f"session {session.session_id}", style="bold underline")
     head.append(f"  agent {session.agent_id}  created {when(session.created_at)}")
     formation = session.formation.WhichOneof("kind") or "?"
     head.append(f"  formed {formation}", style="dim")
+    head.append("  cost ")
+    head.append_text(cost_text(cost.session, "bold green"))
+    if cost.spawned:
+        head.append("  with sub-agents ")
+        head.append_text(cost_text(cost.tree, "bold green"))
     tree = Tree(head)
+    loop_costs = {c.loop_id: c for c in cost.loops}
     children: dict[str, list[session_pb2.LoopRecord]] = {}
     for loop in session.loops:
         if loop.HasField("parent_loop_id"):
             children.setdefault(loop.parent_loop_id, []).append(loop)
 
     def add(node: Tree, loop: session_pb2.LoopRecord) -> None:
-        branch = node.add(loop_label(loop))
+        loop_cost = loop_costs.get(loop.loop_id)
+        branch = node.add(loop_label(loop, loop_cost))
+        turn_costs = {c.turn_index: c for c in loop_cost.turns} if loop_cost else {}
         for turn in loop.turns:
-            branch.add(turn_label(turn))
+            branch.add(turn_label(turn, turn_costs.get(turn.turn_id.turn_index)))
         for ref in loop.child_loop_refs:
             sub = branch.add(
                 Text(f"↳ {ref.tool_name} ({ref.tool_call_id}) spawned {ref.child_loop_id}")
             )
             child = fetch_child(ref.child_session_id) if depth < 5 else None
-            if child is not None and child.session_id != session.session_id:
+            if child is not None and child[0].session_id != session.session_id:
                 sub.add(session_tree(child, fetch_child, depth + 1))
         for child_loop in children.get(loop.loop_id, []):
             add(branch, child_loop)
@@ -169,22 +228,69 @@ def _event_detail(kind: str, payload: object) -> str:
     return ""
 
 
-def usage_table(rows: Sequence[api.UsageRow], title: str) -> Table:
+# (header, Usage field) of the usage table; reasoning and cache writes only when used.
+_USAGE_COLUMNS = (
+    ("in", "input"),
+    ("out", "output"),
+    ("reasoning", "reasoning"),
+    ("c.read", "cache_read"),
+    ("c.write", "cache_write"),
+)
+_OPTIONAL = ("reasoning", "cache_write")
+
+
+def usage_table(
+    rows: Sequence[api.UsageRow],
+    total_cost: types_pb2.Cost,
+    title: str,
+    grouping: Sequence[str] = ("agent", "model"),
+) -> Table:
+    """One row per group (the grouping's key columns only) and a totals row."""
     table = Table(title=title)
-    for column in ("agent", "model", "loops", "input", "output", "cache read", "total"):
-        table.add_column(column, justify="right" if column not in ("agent", "model") else "left")
+    keys = [
+        (name, attr)
+        for name, attr in (("agent", "agent_id"), ("model", "model"), ("day", "day"))
+        if name in grouping
+    ]
+    for name, _ in keys:
+        table.add_column(name, overflow="fold", min_width=6)
+    totals = api.UsageRow(loops=sum(row.loops for row in rows), cost=total_cost)
     for row in rows:
-        u = row.usage
-        table.add_row(
-            row.agent_id,
-            row.model or "-",
-            str(row.loops),
-            str(u.input),
-            str(u.output),
-            str(u.cache_read),
-            str(u.total_tokens or u.input + u.output),
-        )
+        totals.usage.CopyFrom(_summed(totals.usage, row.usage))
+    fields = [
+        (header, field)
+        for header, field in _USAGE_COLUMNS
+        if field not in _OPTIONAL or getattr(totals.usage, field)
+    ]
+    for column in ("loops", *(header for header, _ in fields), "total"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("cost", justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*(getattr(row, attr) or "-" for _, attr in keys), *_cells(row, fields))
+    table.add_section()
+    table.add_row(*(["total"] + [""] * (len(keys) - 1)), *_cells(totals, fields), style="bold")
     return table
+
+
+def _cells(row: api.UsageRow, fields: Sequence[tuple[str, str]]) -> list[str | Text]:
+    u = row.usage
+    return [
+        str(row.loops),
+        *(str(getattr(u, field)) for _, field in fields),
+        str(u.total_tokens or u.input + u.output),
+        cost_text(row.cost, "", sep="\n"),
+    ]
+
+
+def _summed(a: types_pb2.Usage, b: types_pb2.Usage) -> types_pb2.Usage:
+    return types_pb2.Usage(
+        input=a.input + b.input,
+        output=a.output + b.output,
+        reasoning=a.reasoning + b.reasoning,
+        cache_read=a.cache_read + b.cache_read,
+        cache_write=a.cache_write + b.cache_write,
+        total_tokens=a.total_tokens + b.total_tokens,
+    )
 
 
 def refusals_table(refusals: Sequence[session_pb2.RefusedEvent]) -> Table:

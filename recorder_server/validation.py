@@ -184,8 +184,8 @@ _SCAN_MAX_BYTES = 4096
 def _json_cleared(message: Message, limit: int) -> bool:
     """Whether the wire form alone proves every JSON value inside `message` valid.
 
-    Touching a protobuf submessage from Python costs ~0.5 µs (a wrapper object per
-    access), so walking content blocks and Structs dominates validation. One
+    Touching a protobuf submessage from Python makes a wrapper object per access,
+    so walking content blocks and Structs dominates validation. One
     C-speed serialization plus byte scans settles the common case instead:
     - every nesting level costs at least 4 bytes of tags and lengths, so a message
       of at most 4 * limit - 4 bytes holds nothing deeper than `limit`;
@@ -622,8 +622,8 @@ def _json_plan(wire: bytes | None, limits: Limits) -> bool | None:
     message's bytes costs as much. The bytes the request arrived in settle the
     common batch in one C-speed pass instead: the decoder bounded the depth, so
     only a non-finite number could fail, and `_finite_on_wire` rules those out:
-    False, no event needs a check. When the scan cannot (about one batch in 40 of
-    the bench mix, for a varint that looks like a double's top bytes), None: each
+    False, no event needs a check. When the scan cannot (now and then, for a
+    varint that looks like a double's top bytes), None: each
     event is scanned on its own re-encoded bytes and only a suspect one is checked.
     True (check everything) without wire bytes or with a depth limit the decoder
     does not already enforce.
@@ -809,7 +809,10 @@ def _get_usage(request: recorder_service_pb2.GetUsageRequest, limits: Limits) ->
     for name in ("since", "until"):
         if request.HasField(name):
             _check_timestamp(getattr(request, name), name)
+    _check_enum(request.group_by, _USAGE_GROUPINGS, "group_by")
 
+
+_USAGE_GROUPINGS = frozenset(recorder_service_pb2.UsageGrouping.values())
 
 _REQUEST_CHECKS: dict[type[Message], Callable[[Any, Limits], object]] = {
     recorder_service_pb2.RecordRequest: lambda r, limits: _whole(_record(r, limits)),

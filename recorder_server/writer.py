@@ -169,8 +169,7 @@ class Writer:
             vanished.timer.cancel()
         self._vanished.clear()
         await self.pipeline.stop()
-        self.lifecycle.close()
-        self.commits.fire()
+        self.release_readers()
 
     # -- writers that come and go ------------------------------------------------
 
@@ -239,6 +238,11 @@ class Writer:
 
     def unwatch(self, subscription: Subscription) -> None:
         self.lifecycle.unsubscribe(subscription)
+
+    def release_readers(self) -> None:
+        """End every WatchSessions subscription and wake every waiting tail (stopping)."""
+        self.lifecycle.close()
+        self.commits.fire()
 
     # -- what the pipeline calls back --------------------------------------------
 

@@ -24,6 +24,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from recorder_client import events as ev
+from recorder_server.cost import LIBRARY_SOURCE
 from recorder_server.otel import loop_span_id, tool_span_id, trace_id_of
 from recorder_server.server import RecorderServer, ServerConfig
 
@@ -145,6 +146,15 @@ def span_id(value: int) -> bytes:
 
 
 SONNET, GPT = "claude-sonnet-4", "gpt-5-mini"
+
+
+def cost_attributes(amount: str) -> dict[str, Any]:
+    return {
+        "agent_recorder.cost.amount": amount,
+        "agent_recorder.cost.currency": "USD",
+        "agent_recorder.cost.priced": True,
+        "agent_recorder.cost.source": LIBRARY_SOURCE,
+    }
 
 
 async def test_multi_agent_run_is_one_trace_with_genai_spans(
@@ -275,6 +285,9 @@ async def test_multi_agent_run_is_one_trace_with_genai_spans(
         "agent_recorder.status": "completed",
         "agent_recorder.continuation_kind": "initial",
         "agent_recorder.turn_count": 2,
+        # Its two turns at claude-sonnet-4-0's $3 in / $0.30 cache read / $15 out per
+        # MTok: (100·3 + 50·0.3 + 20·15 + 200·3 + 30·15) / 1e6.
+        **cost_attributes("0.001665"),
     }
     assert attributes(researcher) == {
         "gen_ai.operation.name": "invoke_agent",
@@ -295,6 +308,8 @@ async def test_multi_agent_run_is_one_trace_with_genai_spans(
         "agent_recorder.status": "completed",
         "agent_recorder.continuation_kind": "initial",
         "agent_recorder.turn_count": 1,
+        # gpt-5-mini: $0.25 in / $2 out per MTok: (30·0.25 + 10·2) / 1e6.
+        **cost_attributes("0.0000275"),
     }
     assert attributes(turn0) == {
         "gen_ai.operation.name": "chat",
@@ -313,7 +328,9 @@ async def test_multi_agent_run_is_one_trace_with_genai_spans(
         "agent_recorder.turn_index": 0,
         "agent_recorder.turn_trigger": "user",
         "agent_recorder.tool_result_count": 1,
+        **cost_attributes("0.000615"),
     }
+    assert attributes(turn1)["agent_recorder.cost.amount"] == "0.00105"
     assert attributes(turn1)["agent_recorder.turn_trigger"] == "continuation"
     assert attributes(turn1)["gen_ai.response.finish_reasons"] == ["stop"]
     assert attributes(child_turn)["agent_recorder.turn_trigger"] == "sub_agent"
@@ -378,6 +395,9 @@ async def test_rejected_aborted_and_parallel_loops(
     assert attributes(rejected)["agent_recorder.rejection"] == "input not allowed"
     assert attributes(rejected)["error.type"] == "rejected"
     assert (rejected.start_time_unix_nano, rejected.end_time_unix_nano) == (ns(0), ns(1))
+    # No model call, nothing to price: zero, and priced.
+    assert attributes(rejected)["agent_recorder.cost.amount"] == "0"
+    assert attributes(rejected)["agent_recorder.cost.priced"] is True
 
     assert attributes(aborted)["agent_recorder.loop_id"] == second
     assert aborted.status.code == ERROR
@@ -401,6 +421,12 @@ async def test_rejected_aborted_and_parallel_loops(
         for s in spans["invoke_agent coder"]
         if attributes(s)["agent_recorder.loop_id"] in (branch_a, branch_b)
     }
+    # Tokens without a model: unpriced, never an amount of 0.
+    for branch_span in branches.values():
+        said = attributes(branch_span)
+        assert "agent_recorder.cost.amount" not in said
+        assert said["agent_recorder.cost.priced"] is False
+        assert said["agent_recorder.cost.unpriced_reason"] == "no model recorded"
     for loop_id, span in branches.items():
         found = attributes(span)
         assert span.parent_span_id == aborted.span_id

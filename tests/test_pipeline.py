@@ -25,7 +25,9 @@ from support.fault_harness import worker_env
 from support.recorder import RunningRecorder
 
 from recorder_server import recording
+from recorder_server.errors import Internal
 from recorder_server.storage import WriteStore
+from recorder_server.validation import CheckedBatch
 
 DEADLINE = 10.0
 RUNNING = session_pb2.LOOP_STATUS_RUNNING
@@ -193,3 +195,28 @@ async def test_serve_exits_non_zero_when_its_pipeline_dies(short_tmp: Path) -> N
     assert code == 1
     assert "injected: a bug in the pipeline's loop" in stderr  # the traceback, logged
     assert "the commit pipeline stopped; exiting so that a supervisor restarts" in stderr
+
+
+async def test_a_job_failing_inside_a_group_costs_the_jobs_before_and_after_it_nothing(
+    recorder: RunningRecorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three batches queued at once form one group; the middle one meets a bug. The
+    first is committed before the state is reloaded, so the third continues from it."""
+    stub = aio(recorder.stub())
+    await append(stub, [agent_start("s", "s.main.0", at=1), agent_start("s", "s.bad.0", at=1)])
+    assert recorder.server is not None and recorder.server.writer is not None
+    writer = recorder.server.writer
+    monkeypatch.setattr(recording.Batch, "apply", raising_for("s.bad.0", recording.Batch.apply))
+
+    def batch(sequence: int, event: Any) -> CheckedBatch:
+        return CheckedBatch(events=[(sequence, event)])
+
+    first = await writer.enqueue_record("w", batch(1, progress("s.main.0", "c", "t", "a")))
+    middle = await writer.enqueue_record("w", batch(1, progress("s.bad.0", "c", "t", "b")))
+    last = await writer.enqueue_record("w", batch(2, progress("s.main.0", "c", "t", "c")))
+    assert (await asyncio.wait_for(first, DEADLINE)) == ([1], [])
+    with pytest.raises(Internal):
+        await asyncio.wait_for(middle, DEADLINE)
+    assert (await asyncio.wait_for(last, DEADLINE)) == ([2], [])
+    loop = (await stub.GetLoop(api.GetLoopRequest(loop_id="s.main.0"), timeout=DEADLINE)).loop
+    assert [e.event.progress_message.text for e in loop.events[1:]] == ["a", "c"]

@@ -86,14 +86,17 @@ async def message_path(
         scope=summary.scope,
         finalized_at=summary.finalized_at,
     )
+    cost = api.SessionCost()
     for loop_id in loop_ids:
         request = api.GetLoopRequest(loop_id=loop_id, skip_events=skip_events)
         loop = session.loops.add()
-        loop.CopyFrom((await stub.GetLoop(request, timeout=DEADLINE)).loop)
+        response = await stub.GetLoop(request, timeout=DEADLINE)
+        loop.CopyFrom(response.loop)
+        cost.loops.add().CopyFrom(response.cost)
         if skip_messages:
             loop.ClearField("messages")
             loop.ClearField("turns")
-    return api.GetSessionResponse(session=session)
+    return api.GetSessionResponse(session=session, cost=cost)
 
 
 async def raw_get_session(channel: grpc.aio.Channel, request: api.GetSessionRequest) -> bytes:
@@ -120,6 +123,11 @@ async def test_get_session_bytes_equal_the_message_path(
     async with grpc.aio.insecure_channel(recorder.target) as channel:
         raw = await raw_get_session(channel, request)
     got = api.GetSessionResponse.FromString(raw)
+    # The cost (read beside the stored bytes) is GetLoop's, loop by loop.
+    assert list(got.cost.loops) == list(expected.cost.loops)
+    assert got.cost.session == got.cost.tree and not got.cost.spawned
+    got.ClearField("cost")
+    expected.ClearField("cost")
     # Canonical bytes: any difference in content fails here, whatever the field order.
     assert got.SerializeToString(deterministic=True) == expected.SerializeToString(
         deterministic=True

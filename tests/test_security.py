@@ -457,7 +457,7 @@ def test_serve_exits_with_the_reason_on_plaintext_beyond_loopback(short_tmp: Pat
         timeout=60,
         check=False,
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "requires TLS" in result.stderr
 
 

@@ -1073,7 +1073,7 @@ async def test_rule14_a_second_server_on_the_same_database_refuses_to_start(
             process.kill()
             await process.wait()
     message = err.decode()
-    assert process.returncode == 1, (out, err)
+    assert process.returncode == 2, (out, err)
     assert str(recorder.db_path) in message
     assert f"pid {os.getpid()}" in message
     assert "in use" in message

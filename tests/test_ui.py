@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,9 +15,12 @@ import pytest
 from agent_recorder.v1 import events_pb2, types_pb2
 from playwright.async_api import Page, async_playwright, expect
 from support import events as se
+from support import priced
 from support.events import aio, append_response
 from support.parts import missing
+from support.priced import record_priced_tree
 from support.recorder import RunningRecorder
+from support.tool_loops import TOOL_CALL, TOOL_OUTPUT, record_tool_result_in_end_only
 
 from recorder_client import events as ev
 from recorder_client.client import RecorderClient
@@ -106,7 +110,7 @@ async def test_session_page_shows_tree_timeline_and_winner(
     await page.locator("#tree a.badge.sub").click()
     await expect(page.locator("#tree .node")).to_have_count(1)
     await expect(page.locator("#tree .node")).to_have_attribute(
-        "data-loop", f"{sub_session}.openai-gpt.0"
+        "data-loop", f"{sub_session}.openai-{demo.SUB_MODEL}.0"
     )
 
 
@@ -215,6 +219,63 @@ async def test_a_loops_raw_events_come_a_page_at_a_time(
     await expect(page.locator("#details button", has_text="load more")).to_be_hidden()
     await rows.last.click()
     await expect(page.locator("#details table.events tr:not(.ev)").last).to_contain_text("agentEnd")
+
+
+async def test_costs_on_the_list_the_session_header_loops_turns_and_sub_agent_tree(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    # The run and its hand-computed costs: support/priced.py.
+    await record_priced_tree(recorder.target)
+    await page.goto(ui.url, wait_until="load")
+    lead_row = page.locator('tr.session-row[data-session="lead"]')
+    await expect(lead_row.locator('[data-role="session-cost"]')).to_have_text(f"${priced.LEAD}")
+    tree_cost = lead_row.locator('[data-role="tree-cost"]')
+    await expect(tree_cost).to_have_text(f"${priced.TREE} + 1 unpriced")
+    await expect(tree_cost).to_have_class("cost unpriced")
+
+    await page.goto(session_url(ui.url, "lead"), wait_until="load")
+    await page.wait_for_selector(SESSION_READY)
+    await expect(page.locator("#session-cost .cost")).to_have_text(f"${priced.LEAD}")
+    await expect(page.locator("#tree-cost summary .cost")).to_have_text(
+        f"${priced.TREE} + 1 unpriced"
+    )
+    helper = page.locator('#tree-cost li[data-session="helper"]')
+    await expect(helper).to_contain_text("(helper)")
+    await expect(helper.locator(".cost")).to_have_text(f"${priced.HELPER} + 1 unpriced")
+    lead = page.locator('#tree .node[data-loop="lead.0"]')
+    await expect(lead.locator("> .cost")).to_have_text(f"${priced.LEAD}")
+    # The sub-agent's badge: what it and everything it spawned cost.
+    await expect(lead.locator("a.badge.sub .cost")).to_have_text(f"${priced.HELPER} + 1 unpriced")
+    await page.locator("#timeline .row.turn .label", has_text="turn 0").click()
+    await expect(page.locator("#details h2")).to_have_text("Turn 0")
+    await expect(page.locator("#details")).to_contain_text("model claude-sonnet-4")
+    await expect(page.locator("#details .cost").first).to_have_text(f"${priced.LEAD_TURNS[0]}")
+    await screenshot(page, "ui-cost.png")
+
+    await page.goto(session_url(ui.url, "helper"), wait_until="load")
+    await page.wait_for_selector(SESSION_READY)
+    unpriced = page.locator('#tree .node[data-loop="helper.1"] .cost')
+    await expect(unpriced).to_have_text("unpriced")
+    await expect(unpriced).to_have_class("cost unpriced")
+    await expect(unpriced).to_have_attribute("title", re.compile("unknown model 'my-finetune'"))
+    await page.locator('#tree .node[data-loop="helper.1"]').click()
+    await expect(page.locator("#details")).to_contain_text("why unpriced")
+    await expect(page.locator("#details")).to_contain_text("unknown model 'my-finetune'")
+
+
+async def test_a_tool_shows_the_result_recorded_in_its_execution_end(
+    recorder: RunningRecorder, ui: RunningUi, page: Page
+) -> None:
+    await record_tool_result_in_end_only(recorder.target, "tools")
+    await page.goto(session_url(ui.url, "tools"), wait_until="load")
+    await page.wait_for_selector(SESSION_READY)
+    tool_row = page.locator(f"#timeline .row.tool:has(.bar[data-tool='{TOOL_CALL}'])")
+    await tool_row.locator(".label").click()
+    await expect(page.locator("#details h2")).to_have_text("Tool call ls")
+    result = page.locator("#tool-result")
+    await expect(result.locator(".block-text")).to_have_text(TOOL_OUTPUT)
+    await expect(result).to_contain_text("error")
+    await expect(result).not_to_contain_text("no result recorded")
 
 
 async def test_refused_events_are_marked_with_their_reason(

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from support.recorder import RunningRecorder
+from support.tool_loops import TOOL_CALL, TOOL_OUTPUT, record_tool_result_in_end_only
 
 from recorder_client.client import RecorderClient
 from recorder_server import demo
@@ -157,3 +158,19 @@ def test_ui_says_when_its_port_is_taken(
         target = f"unix://{short_tmp / 'none.sock'}"
         assert cli_main(["ui", "--target", target, "--http", f"127.0.0.1:{port}"]) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+async def test_a_tool_result_recorded_in_its_execution_end_is_served(
+    recorder: RunningRecorder, ui: RunningUi
+) -> None:
+    loop_id = await record_tool_result_in_end_only(recorder.target, "tools")
+    status, loop = await fetch(ui.url, f"/api/loops/{loop_id}")
+    assert status == 200
+    assert "toolResults" not in loop["turns"][0]  # the turn does not carry it
+    status, end = await fetch(ui.url, f"/api/loops/{loop_id}/tools/{TOOL_CALL}")
+    assert status == 200
+    assert end["toolCallId"] == TOOL_CALL
+    assert end["toolName"] == "ls"
+    assert end["isError"] is True
+    assert end["result"]["content"] == [{"text": {"text": TOOL_OUTPUT}}]
+    assert await fetch(ui.url, f"/api/loops/{loop_id}/tools/no-such-call") == (200, None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
+import os
 import signal
 import sys
 from pathlib import Path
@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 from recorder_client import defaults
 from recorder_client.defaults import default_db_path, default_target
+from recorder_server import tuning
 from recorder_server.cli.common import Commands, add_command
+from recorder_server.price_file import PRICES_ENV, PriceFileError
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import SecurityConfigError, check_token
 from recorder_server.validation import Limits
@@ -31,6 +33,12 @@ def register(commands: Commands) -> None:
     )
     serve.add_argument(
         "--db", type=Path, default=None, help=f"SQLite file (default {default_db_path()})"
+    )
+    serve.add_argument(
+        "--create",
+        action="store_true",
+        help="make the --db directory if it does not exist (without it, only a directory "
+        "under the default data directory is made)",
     )
     serve.add_argument(
         "--listen",
@@ -62,6 +70,13 @@ def register(commands: Commands) -> None:
         default=300,
         help="abort a writer's open loops this long after its stream ended without it "
         "coming back (0: never; default %(default)s)",
+    )
+    serve.add_argument(
+        "--prices",
+        type=Path,
+        metavar="FILE",
+        help="YAML or TOML file of your own prices per provider and model; they win over "
+        f"genai-prices' (default: ${PRICES_ENV} when set)",
     )
     _add_security_flags(serve)
     _add_limit_flags(serve)
@@ -140,7 +155,17 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         tls_client_ca=args.tls_client_ca,
         insecure=args.insecure,
         token=_token(args.token_file),
+        prices=_prices_file(args.prices),
+        create_db_dir=args.create,
     )
+
+
+def _prices_file(flag: Path | None) -> Path | None:
+    """--prices, else $AGENT_RECORDER_PRICES; the file is read and checked at start."""
+    if flag is not None:
+        return flag
+    env = os.environ.get(PRICES_ENV, "").strip()
+    return Path(env) if env else None
 
 
 def _token(token_file: Path | None) -> str | None:
@@ -153,9 +178,13 @@ def _token(token_file: Path | None) -> str | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from recorder_server.server import GIL_SWITCH_INTERVAL_S, DatabaseInUse, RecorderServer
+    from recorder_server.ownership import StartupError
+    from recorder_server.server import RecorderServer
 
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    tuning.before_start()
+    # Everything this process creates is the owner's alone (the files it makes are
+    # also chmod-ed explicitly; this covers the socket between bind and chmod).
+    os.umask(0o077)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -163,13 +192,9 @@ async def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
         async with RecorderServer(config) as server:
-            # What startup made (modules, descriptors, the server) lives as long as
-            # the process: out of the collector's sight, a full collection no longer
-            # walks it. Full collections had paused the event loop for 25-45 ms.
-            gc.collect()
-            gc.freeze()
+            tuning.after_start()
             print(
-                f"agent-recorder listening on {server.address} (database {config.db_path})",
+                f"agent-recorder listening on {server.address} (database {server.db_path})",
                 flush=True,
             )
             failed = asyncio.create_task(server.failed.wait())
@@ -186,7 +211,7 @@ async def run(args: argparse.Namespace) -> int:
                 )
                 return 1
             print("agent-recorder: stopping (draining writes)", flush=True)
-    except (DatabaseInUse, SecurityConfigError) as exc:
+    except (StartupError, SecurityConfigError, PriceFileError) as exc:
         print(f"agent-recorder: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0

@@ -14,6 +14,7 @@ from recorder_client.client import RecorderClient
 from recorder_client.errors import RecorderRpcError
 from recorder_server.cli.common import Commands, add_command, add_target, parse_when
 from recorder_server.tree_view import (
+    Priced,
     event_line,
     refusals_table,
     session_tree,
@@ -22,6 +23,11 @@ from recorder_server.tree_view import (
 )
 
 console = Console()
+GROUPINGS = {
+    "agent": api.USAGE_GROUPING_AGENT,
+    "model": api.USAGE_GROUPING_MODEL,
+    "day": api.USAGE_GROUPING_DAY,
+}
 SCOPES = {
     "ephemeral": session_pb2.SESSION_SCOPE_EPHEMERAL,
     "persistent": session_pb2.SESSION_SCOPE_PERSISTENT,
@@ -70,14 +76,19 @@ def register(commands: Commands) -> None:
     usage = add_command(
         commands,
         "usage",
-        "token totals by agent and model over loops started in a time range",
-        "agent-recorder usage --since 7d --agent my-agent",
+        "tokens and cost by agent and model (or --by agent|model|day) over a time range",
+        "agent-recorder usage --since 7d --by day",
         show_usage,
     )
     add_target(usage)
     usage.add_argument("--agent", default="", help="only this agent")
     usage.add_argument("--since", type=parse_when, metavar="WHEN", help="7d, 12h or an ISO date")
     usage.add_argument("--until", type=parse_when, metavar="WHEN", help="7d, 12h or an ISO date")
+    usage.add_argument(
+        "--by",
+        choices=tuple(GROUPINGS),
+        help="one row per agent, per model or per UTC day (default: per agent and model)",
+    )
     usage.add_argument("--json", action="store_true", help="print the rows as protobuf JSON")
 
 
@@ -130,46 +141,60 @@ async def tail_session(args: argparse.Namespace) -> int:
 
 
 async def show_usage(args: argparse.Namespace) -> int:
+    grouping = GROUPINGS[args.by] if args.by else api.USAGE_GROUPING_UNSPECIFIED
     async with RecorderClient.connect(args.target) as client:
-        rows = await client.get_usage(agent_id=args.agent, since=args.since, until=args.until)
+        report = await client.get_usage_report(
+            agent_id=args.agent, since=args.since, until=args.until, group_by=grouping
+        )
     if args.json:
-        print(json_format.MessageToJson(api.GetUsageResponse(rows=rows)))
+        print(json_format.MessageToJson(report))
         return 0
     span = f"{args.since:%Y-%m-%d %H:%M} .. " if args.since else "all time .. "
     span += f"{args.until:%Y-%m-%d %H:%M}" if args.until else "now"
-    console.print(usage_table(rows, f"token usage ({span}, UTC)"))
+    keys = (args.by,) if args.by else ("agent", "model")
+    title = f"token usage and cost ({span}, UTC)"
+    console.print(usage_table(report.rows, report.total_cost, title, keys))
+    if not report.total_cost.priced:
+        console.print(
+            f"{report.total_cost.unpriced_calls} model call(s) have no price "
+            f"({report.total_cost.unpriced_reason}); the amounts leave them out. "
+            "Add them with `serve --prices FILE`.",
+            style="red",
+        )
     return 0
 
 
 async def sub_sessions(
     client: RecorderClient, session: session_pb2.Session
-) -> dict[str, session_pb2.Session | None]:
-    """Every sub-agent session reachable through ChildLoopRefs, fetched once each."""
-    found: dict[str, session_pb2.Session | None] = {}
+) -> dict[str, Priced | None]:
+    """Every sub-agent session reachable through ChildLoopRefs, with its cost, fetched once each."""
+    found: dict[str, Priced | None] = {}
     pending = [r.child_session_id for loop in session.loops for r in loop.child_loop_refs]
     while pending:
         sid = pending.pop()
         if sid in found:
             continue
         try:
-            child: session_pb2.Session | None = await client.get_session(sid, skip_events=True)
+            child: Priced | None = await client.get_session_and_cost(sid, skip_events=True)
         except RecorderRpcError:
             child = None
         found[sid] = child
         if child is not None:
-            pending += [r.child_session_id for loop in child.loops for r in loop.child_loop_refs]
+            pending += [r.child_session_id for loop in child[0].loops for r in loop.child_loop_refs]
     return found
 
 
 async def show_session(args: argparse.Namespace) -> int:
     async with RecorderClient.connect(args.target) as client:
-        session = await client.get_session(args.session_id, skip_events=not args.json)
+        session, cost = await client.get_session_and_cost(
+            args.session_id, skip_events=not args.json
+        )
         if args.json:
             print(json_format.MessageToJson(session))
             return 0
         children = await sub_sessions(client, session)
         refusals = [r async for r in client.iter_refusals(session.session_id)]
-    console.print(session_tree(session, children.get))
+    console.print(session_tree((session, cost), children.get))
     if refusals:
         console.print(refusals_table(refusals))
     return 0

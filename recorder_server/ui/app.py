@@ -82,6 +82,7 @@ def create_app(client_factory: ClientFactory, *, allow_remote: bool = False) -> 
     app.router.add_get("/api/loops/{loop_id}", _loop)
     app.router.add_get("/api/loops/{loop_id}/outline", _loop_outline)
     app.router.add_get("/api/loops/{loop_id}/events", _loop_events)
+    app.router.add_get("/api/loops/{loop_id}/tools/{tool_call_id}", _tool_end)
     app.router.add_get("/api/live", _sessions_live)
     return app
 
@@ -166,12 +167,13 @@ async def _session(request: web.Request) -> web.StreamResponse:
     started = [loop.loop_id for loop in session.loops if loop.HasField("started_at")]
     if not session.HasField("finalized_at"):
         cursor = await _last_cursor(client, started[-1]) if started else 0
-    if not session.HasField("finalized_at") or len(session.loops) <= TURNS_UP_TO:
-        # Turns only where the outline draws them; a big session's loop rows
-        # fetch theirs when expanded.
-        skip = len(session.loops) > TURNS_UP_TO
-        session = await client.get_session(session_id, skip_events=True, skip_messages=skip)
-    outline = session_outline(session, turns_up_to=TURNS_UP_TO)
+    # Read again after the cursor, with the cost. Turns only where the outline draws
+    # them; a big session's loop rows fetch theirs when expanded.
+    skip = len(session.loops) > TURNS_UP_TO
+    session, cost = await client.get_session_and_cost(
+        session_id, skip_events=True, skip_messages=skip
+    )
+    outline = session_outline(session, cost, turns_up_to=TURNS_UP_TO)
     outline["cursor"] = cursor
     outline["refusals"] = [
         refusal_json(refusal) async for refusal in client.iter_refusals(session_id)
@@ -194,8 +196,9 @@ async def _loop(request: web.Request) -> web.StreamResponse:
 
 async def _loop_outline(request: web.Request) -> web.StreamResponse:
     """A loop's turns and tool executions, for a big session's timeline row when expanded."""
-    loop = await request.app[CLIENT].get_loop(request.match_info["loop_id"], skip_events=True)
-    return web.json_response(loop_outline(loop))
+    client = request.app[CLIENT]
+    loop, cost = await client.get_loop_and_cost(request.match_info["loop_id"], skip_events=True)
+    return web.json_response(loop_outline(loop, cost))
 
 
 async def _loop_events(request: web.Request) -> web.StreamResponse:
@@ -216,6 +219,27 @@ async def _loop_events(request: web.Request) -> web.StreamResponse:
         await stream.aclose()
     more = len(events) == limit
     return web.json_response({"events": events, "more": more})
+
+
+async def _tool_end(request: web.Request) -> web.StreamResponse:
+    """The ToolExecutionEnd of one tool call, or null: the result the runtime recorded there.
+
+    A turn's tool_results carry a result only when the runtime also put it there;
+    the execution's end event always does.
+    """
+    call_id = request.match_info["tool_call_id"]
+    stream = request.app[CLIENT].stream_events(loop_id=request.match_info["loop_id"])
+    found: Any = None
+    try:
+        async for item in stream:
+            event = item.event.event
+            end = event.tool_execution_end
+            if event.WhichOneof("event") == "tool_execution_end" and end.tool_call_id == call_id:
+                found = to_json(end)
+                break
+    finally:
+        await stream.aclose()
+    return web.json_response(found)
 
 
 def _event_json(item: Any) -> dict[str, Any]:

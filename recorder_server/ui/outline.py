@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2, types_pb2
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -47,6 +48,21 @@ def usage_dict(usage: types_pb2.Usage) -> JsonDict:
         "cacheWrite": usage.cache_write,
         "total": usage.total_tokens
         or usage.input + usage.output + usage.cache_read + usage.cache_write,
+    }
+
+
+def cost_dict(cost: types_pb2.Cost | None) -> JsonDict | None:
+    """A cost for the page: amount is None when nothing in it had a price (never 0)."""
+    if cost is None:
+        return None
+    return {
+        "amount": cost.amount or None,
+        "currency": cost.currency,
+        "priced": cost.priced,
+        "source": cost.source,
+        "unpricedReason": cost.unpriced_reason,
+        "pricedCalls": cost.priced_calls,
+        "unpricedCalls": cost.unpriced_calls,
     }
 
 
@@ -94,8 +110,8 @@ def tools_of(turn: session_pb2.Turn, began: int | None, ended: int | None) -> li
     return tools
 
 
-def turn_outline(turn: session_pb2.Turn) -> JsonDict:
-    """A turn's bar: its span, trigger and token total (the details come with its loop)."""
+def turn_outline(turn: session_pb2.Turn, cost: api.TurnCost | None = None) -> JsonDict:
+    """A turn's bar: its span, trigger, token total and cost (the details come with its loop)."""
     began, ended = millis(turn.started_at), millis(turn.ended_at)
     return {
         "index": turn.turn_id.turn_index,
@@ -103,13 +119,19 @@ def turn_outline(turn: session_pb2.Turn) -> JsonDict:
         "start": began,
         "end": ended,
         "tokens": usage_dict(turn.usage)["total"],
+        "model": cost.model if cost else turn.output_message.model,
+        "cost": cost_dict(cost.cost) if cost else None,
         "tools": tools_of(turn, began, ended),
     }
 
 
-def loop_outline(loop: session_pb2.LoopRecord, *, with_turns: bool = True) -> JsonDict:
+def loop_outline(
+    loop: session_pb2.LoopRecord, cost: api.LoopCost | None = None, *, with_turns: bool = True
+) -> JsonDict:
     """A loop's node and bar; without turns, only their count (the page asks when expanded)."""
     group = loop.parallel_group if loop.HasField("parallel_group") else None
+    turn_costs = {c.turn_index: c for c in cost.turns} if cost else {}
+    turns = [turn_outline(t, turn_costs.get(t.turn_id.turn_index)) for t in loop.turns]
     return {
         "id": loop.loop_id,
         "parent": loop.parent_loop_id if loop.HasField("parent_loop_id") else None,
@@ -121,7 +143,8 @@ def loop_outline(loop: session_pb2.LoopRecord, *, with_turns: bool = True) -> Js
         "usage": usage_dict(loop.usage),
         "rejection": loop.rejection if loop.HasField("rejection") else None,
         "turnCount": len(loop.turns),
-        "turns": [turn_outline(turn) for turn in loop.turns] if with_turns else None,
+        "cost": cost_dict(cost.cost) if cost else None,
+        "turns": turns if with_turns else None,
         "childRefs": [json_format.MessageToDict(ref) for ref in loop.child_loop_refs],
         "parallel": None
         if group is None
@@ -137,8 +160,14 @@ def loop_outline(loop: session_pb2.LoopRecord, *, with_turns: bool = True) -> Js
 TURNS_UP_TO = 200
 
 
-def session_outline(session: session_pb2.Session, *, turns_up_to: int = TURNS_UP_TO) -> JsonDict:
-    """The session's header, its loops in recorded order and its total usage.
+def session_outline(
+    session: session_pb2.Session,
+    cost: api.SessionCost | None = None,
+    *,
+    turns_up_to: int = TURNS_UP_TO,
+) -> JsonDict:
+    """The session's header, its loops in recorded order, its total usage and its cost
+    (its own, its sub-agent tree's and each spawned session's).
 
     Turns are included when the session has at most turns_up_to loops: a big
     session opens with its loops alone.
@@ -158,11 +187,27 @@ def session_outline(session: session_pb2.Session, *, turns_up_to: int = TURNS_UP
             finalized_at=session.finalized_at if session.HasField("finalized_at") else None,
         )
     )
+    loop_costs = {c.loop_id: c for c in cost.loops} if cost else {}
     return {
         "session": header,
         "finalized": session.HasField("finalized_at"),
         "usage": usage_dict(total_usage(session)),
-        "loops": [loop_outline(loop, with_turns=with_turns) for loop in session.loops],
+        "cost": cost_dict(cost.session) if cost else None,
+        "treeCost": cost_dict(cost.tree) if cost else None,
+        "spawned": [
+            {
+                "sessionId": s.session_id,
+                "agentId": s.agent_id,
+                "parentSessionId": s.parent_session_id,
+                "cost": cost_dict(s.cost),
+                "treeCost": cost_dict(s.tree),
+            }
+            for s in (cost.spawned if cost else ())
+        ],
+        "loops": [
+            loop_outline(loop, loop_costs.get(loop.loop_id), with_turns=with_turns)
+            for loop in session.loops
+        ],
     }
 
 

@@ -46,6 +46,29 @@ SESSION_LIFECYCLE_FINALIZED: SessionLifecycle.ValueType  # 2
 SESSION_LIFECYCLE_DELETED: SessionLifecycle.ValueType  # 3
 Global___SessionLifecycle: _TypeAlias = SessionLifecycle  # noqa: Y015
 
+class _UsageGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUPING_UNSPECIFIED: _UsageGrouping.ValueType  # 0
+    """Per agent and model."""
+    USAGE_GROUPING_AGENT: _UsageGrouping.ValueType  # 1
+    USAGE_GROUPING_MODEL: _UsageGrouping.ValueType  # 2
+    USAGE_GROUPING_DAY: _UsageGrouping.ValueType  # 3
+    """Per UTC day the loops started on."""
+
+class UsageGrouping(_UsageGrouping, metaclass=_UsageGroupingEnumTypeWrapper): ...
+
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping.ValueType  # 0
+"""Per agent and model."""
+USAGE_GROUPING_AGENT: UsageGrouping.ValueType  # 1
+USAGE_GROUPING_MODEL: UsageGrouping.ValueType  # 2
+USAGE_GROUPING_DAY: UsageGrouping.ValueType  # 3
+"""Per UTC day the loops started on."""
+Global___UsageGrouping: _TypeAlias = UsageGrouping  # noqa: Y015
+
 @_typing.final
 class EventEnvelope(_message.Message):
     """An event as sent by a writer. A writer that numbers its events (as the client
@@ -409,6 +432,7 @@ class GetSessionRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     SKIP_EVENTS_FIELD_NUMBER: _builtins.int
     SKIP_MESSAGES_FIELD_NUMBER: _builtins.int
+    SKIP_COST_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     skip_events: _builtins.bool
     """Leave out each loop's events (the rest of the tree is unchanged)."""
@@ -416,16 +440,19 @@ class GetSessionRequest(_message.Message):
     """Leave out each loop's messages and turns, which dominate a large session:
     an outline of the tree. GetLoop returns them loop by loop.
     """
+    skip_cost: _builtins.bool
+    """Leave out the cost (which reads every turn's usage, model and time)."""
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         skip_events: _builtins.bool = ...,
         skip_messages: _builtins.bool = ...,
+        skip_cost: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "skip_events", b"skip_events", "skip_messages", b"skip_messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id", "skip_cost", b"skip_cost", "skip_events", b"skip_events", "skip_messages", b"skip_messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -436,20 +463,164 @@ class GetSessionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> _session_pb2.Session: ...
+    @_builtins.property
+    def cost(self) -> Global___SessionCost:
+        """What the session and its sub-agent tree cost, per loop and turn."""
+
     def __init__(
         self,
         *,
         session: _session_pb2.Session | None = ...,
+        cost: Global___SessionCost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015
+
+@_typing.final
+class TurnCost(_message.Message):
+    """The cost of one model call (turn) at the prices in force at its time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_INDEX_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    turn_index: _builtins.int
+    model: _builtins.str
+    provider: _builtins.str
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost: ...
+    def __init__(
+        self,
+        *,
+        turn_index: _builtins.int = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        cost: _types_pb2.Cost | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "model", b"model", "provider", b"provider", "turn_index", b"turn_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnCost: _TypeAlias = TurnCost  # noqa: Y015
+
+@_typing.final
+class LoopCost(_message.Message):
+    """A loop's cost: the sum of its turns, or, without turns, its own usage priced
+    with its config's model at its start.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOOP_ID_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    loop_id: _builtins.str
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost: ...
+    @_builtins.property
+    def turns(self) -> _containers.RepeatedCompositeFieldContainer[Global___TurnCost]: ...
+    def __init__(
+        self,
+        *,
+        loop_id: _builtins.str = ...,
+        cost: _types_pb2.Cost | None = ...,
+        turns: _abc.Iterable[Global___TurnCost] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop_id", b"loop_id", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoopCost: _TypeAlias = LoopCost  # noqa: Y015
+
+@_typing.final
+class SpawnedSessionCost(_message.Message):
+    """One session of a sub-agent tree and what it cost on its own."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    PARENT_SESSION_ID_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    TREE_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    agent_id: _builtins.str
+    parent_session_id: _builtins.str
+    """The session that spawned it (following spawn refs)."""
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost: ...
+    @_builtins.property
+    def tree(self) -> _types_pb2.Cost:
+        """It and every session spawned from it, transitively."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        parent_session_id: _builtins.str = ...,
+        cost: _types_pb2.Cost | None = ...,
+        tree: _types_pb2.Cost | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "tree", b"tree"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cost", b"cost", "parent_session_id", b"parent_session_id", "session_id", b"session_id", "tree", b"tree"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpawnedSessionCost: _TypeAlias = SpawnedSessionCost  # noqa: Y015
+
+@_typing.final
+class SessionCost(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    TREE_FIELD_NUMBER: _builtins.int
+    LOOPS_FIELD_NUMBER: _builtins.int
+    SPAWNED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> _types_pb2.Cost:
+        """The session's own loops."""
+
+    @_builtins.property
+    def tree(self) -> _types_pb2.Cost:
+        """The session plus every session spawned from it, transitively."""
+
+    @_builtins.property
+    def loops(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoopCost]: ...
+    @_builtins.property
+    def spawned(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpawnedSessionCost]:
+        """Every session spawned from this one, transitively, parents before children."""
+
+    def __init__(
+        self,
+        *,
+        session: _types_pb2.Cost | None = ...,
+        tree: _types_pb2.Cost | None = ...,
+        loops: _abc.Iterable[Global___LoopCost] | None = ...,
+        spawned: _abc.Iterable[Global___SpawnedSessionCost] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "tree", b"tree"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loops", b"loops", "session", b"session", "spawned", b"spawned", "tree", b"tree"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionCost: _TypeAlias = SessionCost  # noqa: Y015
 
 @_typing.final
 class ListSessionsRequest(_message.Message):
@@ -534,6 +705,8 @@ class SessionSummary(_message.Message):
     FINALIZED_AT_FIELD_NUMBER: _builtins.int
     LOOPS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    TREE_COST_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     agent_id: _builtins.str
     scope: _session_pb2.SessionScope.ValueType
@@ -551,6 +724,14 @@ class SessionSummary(_message.Message):
     def loops(self) -> Global___LoopStatusCounts: ...
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost:
+        """The session's own loops."""
+
+    @_builtins.property
+    def tree_cost(self) -> _types_pb2.Cost:
+        """The session and every session spawned from it (its sub-agent tree)."""
+
     def __init__(
         self,
         *,
@@ -564,10 +745,12 @@ class SessionSummary(_message.Message):
         finalized_at: _timestamp_pb2.Timestamp | None = ...,
         loops: Global___LoopStatusCounts | None = ...,
         usage: _types_pb2.Usage | None = ...,
+        cost: _types_pb2.Cost | None = ...,
+        tree_cost: _types_pb2.Cost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "loops", b"loops", "parent_spawn_ref", b"parent_spawn_ref", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "loops", b"loops", "parent_spawn_ref", b"parent_spawn_ref", "tree_cost", b"tree_cost", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "loops", b"loops", "parent_spawn_ref", b"parent_spawn_ref", "scope", b"scope", "session_id", b"session_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cost", b"cost", "created_at", b"created_at", "finalized_at", b"finalized_at", "formation", b"formation", "last_active_at", b"last_active_at", "loops", b"loops", "parent_spawn_ref", b"parent_spawn_ref", "scope", b"scope", "session_id", b"session_id", "tree_cost", b"tree_cost", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -624,16 +807,20 @@ class GetLoopResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LOOP_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def loop(self) -> _session_pb2.LoopRecord: ...
+    @_builtins.property
+    def cost(self) -> Global___LoopCost: ...
     def __init__(
         self,
         *,
         loop: _session_pb2.LoopRecord | None = ...,
+        cost: Global___LoopCost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["loop", b"loop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop", b"loop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["loop", b"loop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop", b"loop"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1127,8 +1314,11 @@ class GetUsageRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Only this agent's loops when set."""
+    group_by: Global___UsageGrouping.ValueType
+    """What a row sums over (default: per agent and model)."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp:
         """Only loops started at or after this time."""
@@ -1143,10 +1333,11 @@ class GetUsageRequest(_message.Message):
         agent_id: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        group_by: Global___UsageGrouping.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "group_by", b"group_by", "since", b"since", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1154,7 +1345,9 @@ Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
 
 @_typing.final
 class UsageRow(_message.Message):
-    """Usage of the loops of one agent with one model ("" when the loop had no config)."""
+    """Usage of the loops of one agent with one model ("" when the loop had no config),
+    or of one agent, one model or one day (see UsageGrouping; the others are then empty).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1162,11 +1355,19 @@ class UsageRow(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     LOOPS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     model: _builtins.str
     loops: _builtins.int
+    day: _builtins.str
+    """YYYY-MM-DD (UTC) when grouped by day."""
     @_builtins.property
     def usage(self) -> _types_pb2.Usage: ...
+    @_builtins.property
+    def cost(self) -> _types_pb2.Cost:
+        """What these loops cost (each loop priced from its turns)."""
+
     def __init__(
         self,
         *,
@@ -1174,10 +1375,12 @@ class UsageRow(_message.Message):
         model: _builtins.str = ...,
         loops: _builtins.int = ...,
         usage: _types_pb2.Usage | None = ...,
+        cost: _types_pb2.Cost | None = ...,
+        day: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "loops", b"loops", "model", b"model", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "cost", b"cost", "day", b"day", "loops", b"loops", "model", b"model", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1188,18 +1391,24 @@ class GetUsageResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROWS_FIELD_NUMBER: _builtins.int
+    TOTAL_COST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]:
-        """Ordered by agent_id, then model."""
+        """Ordered by agent_id, then model (or by the grouping's key)."""
+
+    @_builtins.property
+    def total_cost(self) -> _types_pb2.Cost:
+        """The cost of all rows together."""
 
     def __init__(
         self,
         *,
         rows: _abc.Iterable[Global___UsageRow] | None = ...,
+        total_cost: _types_pb2.Cost | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total_cost", b"total_cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "total_cost", b"total_cost"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -685,3 +685,115 @@ class Session(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class MessagePricingView(_message.Message):
+    """The fields of a stored AgentMessage that pricing reads (same numbers)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    provider: _builtins.str
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def usage(self) -> _types_pb2.Usage: ...
+    def __init__(
+        self,
+        *,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+        model: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        usage: _types_pb2.Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "provider", b"provider", "timestamp", b"timestamp", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessagePricingView: _TypeAlias = MessagePricingView  # noqa: Y015
+
+@_typing.final
+class TurnPricingView(_message.Message):
+    """A stored Turn read for pricing only: same field numbers as Turn, without its
+    messages, so a session is priced without decoding what the model saw.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TURN_ID_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    OUTPUT_MESSAGE_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    ENDED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def turn_id(self) -> _types_pb2.TurnId: ...
+    @_builtins.property
+    def usage(self) -> _types_pb2.Usage: ...
+    @_builtins.property
+    def output_message(self) -> Global___MessagePricingView: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def ended_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        turn_id: _types_pb2.TurnId | None = ...,
+        usage: _types_pb2.Usage | None = ...,
+        output_message: Global___MessagePricingView | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        ended_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "output_message", b"output_message", "started_at", b"started_at", "turn_id", b"turn_id", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_at", b"ended_at", "output_message", b"output_message", "started_at", b"started_at", "turn_id", b"turn_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TurnPricingView: _TypeAlias = TurnPricingView  # noqa: Y015
+
+@_typing.final
+class LoopPricingView(_message.Message):
+    """A stored LoopRecord read for pricing only (same field numbers as LoopRecord)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOOP_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    CONFIG_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    CHILD_LOOP_REFS_FIELD_NUMBER: _builtins.int
+    loop_id: _builtins.str
+    session_id: _builtins.str
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def config(self) -> _types_pb2.LoopConfigSnapshot: ...
+    @_builtins.property
+    def usage(self) -> _types_pb2.Usage: ...
+    @_builtins.property
+    def child_loop_refs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChildLoopRef]: ...
+    def __init__(
+        self,
+        *,
+        loop_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        config: _types_pb2.LoopConfigSnapshot | None = ...,
+        usage: _types_pb2.Usage | None = ...,
+        child_loop_refs: _abc.Iterable[Global___ChildLoopRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["child_loop_refs", b"child_loop_refs", "config", b"config", "loop_id", b"loop_id", "session_id", b"session_id", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoopPricingView: _TypeAlias = LoopPricingView  # noqa: Y015

@@ -678,3 +678,54 @@ class ContinuationKind(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ContinuationKind: _TypeAlias = ContinuationKind  # noqa: Y015
+
+@_typing.final
+class Cost(_message.Message):
+    """What recorded usage cost, computed when it is read (never stored): a newer
+    price table or a price override reprices history. See recorder_server/cost.py.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    PRICED_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    UNPRICED_REASON_FIELD_NUMBER: _builtins.int
+    PRICED_CALLS_FIELD_NUMBER: _builtins.int
+    UNPRICED_CALLS_FIELD_NUMBER: _builtins.int
+    amount: _builtins.str
+    """Exact decimal, e.g. "0.0123": the sum over the priced model calls only.
+    Empty when nothing in it could be priced (unpriced is never shown as 0).
+    """
+    currency: _builtins.str
+    """ISO 4217 code of amount, e.g. "USD"."""
+    priced: _builtins.bool
+    """True when every model call in it was priced (amount is then the whole cost)."""
+    source: _builtins.str
+    """Where the prices came from: "genai-prices 0.2.3" or "override FILE:LINE",
+    comma-separated when several.
+    """
+    unpriced_reason: _builtins.str
+    """Why a call could not be priced (the first such call), e.g. "unknown model"."""
+    priced_calls: _builtins.int
+    """Model calls in it with and without a price."""
+    unpriced_calls: _builtins.int
+    def __init__(
+        self,
+        *,
+        amount: _builtins.str = ...,
+        currency: _builtins.str = ...,
+        priced: _builtins.bool = ...,
+        source: _builtins.str = ...,
+        unpriced_reason: _builtins.str = ...,
+        priced_calls: _builtins.int = ...,
+        unpriced_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "currency", b"currency", "priced", b"priced", "priced_calls", b"priced_calls", "source", b"source", "unpriced_calls", b"unpriced_calls", "unpriced_reason", b"unpriced_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cost: _TypeAlias = Cost  # noqa: Y015

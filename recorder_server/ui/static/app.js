@@ -162,6 +162,35 @@ function usageTotal(usage) {
     Number(usage.cacheRead || 0) + Number(usage.cacheWrite || 0);
 }
 
+// What something cost, exactly as the server computed it (a decimal string, never
+// a float); "unpriced" when no call in it had a price, never $0.
+function fmtCost(cost) {
+  if (!cost) return "";
+  const unpriced = Number(cost.unpricedCalls || 0);
+  if (unpriced && !Number(cost.pricedCalls || 0)) return "unpriced";
+  let amount = cost.amount || "0";
+  const [whole, frac = ""] = amount.split(".");
+  if (frac.length < 2) amount = `${whole}.${frac.padEnd(2, "0")}`;
+  const money = (cost.currency || "USD") === "USD" ? `$${amount}` : `${amount} ${cost.currency}`;
+  return unpriced ? `${money} + ${unpriced} unpriced` : money;
+}
+
+function costTitle(cost) {
+  if (!cost) return "";
+  const parts = [cost.source ? `prices: ${cost.source}` : ""];
+  if (cost.unpricedReason) parts.push(`unpriced: ${cost.unpricedReason}`);
+  return parts.filter(Boolean).join("\n");
+}
+
+function costBadge(cost, attrs = {}) {
+  if (!cost) return null;
+  return h("span", { class: cost.priced ? "cost" : "cost unpriced", title: costTitle(cost), ...attrs }, fmtCost(cost));
+}
+
+function sameCost(a, b) {
+  return (a?.amount || "") === (b?.amount || "") && Number(a?.unpricedCalls || 0) === Number(b?.unpricedCalls || 0);
+}
+
 function sessionsTable(sessions) {
   if (!sessions.length) return h("p", { class: "muted" }, "No sessions match.");
   const rows = sessions.map((s) => h("tr", { class: "session-row", dataset: { session: s.sessionId } },
@@ -173,11 +202,14 @@ function sessionsTable(sessions) {
     h("td", {}, s.finalizedAt ? fmtTime(s.finalizedAt) : h("span", { class: "badge" }, "open")),
     h("td", {}, statusCounts(s.loops)),
     h("td", { class: "num" }, fmtNum(usageTotal(s.usage))),
+    h("td", { class: "num" }, costBadge(s.cost || {}, { dataset: { role: "session-cost" } }),
+      s.treeCost && !sameCost(s.cost, s.treeCost)
+        ? h("div", { class: "muted" }, "with sub-agents ", costBadge(s.treeCost, { dataset: { role: "tree-cost" } })) : null),
     h("td", {}, s.parentSpawnRef ? h("a", { href: `#/session/${encodeURIComponent(s.parentSpawnRef.parentSessionId)}` },
       `↑ ${s.parentSpawnRef.toolName || "parent"}`) : "")));
   return h("table", { class: "list" },
     h("thead", {}, h("tr", {}, ["session", "agent", "scope", "created", "last active", "finalized",
-      "loops", "tokens", "spawned by"].map((t) => h("th", {}, t)))),
+      "loops", "tokens", "cost", "spawned by"].map((t) => h("th", {}, t)))),
     h("tbody", {}, rows));
 }
 
@@ -249,6 +281,9 @@ function sessionPage(sessionId, params) {
 
 function setOutline(state, outline) {
   state.outline = outline;
+  // A sub-agent badge shows what that sub-agent and everything it spawned cost.
+  const spawnedCost = new Map((outline.spawned || []).map((s) => [s.sessionId, s.treeCost]));
+  for (const loop of outline.loops) for (const ref of loop.childRefs) ref.cost = spawnedCost.get(ref.childSessionId);
   state.byId = new Map(outline.loops.map((loop) => [loop.id, loop]));
 }
 
@@ -276,7 +311,7 @@ function render(state) {
 }
 
 function renderHead(state) {
-  const { session, usage, finalized, loops } = state.outline;
+  const { session, usage, finalized, loops, cost, treeCost, spawned } = state.outline;
   const spawn = session.parentSpawnRef;
   const formation = session.formation ? Object.keys(session.formation)[0] : "";
   fill(state.head, [
@@ -289,6 +324,12 @@ function renderHead(state) {
     h("span", {}, `${loops.length} loops`),
     refusedBadge(state.outline.refusals),
     h("span", { id: "session-usage" }, `tokens: ${fmtNum(usage.total)} (in ${fmtNum(usage.input)}, out ${fmtNum(usage.output)}, cache ${fmtNum(usage.cacheRead)})`),
+    cost ? h("span", { id: "session-cost" }, "cost ", costBadge(cost)) : null,
+    spawned && spawned.length ? h("details", { id: "tree-cost" },
+      h("summary", {}, "with sub-agents ", costBadge(treeCost)),
+      h("ul", { class: "spawned" }, spawned.map((s) => h("li", { dataset: { session: s.sessionId } },
+        h("a", { href: `#/session/${encodeURIComponent(s.sessionId)}`, class: "mono" }, s.sessionId),
+        ` (${s.agentId}) `, costBadge(s.cost))))) : null,
     spawn ? h("a", { href: `#/session/${encodeURIComponent(spawn.parentSessionId)}?loop=${encodeURIComponent(spawn.parentLoopId)}` },
       `↑ spawned by ${spawn.toolName} in ${shortLoop(spawn.parentLoopId)}`) : null]);
 }
@@ -368,9 +409,10 @@ function treeNode(loop, refused) {
     kindBadge(loop.kind), parallelBadge(loop),
     refused ? h("span", { class: "badge refused", title: "refused events of this loop" }, `${refused} refused`) : null,
     h("span", { class: "tokens" }, `${fmtNum(loop.usage.total)} tok`),
+    costBadge(loop.cost),
     loop.childRefs.length ? h("span", { class: "refs" }, loop.childRefs.map((ref) =>
       h("a", { class: "badge sub", href: `#/session/${encodeURIComponent(ref.childSessionId)}?loop=${encodeURIComponent(ref.childLoopId)}` },
-        `↳ ${ref.toolName}: sub-agent ${ref.childSessionId}`))) : null);
+        `↳ ${ref.toolName}: sub-agent ${ref.childSessionId}`, ref.cost ? " " : null, costBadge(ref.cost)))) : null);
 }
 
 // A chain of single continuations stays at one level (a long conversation would
@@ -449,7 +491,7 @@ function renderTimeline(state, order) {
     for (const turn of loop.turns) {
       rows.append(timelineRow("turn", `turn|${loop.id}|${turn.index}`, [`turn ${turn.index}`], {},
         h("div", { class: "bar", style: pos(turn.start, turn.end),
-          title: `turn ${turn.index} · ${turn.trigger} · ${fmtNum(turn.tokens)} tok` })));
+          title: `turn ${turn.index} · ${turn.trigger} · ${fmtNum(turn.tokens)} tok · ${fmtCost(turn.cost)}` })));
       for (const tool of turn.tools) {
         rows.append(timelineRow("tool", `tool|${loop.id}|${turn.index}|${tool.id}`, [`⚙ ${tool.name}`], {},
           h("div", { class: `bar${tool.isError ? " error" : ""}`, style: pos(tool.start, tool.end),
@@ -481,9 +523,22 @@ async function showDetails(state) {
     if (state.selected !== selection) return;
     const turn = (loop.turns || []).find((t) => (t.turnId?.turnIndex || 0) === (selection.turn || 0));
     if (selection.kind === "tool") fill(box, toolDetails(state, loop, turn, selection.tool));
-    else if (selection.kind === "turn") fill(box, turnDetails(turn));
+    else if (selection.kind === "turn") fill(box, turnDetails(turn, outlineTurn(state, selection)));
     else fill(box, loopDetails(state, loop));
   } catch (error) { showError(box, error); }
+}
+
+function outlineTurn(state, selection) {
+  const loop = state.byId.get(selection.loop);
+  return ((loop && loop.turns) || []).find((t) => t.index === (selection.turn || 0));
+}
+
+function costKv(cost) {
+  if (!cost) return h("span", { class: "muted" }, "not computed");
+  return kv([["cost", costBadge(cost)], ["prices", cost.source],
+    ["calls priced", cost.pricedCalls ? String(cost.pricedCalls) : "0"],
+    ["calls unpriced", cost.unpricedCalls ? String(cost.unpricedCalls) : null],
+    ["why unpriced", cost.unpricedReason]]);
 }
 
 function section(title, ...content) {
@@ -513,6 +568,7 @@ function loopDetails(state, loop) {
       ["agent", loop.agentId], ["started", fmtTime(loop.startedAt)], ["ended", fmtTime(loop.endedAt)],
       ["rejection", loop.rejection]]),
     section("Usage", usageKv(loop.usage)),
+    section("Cost", costKv(outline && outline.cost)),
     group ? section("Parallel group", kv([["loops", group.allLoopIds.map(shortLoop).join(", ")],
       ["winner", group.selectedLoopId], ["this loop", group.isSelected ? "★ selected" : "not selected"]]),
       group.evaluationUsage ? usageKv(group.evaluationUsage) : null) : null,
@@ -524,19 +580,22 @@ function loopDetails(state, loop) {
     section(`Turns (${(loop.turns || []).length})`, ...(loop.turns || []).map((turn) => h("div", {},
       h("a", { href: "#", onclick: (e) => e.preventDefault() || state.reselect({ kind: "turn", loop: loop.loopId, turn: turn.turnId?.turnIndex || 0 }) },
         `turn ${turn.turnId?.turnIndex || 0}`), " ", h("span", { class: "muted" },
-        `${enumName(turn.triggeredBy, "TURN_TRIGGER_")} · ${fmtNum(usageTotal(turn.usage))} tok`)))),
+        `${enumName(turn.triggeredBy, "TURN_TRIGGER_")} · ${fmtNum(usageTotal(turn.usage))} tok`), " ",
+        costBadge(outlineTurn(state, { loop: loop.loopId, turn: turn.turnId?.turnIndex || 0 })?.cost)))),
     section(`Messages (${(loop.messages || []).length})`, ...(loop.messages || []).map(message)),
     eventsSection(state, loop.loopId),
   ];
 }
 
-function turnDetails(turn) {
+function turnDetails(turn, outline) {
   if (!turn) return [h("p", { class: "muted" }, "This turn is not recorded (yet).")];
   return [
     h("h2", {}, `Turn ${turn.turnId?.turnIndex || 0}`),
     kv([["loop", h("span", { class: "mono" }, turn.turnId?.loopId)], ["trigger", enumName(turn.triggeredBy, "TURN_TRIGGER_")],
       ["started", fmtTime(turn.startedAt)], ["ended", fmtTime(turn.endedAt)]]),
     section("Usage", usageKv(turn.usage)),
+    section("Cost", outline && outline.model ? h("div", { class: "muted" }, `model ${outline.model}`) : null,
+      costKv(outline && outline.cost)),
     section(`Input messages (${(turn.inputMessages || []).length})`, ...(turn.inputMessages || []).map(message)),
     section("Answer", turn.outputMessage ? message(turn.outputMessage) : h("span", { class: "muted" }, "none yet")),
     section(`Tool results (${(turn.toolResults || []).length})`, ...(turn.toolResults || []).map(message)),
@@ -554,9 +613,29 @@ function toolDetails(state, loop, turn, toolId) {
     kv([["call id", h("span", { class: "mono" }, toolId)], ["loop", h("span", { class: "mono" }, loop.loopId)],
       ["turn", turn ? String(turn.turnId?.turnIndex || 0) : ""], ["error", result && result.isError ? "yes" : ""]]),
     section("Arguments", h("div", { id: "tool-arguments" }, json(call ? call.arguments ?? null : null))),
-    section("Result", result ? message(result) : h("span", { class: "muted" }, "no result recorded")),
+    section("Result", toolResult(loop.loopId, toolId, result)),
     ref ? section("Sub-agent", h("a", { href: `#/session/${encodeURIComponent(ref.childSessionId)}?loop=${encodeURIComponent(ref.childLoopId)}` },
       `session ${ref.childSessionId}, loop ${shortLoop(ref.childLoopId)}`)) : null,
+  ];
+}
+
+// The turn's tool result if it carries one, else the one recorded in the call's
+// ToolExecutionEnd (fetched: the loop record is read without its events).
+function toolResult(loopId, toolId, result) {
+  if (result) return h("div", { id: "tool-result" }, message(result));
+  const box = h("div", { id: "tool-result" }, h("span", { class: "muted" }, "loading…"));
+  getJson(`/api/loops/${encodeURIComponent(loopId)}/tools/${encodeURIComponent(toolId)}`)
+    .then((end) => fill(box, end ? toolEnd(end) : [h("span", { class: "muted" }, "no result recorded")]))
+    .catch((error) => showError(box, error));
+  return box;
+}
+
+function toolEnd(end) {
+  const result = end.result || {};
+  return [
+    h("div", { class: "muted" }, ["from its ToolExecutionEnd", end.isError && "error"].filter(Boolean).join(" · ")),
+    ...(result.content || []).map(block),
+    result.details !== undefined ? json(result.details) : null,
   ];
 }
 
