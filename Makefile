@@ -6,15 +6,17 @@ PY := $(BIN)/python
 STAMPS := .stamps
 PROTO_SRC := $(wildcard protos/agent_recorder/v1/*.proto)
 GEN_DIR := recorder_client
+# Exact versions of everything the repo installs (users get pyproject's ranges).
+CONSTRAINTS := constraints.txt
 
-.PHONY: setup proto demo serve test test-fast lint bench fmt clean
+.PHONY: setup proto demo serve test test-fast lint bench fmt clean constraints
 
 setup: $(STAMPS)/venv $(STAMPS)/node
 
-$(STAMPS)/venv: pyproject.toml
+$(STAMPS)/venv: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[server,dev]'
 	mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/node: package.json
@@ -64,6 +66,16 @@ fmt: setup
 
 bench: setup
 	$(PY) -m bench.run
+
+# Re-resolves the newest versions pyproject's ranges allow, in a scratch venv, into
+# $(CONSTRAINTS). Run it on purpose (then make setup, make test) and commit the result.
+constraints:
+	rm -rf .constraints-venv && $(PYTHON) -m venv .constraints-venv
+	.constraints-venv/bin/pip install -q --upgrade pip
+	.constraints-venv/bin/pip install -q -e '.[server,dev]'
+	{ head -n 2 $(CONSTRAINTS); .constraints-venv/bin/pip freeze --exclude-editable | \
+	  grep -v '^agent-recorder'; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf .constraints-venv
 
 clean:
 	rm -rf $(VENV) node_modules $(STAMPS)

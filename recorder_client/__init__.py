@@ -9,7 +9,15 @@ methods over the protobufs.
 
 from recorder_client.client import RecorderClient, RetryPolicy
 from recorder_client.delivery import DeliveryConfig, EventSender, SenderStats
-from recorder_client.errors import DeliveryError, QueueFull, RecorderRpcError, RejectedBatch
+from recorder_client.errors import (
+    DeliveryError,
+    EventsRefused,
+    QueueFull,
+    RecorderRpcError,
+    RefusedEvent,
+    RejectedBatch,
+    SidecarUnreachable,
+)
 from recorder_client.loops import EventSink, LoopRun, loop, sync_loop
 from recorder_client.queries import (
     all_messages,
@@ -34,13 +42,16 @@ __all__ = [
     "DeliveryError",
     "EventSender",
     "EventSink",
+    "EventsRefused",
     "LoopRun",
     "QueueFull",
     "RecorderClient",
     "RecorderRpcError",
+    "RefusedEvent",
     "RejectedBatch",
     "RetryPolicy",
     "SenderStats",
+    "SidecarUnreachable",
     "SyncRecorder",
     "all_messages",
     "children_of",

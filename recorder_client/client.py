@@ -1,15 +1,18 @@
 """The async client of the recording sidecar: one method per RPC of RecorderService.
 
-Every unary and server-streaming call goes through `RecorderClient._call`, so the
-deadline, the bearer token, retries and error translation are decided in one place
-and cannot drift between methods. Only calls that are safe to repeat are retried,
-and only on UNAVAILABLE (the request most likely never reached the server). The
-Record stream is the exception: `EventSender` owns its reconnects and re-sends.
+How each RPC is called is declared once, in `RPCS` (whether a repeat is harmless,
+whether it is open-ended), and every unary and server-streaming call goes through
+`RecorderClient._call`, so the deadline, the bearer token, retries and error
+translation are decided in one place and cannot drift between methods. Only calls
+that are safe to repeat are retried, and only on UNAVAILABLE (the request most
+likely never reached the server). The Record stream is the exception:
+`EventSender` owns its reconnects and re-sends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -18,12 +21,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Final, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 from agent_recorder.v1 import recorder_service_pb2_grpc as service_grpc
 from agent_recorder.v1 import session_pb2
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from tenacity import (
@@ -36,13 +40,15 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from recorder_client import defaults
+from recorder_client.autostart import ensure_sidecar
 from recorder_client.delivery import DeliveryConfig, EventSender
-from recorder_client.errors import DeliveryError, RecorderRpcError
+from recorder_client.errors import DeliveryError, EventsRefused, RecorderRpcError, RefusedEvent
+from recorder_common.version import USER_AGENT
 
 T = TypeVar("T")
-Request = TypeVar("Request")
-Response = TypeVar("Response")
 Metadata = tuple[tuple[str, str], ...]
+
+log = logging.getLogger("recorder_client")
 
 DEFAULT_TIMEOUT: Final = 30.0
 
@@ -55,12 +61,53 @@ _RECORD_METHOD: Final = (
 # gRPC's own reconnect backoff starts at 1 s and grows to 120 s; a sidecar restart
 # should be noticed within a couple of seconds. Whole sessions can exceed gRPC's
 # 4 MiB default message limit, so reads take as much as the server sends.
-_CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
+_CHANNEL_OPTIONS: Final[tuple[tuple[str, int | str], ...]] = (
+    ("grpc.primary_user_agent", USER_AGENT),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.max_receive_message_length", defaults.MAX_RESPONSE_BYTES),
 )
+
+
+@dataclass(frozen=True)
+class Rpc:
+    """How one RPC of RecorderService is called."""
+
+    name: str
+    # Whether repeating it is harmless, so it may be retried on UNAVAILABLE; a
+    # function of the request when that depends on it.
+    idempotent: bool | Callable[[Any], bool]
+    # A stream that lasts as long as its reader: no deadline unless one is given.
+    open_ended: bool = False
+
+    def is_idempotent(self, request: Message) -> bool:
+        return self.idempotent if isinstance(self.idempotent, bool) else self.idempotent(request)
+
+
+# Every RPC but Record (EventSender's), by name.
+RPCS: Final = {
+    rpc.name: rpc
+    for rpc in (
+        Rpc("Append", idempotent=False),
+        Rpc("GetSession", idempotent=True),
+        Rpc("ListSessions", idempotent=True),
+        Rpc("GetLoop", idempotent=True),
+        Rpc("StreamEvents", idempotent=True, open_ended=True),
+        Rpc("WatchSessions", idempotent=True, open_ended=True),
+        Rpc("OpenSession", idempotent=False),
+        Rpc("RotateSession", idempotent=False),
+        Rpc("Flush", idempotent=False),
+        Rpc("Checkpoint", idempotent=True),
+        # A retry after a lost reply would answer NOT_FOUND for a success.
+        Rpc("DeleteSession", idempotent=False),
+        Rpc("PruneSessions", idempotent=False),
+        # Without replace, a retry after a lost reply would answer ALREADY_EXISTS.
+        Rpc("ImportSession", idempotent=lambda request: bool(request.replace)),
+        Rpc("GetUsage", idempotent=True),
+        Rpc("ListRefusals", idempotent=True),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -82,8 +129,11 @@ class RecorderClient:
         token: str | None = None,
         default_timeout: float = DEFAULT_TIMEOUT,
         retry: RetryPolicy | None = None,
+        target: str = "",
     ) -> None:
         self._channel = channel
+        # The address dialled, to name the sidecar in errors.
+        self.target = target
         self._stub = service_grpc.RecorderServiceStub(channel)
         # Record as the stub has it, except that requests are written as the bytes of a
         # RecordRequest (no serializer): EventSender frames them from encoded events.
@@ -112,8 +162,12 @@ class RecorderClient:
         tls_ca: Path | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
+        autostart: bool = False,
     ) -> RecorderClient:
         """Dial the sidecar lazily: nothing fails here if it is not up yet.
+
+        autostart=True starts the sidecar first when nothing answers the default
+        socket, and waits for it (recorder_client.autostart).
 
         target defaults to $AGENT_RECORDER_TARGET or the default Unix socket; token to
         $AGENT_RECORDER_TOKEN (or the file $AGENT_RECORDER_TOKEN_FILE names). TLS is
@@ -123,6 +177,8 @@ class RecorderClient:
         will use the client (gRPC's asyncio channels belong to one loop).
         """
         address = defaults.normalize_target(target or defaults.default_target())
+        if autostart:
+            ensure_sidecar(address)
         options = [*_CHANNEL_OPTIONS, *channel_options]
         credentials = _tls_credentials(tls, tls_ca, tls_cert, tls_key)
         if credentials is None:
@@ -131,7 +187,9 @@ class RecorderClient:
             channel = aio.secure_channel(address, credentials, options=options)
         if token is None:
             token = defaults.default_token()
-        return cls(channel, token=token, default_timeout=default_timeout, retry=retry)
+        return cls(
+            channel, token=token, default_timeout=default_timeout, retry=retry, target=address
+        )
 
     async def __aenter__(self) -> RecorderClient:
         return self
@@ -142,13 +200,28 @@ class RecorderClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        """Close; events that could not be stored are logged (one warning), never raised.
+
+        The recorder must not crash its agent on the way out, e.g. when the sidecar
+        is down; call `close()` (or a sender's `flush()`) for an error instead.
+        """
+        errors = await self._close()
+        if errors:
+            log.warning(
+                "agent-recorder: not every event was stored: %s",
+                "; ".join(str(error) for error in errors),
+            )
 
     async def close(self) -> None:
         """Close every sender made by this client (each flushes), then the channel.
 
         Raises the first sender's DeliveryError, after everything is closed.
         """
+        errors = await self._close()
+        if errors:
+            raise errors[0]
+
+    async def _close(self) -> list[DeliveryError]:
         errors: list[DeliveryError] = []
         for sender in list(self._senders):
             try:
@@ -156,8 +229,7 @@ class RecorderClient:
             except DeliveryError as error:
                 errors.append(error)
         await self._channel.close(None)
-        if errors:
-            raise errors[0]
+        return errors
 
     # -- delivery ---------------------------------------------------------------
 
@@ -165,7 +237,13 @@ class RecorderClient:
         self, *, writer_id: str | None = None, config: DeliveryConfig | None = None
     ) -> EventSender:
         """A fire-and-forget event sender over one Record stream of this channel."""
-        sender = EventSender(self, writer_id=writer_id, config=config)
+        sender = EventSender(
+            self.record_encoded,
+            find_loop=self.next_sequence,
+            writer_id=writer_id,
+            config=config,
+            target=self.target,
+        )
         self._senders.add(sender)
         return sender
 
@@ -192,13 +270,24 @@ class RecorderClient:
         writer_id: str = "",
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> list[int]:
-        """Store one batch, all or nothing; returns the sequence of each event."""
+        """Store one batch; returns the sequence of each event.
+
+        Raises EventsRefused naming the events the server refused one by one (the
+        others were stored; `error.sequences` has every event's sequence).
+        """
         request = service_pb2.AppendRequest(writer_id=writer_id, events=events)
-        response = await self._call(
-            lambda t, md: self._stub.Append(request, timeout=t, metadata=md),
-            idempotent=False,
-            timeout=self._deadline(timeout),
-        )
+        response: service_pb2.AppendResponse = await self._unary("Append", request, timeout)
+        if response.refusals:
+            error = EventsRefused(
+                refused=len(response.refusals),
+                refusals=[
+                    RefusedEvent.from_refusal(refusal, request.events[refusal.index])
+                    for refusal in response.refusals
+                ],
+                target=self.target,
+            )
+            error.sequences = list(response.sequences)
+            raise error
         return list(response.sequences)
 
     # -- reads ----------------------------------------------------------------------
@@ -218,11 +307,7 @@ class RecorderClient:
             skip_messages=skip_messages,
             skip_cost=True,
         )
-        response = await self._call(
-            lambda t, md: self._stub.GetSession(request, timeout=t, metadata=md),
-            idempotent=True,
-            timeout=self._deadline(timeout),
-        )
+        response: service_pb2.GetSessionResponse = await self._unary("GetSession", request, timeout)
         return response.session
 
     async def get_session_and_cost(
@@ -237,11 +322,7 @@ class RecorderClient:
         request = service_pb2.GetSessionRequest(
             session_id=session_id, skip_events=skip_events, skip_messages=skip_messages
         )
-        response = await self._call(
-            lambda t, md: self._stub.GetSession(request, timeout=t, metadata=md),
-            idempotent=True,
-            timeout=self._deadline(timeout),
-        )
+        response: service_pb2.GetSessionResponse = await self._unary("GetSession", request, timeout)
         return response.session, response.cost
 
     async def list_sessions(
@@ -262,11 +343,10 @@ class RecorderClient:
             scope=scope,
             since=_timestamp(since),
         )
-        return await self._call(
-            lambda t, md: self._stub.ListSessions(request, timeout=t, metadata=md),
-            idempotent=True,
-            timeout=self._deadline(timeout),
+        response: service_pb2.ListSessionsResponse = await self._unary(
+            "ListSessions", request, timeout
         )
+        return response
 
     async def iter_sessions(
         self,
@@ -306,11 +386,10 @@ class RecorderClient:
         request = service_pb2.ListRefusalsRequest(
             session_id=session_id, page_size=page_size, page_token=page_token
         )
-        return await self._call(
-            lambda t, md: self._stub.ListRefusals(request, timeout=t, metadata=md),
-            idempotent=True,
-            timeout=self._deadline(timeout),
+        response: service_pb2.ListRefusalsResponse = await self._unary(
+            "ListRefusals", request, timeout
         )
+        return response
 
     async def iter_refusals(
         self,
@@ -346,12 +425,27 @@ class RecorderClient:
     ) -> tuple[session_pb2.LoopRecord, service_pb2.LoopCost]:
         """The loop and what it and each of its turns cost."""
         request = service_pb2.GetLoopRequest(loop_id=loop_id, skip_events=skip_events)
-        response = await self._call(
-            lambda t, md: self._stub.GetLoop(request, timeout=t, metadata=md),
-            idempotent=True,
-            timeout=self._deadline(timeout),
-        )
+        response: service_pb2.GetLoopResponse = await self._unary("GetLoop", request, timeout)
         return response.loop, response.cost
+
+    async def next_sequence(
+        self,
+        loop_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> int:
+        """The sequence the loop's next event takes; 0 for a loop the server does not know.
+
+        How an EventSender continues a loop it did not start.
+        """
+        request = service_pb2.GetLoopRequest(loop_id=loop_id, skip_events=True)
+        try:
+            response: service_pb2.GetLoopResponse = await self._unary("GetLoop", request, timeout)
+        except RecorderRpcError as error:
+            if error.code == grpc.StatusCode.NOT_FOUND:
+                return 0
+            raise
+        return response.next_sequence
 
     def stream_events(
         self,
@@ -403,11 +497,7 @@ class RecorderClient:
             request.session_id = session_id
         else:
             request.loop_id = cast(str, loop_id)
-        return self._stream(
-            lambda t, md: self._stub.StreamEvents(request, timeout=t, metadata=md),
-            idempotent=True,
-            timeout=timeout,
-        )
+        return self._stream("StreamEvents", request, timeout)
 
     def watch_sessions(
         self, *, agent_id: str = "", timeout: float | None = None
@@ -418,11 +508,7 @@ class RecorderClient:
         `aclose()` the generator to end it.
         """
         request = service_pb2.WatchSessionsRequest(agent_id=agent_id)
-        return self._stream(
-            lambda t, md: self._stub.WatchSessions(request, timeout=t, metadata=md),
-            idempotent=True,
-            timeout=timeout,
-        )
+        return self._stream("WatchSessions", request, timeout)
 
     # -- session lifecycle ---------------------------------------------------------
 
@@ -443,10 +529,8 @@ class RecorderClient:
             parent_spawn_ref=parent_spawn_ref,
             timestamp=_timestamp(timestamp),
         )
-        response = await self._call(
-            lambda t, md: self._stub.OpenSession(request, timeout=t, metadata=md),
-            idempotent=False,
-            timeout=self._deadline(timeout),
+        response: service_pb2.OpenSessionResponse = await self._unary(
+            "OpenSession", request, timeout
         )
         return response.session
 
@@ -467,11 +551,10 @@ class RecorderClient:
             scope=scope,
             timestamp=_timestamp(timestamp),
         )
-        return await self._call(
-            lambda t, md: self._stub.RotateSession(request, timeout=t, metadata=md),
-            idempotent=False,
-            timeout=self._deadline(timeout),
+        response: service_pb2.RotateSessionResponse = await self._unary(
+            "RotateSession", request, timeout
         )
+        return response
 
     async def flush_sessions(
         self,
@@ -481,11 +564,8 @@ class RecorderClient:
     ) -> service_pb2.FlushResponse:
         """The Flush RPC: abort open loops and finalize (named apart from EventSender.flush)."""
         request = service_pb2.FlushRequest(session_id=session_id)
-        return await self._call(
-            lambda t, md: self._stub.Flush(request, timeout=t, metadata=md),
-            idempotent=False,
-            timeout=self._deadline(timeout),
-        )
+        response: service_pb2.FlushResponse = await self._unary("Flush", request, timeout)
+        return response
 
     async def checkpoint(
         self,
@@ -495,11 +575,7 @@ class RecorderClient:
     ) -> list[str]:
         """Finalize sessions with no open loop; returns the finalized session ids."""
         request = service_pb2.CheckpointRequest(session_id=session_id)
-        response = await self._call(
-            lambda t, md: self._stub.Checkpoint(request, timeout=t, metadata=md),
-            idempotent=True,
-            timeout=self._deadline(timeout),
-        )
+        response: service_pb2.CheckpointResponse = await self._unary("Checkpoint", request, timeout)
         return list(response.finalized_session_ids)
 
     async def delete_session(
@@ -510,11 +586,7 @@ class RecorderClient:
     ) -> None:
         # Not retried: a retry after a lost reply would answer NOT_FOUND for a success.
         request = service_pb2.DeleteSessionRequest(session_id=session_id)
-        await self._call(
-            lambda t, md: self._stub.DeleteSession(request, timeout=t, metadata=md),
-            idempotent=False,
-            timeout=self._deadline(timeout),
-        )
+        await self._unary("DeleteSession", request, timeout)
 
     async def prune_sessions(
         self,
@@ -527,10 +599,8 @@ class RecorderClient:
         request = service_pb2.PruneSessionsRequest(
             older_than=_timestamp(older_than), dry_run=dry_run
         )
-        response = await self._call(
-            lambda t, md: self._stub.PruneSessions(request, timeout=t, metadata=md),
-            idempotent=False,
-            timeout=self._deadline(timeout),
+        response: service_pb2.PruneSessionsResponse = await self._unary(
+            "PruneSessions", request, timeout
         )
         return list(response.session_ids)
 
@@ -547,11 +617,10 @@ class RecorderClient:
         refused as ALREADY_EXISTS for what was a success.
         """
         request = service_pb2.ImportSessionRequest(session=session, replace=replace)
-        return await self._call(
-            lambda t, md: self._stub.ImportSession(request, timeout=t, metadata=md),
-            idempotent=replace,
-            timeout=self._deadline(timeout),
+        response: service_pb2.ImportSessionResponse = await self._unary(
+            "ImportSession", request, timeout
         )
+        return response
 
     async def get_usage(
         self,
@@ -580,11 +649,8 @@ class RecorderClient:
         request = service_pb2.GetUsageRequest(
             agent_id=agent_id, since=_timestamp(since), until=_timestamp(until), group_by=group_by
         )
-        return await self._call(
-            lambda t, md: self._stub.GetUsage(request, timeout=t, metadata=md),
-            idempotent=True,
-            timeout=self._deadline(timeout),
-        )
+        response: service_pb2.GetUsageResponse = await self._unary("GetUsage", request, timeout)
+        return response
 
     # -- the one road every call takes ------------------------------------------------
 
@@ -626,23 +692,37 @@ class RecorderClient:
         )
         return cast(T, await retrying(attempt))
 
+    async def _unary(
+        self,
+        name: str,
+        request: Message,
+        timeout: float | None,  # noqa: ASYNC109
+    ) -> Any:
+        """The RPC `name` of `RPCS`, through `_call`, within timeout or the default deadline."""
+        rpc = RPCS[name]
+        method = getattr(self._stub, name)
+        return await self._call(
+            lambda t, md: method(request, timeout=t, metadata=md),
+            idempotent=rpc.is_idempotent(request),
+            timeout=self._deadline(timeout),
+        )
+
     async def _stream(
         self,
-        start: Callable[[float | None, Metadata], aio.UnaryStreamCall[Request, Response]],
-        *,
-        idempotent: bool,
+        name: str,
+        request: Message,
         timeout: float | None,  # noqa: ASYNC109
-    ) -> AsyncGenerator[Response, None]:
+    ) -> AsyncGenerator[Any, None]:
         """A server stream whose start (up to its first message) goes through `_call`.
 
         Only the start is retried: once a message was yielded, repeating the call
-        would repeat it.
+        would repeat it. An open-ended stream has no deadline unless timeout is given.
         """
+        rpc = RPCS[name]
+        method = getattr(self._stub, name)
 
-        async def open_and_read_first(
-            t: float | None, md: Metadata
-        ) -> tuple[aio.UnaryStreamCall[Request, Response], object]:
-            call = start(t, md)
+        async def open_and_read_first(t: float | None, md: Metadata) -> tuple[Any, object]:
+            call = method(request, timeout=t, metadata=md)
             try:
                 return call, await call.read()
             except BaseException:
@@ -650,11 +730,13 @@ class RecorderClient:
                 raise
 
         call, message = await self._call(
-            open_and_read_first, idempotent=idempotent, timeout=timeout
+            open_and_read_first,
+            idempotent=rpc.is_idempotent(request),
+            timeout=timeout if rpc.open_ended else self._deadline(timeout),
         )
         try:
             while message is not _EOF:
-                yield cast(Response, message)
+                yield message
                 try:
                     message = await call.read()
                 except aio.AioRpcError as error:

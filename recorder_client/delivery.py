@@ -13,7 +13,20 @@ saying how many are not.
 Events are numbered per loop, in emit order, when they first go into a batch:
 only then is the server's RecordReady known, and a server that does not store
 streaming deltas (MessageUpdate) must not be sent numbered ones (the gap would be
-refused), so those are skipped rather than numbered.
+refused), so those are skipped rather than numbered. A loop this sender did not
+start (an agent that restarted, a log piped in chunks) is numbered from where the
+server says it stands (GetLoop's next_sequence), asked before its first event
+goes out; a loop that ended keeps its numbering for a while (`ENDED_LOOPS_KEPT`),
+so a late event of it is refused as sent to an ended loop, not as a re-send.
+
+The server stores every event of a batch but the ones it refuses alone; those
+are counted, and the next `flush` raises EventsRefused naming them. `emit`
+refuses what the server's announced limits would (checks.py) with a ValueError,
+so an agent's own bad event never reaches a batch.
+
+The sender never crashes its agent: `close` (what leaving a client's `async with`
+does) gives pending events up once the sidecar has been unreachable for
+`exit_grace` seconds, and the client then logs one warning instead of raising.
 
 Everything here runs on one asyncio event loop; only `_Budget` is shared with
 other threads (the sync facade reserves room from the caller's thread).
@@ -25,9 +38,10 @@ import asyncio
 import contextlib
 import threading
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal, cast
+from typing import Final, Literal, cast
 
 import grpc
 from agent_recorder.v1 import events_pb2
@@ -35,15 +49,27 @@ from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 from grpc import aio
 from tenacity import AsyncRetrying, retry_if_exception, stop_before_delay, wait_random_exponential
 
-from recorder_client.errors import DeliveryError, QueueFull, RecorderRpcError, RejectedBatch
+from recorder_client.checks import EventLimits, check_event
+from recorder_client.errors import (
+    DeliveryError,
+    EventsRefused,
+    QueueFull,
+    RecorderRpcError,
+    RefusedEvent,
+    RejectedBatch,
+    SidecarUnreachable,
+    describe_cause,
+)
 from recorder_client.framing import batch_envelopes, batch_request, envelope_head, hello_request
 from recorder_client.queries import event_kind_and_loop_id
 
-if TYPE_CHECKING:
-    from recorder_client.client import RecorderClient
-
-    # The Record stream carrying encoded RecordRequests (RecorderClient.record_encoded).
-    RecordCall = aio.StreamStreamCall[bytes, service_pb2.RecordResponse]
+# The Record stream carrying encoded RecordRequests (RecorderClient.record_encoded).
+RecordCall = aio.StreamStreamCall[bytes, service_pb2.RecordResponse]
+# Opens a Record stream (RecorderClient.record_encoded).
+OpenStream = Callable[[], RecordCall]
+# Where a loop stands on the server: the sequence its next event takes (0 for a
+# loop the server does not know). RecorderClient.next_sequence.
+FindLoop = Callable[[str], Awaitable[int]]
 
 OnFull = Literal["raise", "block"]
 # An event as the sender keeps it: its AgentEvent bytes, its loop id (None for the
@@ -54,10 +80,18 @@ _EOF: Final[object] = aio.EOF  # type: ignore[attr-defined]
 # A batch refused with this code (storage busy, server shutting down) is re-sent.
 _UNAVAILABLE: Final = grpc.StatusCode.UNAVAILABLE.value[0]
 
+# Loops whose AgentEnd was sent and whose numbering is still kept; an event of a
+# loop ended longer ago is numbered from what GetLoop says, to the same effect.
+ENDED_LOOPS_KEPT: Final = 10_000
+# Refused events kept for the next flush's error (all are counted).
+REFUSALS_KEPT: Final = 100
+
 # Codes after which re-sending the same bytes cannot succeed; anything else (the
 # server restarting, shedding load, a dropped connection) is worth a reconnect.
+# RESOURCE_EXHAUSTED ends a stream whose request exceeded the server's limit.
 _PERMANENT_STREAM_CODES: Final = frozenset(
     {
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.INVALID_ARGUMENT,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.OUT_OF_RANGE,
@@ -94,6 +128,9 @@ class DeliveryConfig:
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
     flush_timeout: float = 30.0
+    # close() (leaving a client's `async with`) gives pending events up once the
+    # sidecar has been unreachable this long, rather than waiting flush_timeout.
+    exit_grace: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("max_batch_events", "max_batch_bytes", "max_pending_events"):
@@ -112,7 +149,11 @@ class SenderStats:
     """Event counts since the sender was made; pending = not yet resolved either way."""
 
     emitted: int
+    # Stored.
     acknowledged: int
+    # Refused one by one (kept by the server with the reason, or too large to send).
+    refused: int
+    # In batches the server refused as a whole.
     rejected: int
     failed: int
     # MessageUpdates not sent because the server said it does not store them.
@@ -207,21 +248,33 @@ class EventSender:
     """Delivers AgentEvents to the recorder; see the module docstring.
 
     Make one with `RecorderClient.sender()` inside a running event loop; close it
-    (or the client) to flush and stop it.
+    (or the client) to flush and stop it. `open_stream` opens a Record stream,
+    `find_loop` says where a loop stands on the server (without it, loops this
+    sender did not start are numbered from 0); `target` only names the sidecar in
+    errors.
     """
 
     def __init__(
         self,
-        client: RecorderClient,
+        open_stream: OpenStream,
         *,
+        find_loop: FindLoop | None = None,
         writer_id: str | None = None,
         config: DeliveryConfig | None = None,
+        target: str = "",
     ) -> None:
-        self._client = client
+        self._open_stream = open_stream
+        self._find_loop = find_loop
         self.writer_id = writer_id or uuid.uuid4().hex
+        self.target = target
         self._config = config or DeliveryConfig()
         self._budget = _Budget(self._config.max_pending_events, self._config.max_pending_bytes)
+        # The limits emit checks against: the server's defaults until its RecordReady.
+        self.limits = EventLimits()
         self._next_sequence: dict[str, int] = {}
+        self._ended: OrderedDict[str, int] = OrderedDict()
+        # A loop whose next event waits until the server said where the loop stands.
+        self._unplaced: str | None = None
         self._queue: deque[Encoded] = deque()
         self._queued_bytes = 0
         # Sent (or about to be re-sent) and not yet answered, in send order.
@@ -232,14 +285,24 @@ class EventSender:
         self._emitted = 0
         self._batched = 0
         self._acknowledged = 0
+        self._refused = 0
         self._rejected = 0
         self._failed = 0
         self._skipped = 0
         self._resent = 0
         # Reported (then forgotten) by the next flush.
         self._rejections: list[RejectedBatch] = []
+        self._refusals: list[RefusedEvent] = []
+        self._unreported_refused = 0
         self._unreported_failed = 0
         self._last_cause: BaseException | None = None
+        # Why the last stream attempt failed, and since when no stream is up.
+        self._connection_error: RecorderRpcError | None = None
+        loop = asyncio.get_running_loop()
+        self._down_since: float | None = loop.time()
+        self._want_stream = False
+        # Set when delivery stopped trying (the pending events were given up).
+        self._gave_up = asyncio.Event()
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -249,9 +312,7 @@ class EventSender:
         # What the current stream's server records (its RecordReady).
         self._ready = asyncio.Event()
         self._stores_streaming = False
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"agent-recorder sender {self.writer_id}"
-        )
+        self._task = loop.create_task(self._run(), name=f"agent-recorder sender {self.writer_id}")
         self._task.add_done_callback(self._on_task_done)
 
     # -- the caller's side ---------------------------------------------------------------
@@ -261,14 +322,10 @@ class EventSender:
 
         The event is encoded here, so the caller may change or reuse it afterwards.
         Events are numbered per loop in the order of these calls (AgentStart is 0 of
-        its loop).
+        its loop). Raises ValueError naming the field when the server's limits
+        would refuse the event (see checks.py); nothing of it is then queued.
         """
-        if self._refusal is not None:
-            raise RuntimeError(self._refusal)
-        encoded = encode_event(event)
-        if not self._budget.try_take(len(encoded[0])):
-            raise QueueFull(f"event sender is full: {self._budget.describe()}")
-        self._admit(encoded)
+        self.admit(self.reserve(event, wait=False))
 
     async def emit_wait(
         self,
@@ -276,9 +333,7 @@ class EventSender:
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> None:
         """Like emit, but under the "block" policy waits for room (block_timeout by default)."""
-        if self._refusal is not None:
-            raise RuntimeError(self._refusal)
-        encoded = encode_event(event)
+        encoded = self._checked(event)
         nbytes = len(encoded[0])
         if not self._budget.try_take(nbytes):
             if self._config.on_full == "raise":
@@ -295,13 +350,28 @@ class EventSender:
             if self._refusal is not None:
                 self._budget.give_back(1, nbytes)
                 raise RuntimeError(self._refusal)
-        self._admit(encoded)
+        self.admit(encoded)
 
-    def _admit(self, encoded: Encoded) -> None:
-        """Queue an event whose room in the budget is already taken.
+    def reserve(self, event: events_pb2.AgentEvent, *, wait: bool) -> Encoded:
+        """Check and encode an event and take its room; safe from any thread.
 
-        Also the sync facade's entry point, called on the loop thread.
+        With wait (from a thread other than the event loop's, under the "block"
+        policy) waits up to block_timeout for room. Hand the result to `admit` on
+        the event loop; this is how the sync facade emits from its callers' threads.
         """
+        encoded = self._checked(event)
+        nbytes = len(encoded[0])
+        budget = self._budget
+        if not budget.try_take(nbytes) and (
+            not wait
+            or self._config.on_full == "raise"
+            or not budget.take_blocking(nbytes, self._config.block_timeout)
+        ):
+            raise QueueFull(f"event sender is full: {budget.describe()}")
+        return encoded
+
+    def admit(self, encoded: Encoded) -> None:
+        """Queue an event `reserve` made room for; on the event loop."""
         queue = self._queue
         queue.append(encoded)
         self._queued_bytes += len(encoded[0])
@@ -314,18 +384,52 @@ class EventSender:
         ):
             self._wake.set()
 
+    def _checked(self, event: events_pb2.AgentEvent) -> Encoded:
+        if self._refusal is not None:
+            raise RuntimeError(self._refusal)
+        encoded = encode_event(event)
+        check_event(event, encoded[0], encoded[2], encoded[1], self.limits)
+        return encoded
+
+    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Connect now and wait for the server's RecordReady (its limits then apply).
+
+        Raises SidecarUnreachable naming the cause when no stream is up within timeout,
+        or at once when the sender gave up (a refusal no reconnect can change, such as
+        a wrong token).
+        """
+        if self._ready.is_set():
+            return
+        self._gave_up.clear()
+        self._want_stream = True
+        self._wake.set()
+        ready = asyncio.ensure_future(self._ready.wait())
+        gave_up = asyncio.ensure_future(self._gave_up.wait())
+        try:
+            await asyncio.wait(
+                [ready, gave_up], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            ready.cancel()
+            gave_up.cancel()
+        if not self._ready.is_set():
+            cause = self._connection_error
+            why = describe_cause(cause, self.target) if cause else "no answer"
+            when = "gave up" if self._gave_up.is_set() else f"no Record stream within {timeout:g} s"
+            raise SidecarUnreachable(f"{why} ({when})") from cause
+
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """Return once every event emitted before this call is stored.
+        """Return once every event emitted before this call is stored or refused.
 
         Raises DeliveryError when the deadline (flush_timeout by default) passes first,
-        naming how many events are still unacknowledged, and also when any batch was
-        rejected or events were given up since the previous flush.
+        naming how many events are still unacknowledged and why (the last connection
+        error), and also when any batch was rejected or events were given up since
+        the previous flush; EventsRefused when the only problem is events the server
+        refused one by one.
         """
         target = self._emitted
         if self._watermark() < target:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append((target, waiter))
-            self._wake.set()  # skip the linger: someone is waiting
+            waiter = self._waiter(target)
             try:
                 async with asyncio.timeout(
                     self._config.flush_timeout if timeout is None else timeout
@@ -334,20 +438,23 @@ class EventSender:
             except TimeoutError:
                 raise self._error(self._unresolved_before(target)) from None
             finally:
-                waiter.cancel()
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove((target, waiter))
-        if self._rejections or self._unreported_failed:
-            raise self._error(0)
+                self._forget(target, waiter)
+        self._raise_unreported()
 
     async def close(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """Flush, then stop. Later emits raise RuntimeError; a second close does nothing."""
+        """Flush, then stop. Later emits raise RuntimeError; a second close does nothing.
+
+        Unlike flush, gives pending events up once no stream has been up for
+        exit_grace seconds (the sidecar is unreachable), and raises DeliveryError
+        naming the cause.
+        """
         if self._closed:
             return
         self._closed = True
         self._refusal = self._refusal or "event sender is closed"
         try:
-            await self.flush(timeout)
+            await self._drain(self._config.flush_timeout if timeout is None else timeout)
+            self._raise_unreported()
         finally:
             self._task.cancel()
             await asyncio.wait([self._task])
@@ -356,11 +463,13 @@ class EventSender:
         return SenderStats(
             emitted=self._emitted,
             acknowledged=self._acknowledged,
+            refused=self._refused,
             rejected=self._rejected,
             failed=self._failed,
             skipped=self._skipped,
             pending=self._emitted
             - self._acknowledged
+            - self._refused
             - self._rejected
             - self._failed
             - self._skipped,
@@ -369,6 +478,45 @@ class EventSender:
         )
 
     # -- bookkeeping ---------------------------------------------------------------------
+
+    def _waiter(self, target: int) -> asyncio.Future[None]:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        self._wake.set()  # skip the linger: someone is waiting
+        return waiter
+
+    def _forget(self, target: int, waiter: asyncio.Future[None]) -> None:
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove((target, waiter))
+
+    async def _drain(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait for everything emitted, but not past timeout nor exit_grace without a stream.
+
+        What is still pending then is given up (failed), with the cause.
+        """
+        target = self._emitted
+        if self._watermark() >= target:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout
+        waiter = self._waiter(target)
+        try:
+            while not waiter.done() and loop.time() < deadline:
+                # Without a stream since before the close, the grace counts from the close.
+                down = self._down_since
+                if down is not None and loop.time() - max(down, started) >= self._config.exit_grace:
+                    break
+                await asyncio.wait([waiter], timeout=min(0.05, max(deadline - loop.time(), 0)))
+        finally:
+            self._forget(target, waiter)
+        if self._watermark() < target:
+            cause = self._connection_error or RecorderRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"not acknowledged within {timeout:g} s while closing",
+            )
+            self._fail_pending(cause)
 
     def _watermark(self) -> int:
         """The ordinal of the oldest event not yet resolved (all before it are)."""
@@ -382,15 +530,31 @@ class EventSender:
         )
         return inflight + max(0, target - self._batched)
 
+    def _raise_unreported(self) -> None:
+        if self._rejections or self._unreported_failed or self._unreported_refused:
+            raise self._error(0)
+
     def _error(self, unacknowledged: int) -> DeliveryError:
         """Everything to report, which is then forgotten (each problem is raised once)."""
-        error = DeliveryError(
+        cause: BaseException | None = None
+        if self._unreported_failed:
+            cause = self._last_cause
+        elif unacknowledged:
+            cause = self._connection_error
+        only_refused = not (unacknowledged or self._rejections or self._unreported_failed)
+        kind = EventsRefused if only_refused else DeliveryError
+        error = kind(
             unacknowledged=unacknowledged,
             rejections=self._rejections,
             failed=self._unreported_failed,
-            cause=self._last_cause if self._unreported_failed else None,
+            cause=cause,
+            refused=self._unreported_refused,
+            refusals=self._refusals,
+            target=self.target,
         )
         self._rejections = []
+        self._refusals = []
+        self._unreported_refused = 0
         self._unreported_failed = 0
         return error
 
@@ -415,8 +579,38 @@ class EventSender:
                 RejectedBatch.from_rejection(response.rejection, batch_envelopes(batch.request))
             )
         else:
-            self._acknowledged += batch.count
+            refused = len(response.refusals)
+            if refused:
+                envelopes = batch_envelopes(batch.request)
+                room = max(REFUSALS_KEPT - len(self._refusals), 0)
+                self._refusals += [
+                    RefusedEvent.from_refusal(refusal, envelopes[refusal.index])
+                    for refusal in response.refusals[:room]
+                    if refusal.index < len(envelopes)
+                ]
+                self._refused += refused
+                self._unreported_refused += refused
+            self._acknowledged += batch.count - refused
         self._resolved(batch.count, batch.nbytes)
+
+    def _refuse_locally(self, data: bytes, size: int) -> None:
+        """An event larger than the server takes (its limit came after emit): not sent."""
+        limit = self.limits.max_request_bytes
+        message = f"{size} bytes, larger than the sidecar's request limit of {limit} bytes"
+        self._refused += 1
+        self._unreported_refused += 1
+        if len(self._refusals) < REFUSALS_KEPT:
+            self._refusals.append(
+                RefusedEvent(
+                    code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    reason="TOO_LARGE",
+                    message=message,
+                    metadata={},
+                    event=events_pb2.AgentEvent.FromString(data),
+                    sequence=None,
+                    holds_slot=False,
+                )
+            )
 
     def _fail_pending(self, cause: BaseException) -> None:
         """Give up everything unacknowledged; the next flush reports it with the cause."""
@@ -431,42 +625,78 @@ class EventSender:
         self._last_cause = cause
         self._resolved(count, nbytes)
 
+    def _sequence_for(self, loop_id: str, kind: str) -> int | None:
+        """The next sequence of the loop, or None when the server must be asked first.
+
+        `_take_batch` inlines the common case (an open loop's event other than AgentEnd).
+        """
+        sequence = self._next_sequence.get(loop_id)
+        if sequence is None:
+            sequence = self._ended.pop(loop_id, None)
+            if sequence is not None:  # an ended loop: numbered on, so the server says so
+                self._remember_ended(loop_id, sequence + 1)
+                return sequence
+            if kind != "agent_start" and self._find_loop is not None:
+                return None
+            sequence = 0
+        if kind == "agent_end":
+            self._next_sequence.pop(loop_id, None)
+            self._remember_ended(loop_id, sequence + 1)
+        else:
+            self._next_sequence[loop_id] = sequence + 1
+        return sequence
+
+    def _remember_ended(self, loop_id: str, next_sequence: int) -> None:
+        self._ended[loop_id] = next_sequence
+        if len(self._ended) > ENDED_LOOPS_KEPT:
+            self._ended.popitem(last=False)
+
     def _take_batch(self) -> _Batch | None:
-        """Number the next events and frame them as a batch (None if all were skipped)."""
+        """Number the next events and frame them as a batch (None if none went in).
+
+        Stops before an event of a loop the server must place first (`_unplaced`).
+        """
         config = self._config
         queue = self._queue
         next_sequence = self._next_sequence
         skip_updates = not self._stores_streaming
+        largest = self.limits.largest_event()
+        max_bytes = min(config.max_batch_bytes, largest)
         # Each event's envelope framing, then its bytes (see framing.py).
         pieces: list[bytes] = []
-        span = count = nbytes = skipped = skipped_bytes = 0
+        span = count = nbytes = dropped = dropped_bytes = 0
         while queue and count < config.max_batch_events:
             data, loop_id, kind = queue[0]
             size = len(data)
-            if count and nbytes + size > config.max_batch_bytes:
+            if count and nbytes + size > max_bytes:
                 break
+            too_large = size > largest
+            skip = skip_updates and kind == "message_update"
+            sequence = None
+            if loop_id is not None and not (too_large or skip):
+                sequence = next_sequence.get(loop_id)
+                if sequence is not None and kind != "agent_end":
+                    next_sequence[loop_id] = sequence + 1
+                elif (sequence := self._sequence_for(loop_id, kind)) is None:
+                    self._unplaced = loop_id
+                    break
             queue.popleft()
             span += 1
-            sequence = None
-            if loop_id is not None:
-                if skip_updates and kind == "message_update":
-                    skipped += 1
-                    skipped_bytes += size
-                    continue
-                sequence = next_sequence.get(loop_id, 0)
-                if kind == "agent_end":
-                    # Nothing may follow AgentEnd: the counter need not outlive the loop.
-                    next_sequence.pop(loop_id, None)
+            if too_large or skip:
+                if too_large:
+                    self._refuse_locally(data, size)
                 else:
-                    next_sequence[loop_id] = sequence + 1
+                    self._skipped += 1
+                dropped += 1
+                dropped_bytes += size
+                continue
             pieces.append(envelope_head(sequence, size))
             pieces.append(data)
             count += 1
             nbytes += size
-        self._queued_bytes -= nbytes + skipped_bytes
+        self._queued_bytes -= nbytes + dropped_bytes
         first = self._batched
         self._batched += span
-        self._skipped += skipped
         batch = None
         if count:
             batch_id = self._next_batch_id
@@ -474,8 +704,8 @@ class EventSender:
             request = batch_request(batch_id, pieces)
             batch = _Batch(batch_id, request, first, span, count, nbytes)
             self._inflight[batch_id] = batch
-        if skipped:
-            self._resolved(skipped, skipped_bytes)
+        if dropped:
+            self._resolved(dropped, dropped_bytes)
         return batch
 
     def _batch_is_due(self) -> bool:
@@ -494,15 +724,20 @@ class EventSender:
 
     # -- the background task -------------------------------------------------------------
 
+    def _has_work(self) -> bool:
+        return bool(self._queue or self._inflight or self._want_stream)
+
     async def _run(self) -> None:
         while True:
-            while not (self._queue or self._inflight):
+            while not self._has_work():
                 self._wake.clear()
                 await self._wake.wait()
             try:
                 await self._deliver()
             except RecorderRpcError as error:
                 self._fail_pending(error)
+                self._want_stream = False
+                self._gave_up.set()
 
     async def _deliver(self) -> None:
         """Keep a stream up while there is anything to deliver.
@@ -511,7 +746,7 @@ class EventSender:
         only a sender that makes no progress for that long gives up.
         """
         config = self._config
-        while self._queue or self._inflight:
+        while self._has_work():
             retrying = AsyncRetrying(
                 retry=retry_if_exception(_worth_reconnecting),
                 wait=wait_random_exponential(
@@ -523,19 +758,34 @@ class EventSender:
             await retrying(self._stream_once)
 
     async def _stream_once(self) -> None:
-        """Run one Record stream until it breaks; raise unless it made progress."""
-        call = self._client.record_encoded()
+        """Run one Record stream until it breaks; raise unless it made progress.
+
+        The reader and the writer run side by side; whichever fails first ends the
+        stream (a writer that only found the call over waits for the reader's status).
+        """
+        call = self._open_stream()
         self._acked_on_stream = False
         self._ready.clear()
-        writer = asyncio.get_running_loop().create_task(self._write(call))
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(self._read_acks(call))
+        writer = loop.create_task(self._write(call))
         try:
-            failure = await self._read_acks(call)
+            await asyncio.wait([reader, writer], return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done() and writer.exception() is None:
+                await asyncio.wait([reader])
         finally:
             call.cancel()
+            reader.cancel()
             writer.cancel()
-            await asyncio.wait([writer])
-        if not writer.cancelled() and (bug := writer.exception()) is not None:
-            raise bug
+            await asyncio.wait([reader, writer])
+            if self._down_since is None:
+                self._down_since = loop.time()
+        if not writer.cancelled() and (error := writer.exception()) is not None:
+            if isinstance(error, RecorderRpcError):
+                self._connection_error = error
+            raise error
+        failure = reader.result()
+        self._connection_error = failure
         if not self._acked_on_stream:
             raise failure
 
@@ -545,8 +795,7 @@ class EventSender:
             while (response := await call.read()) is not _EOF:
                 response = cast(service_pb2.RecordResponse, response)
                 if response.HasField("ready"):
-                    self._stores_streaming = response.ready.include_streaming_events
-                    self._ready.set()
+                    self._on_ready(response.ready)
                 elif response.rejection.code == _UNAVAILABLE:
                     # Nothing of the batch was stored and later batches may be refused
                     # only because of it (a sequence gap), so their answers are not
@@ -564,10 +813,25 @@ class EventSender:
             return RecorderRpcError.from_rpc_error(error)
         return RecorderRpcError(grpc.StatusCode.UNAVAILABLE, "the server ended the Record stream")
 
+    def _on_ready(self, ready: service_pb2.RecordReady) -> None:
+        self._stores_streaming = ready.include_streaming_events
+        defaults = EventLimits()
+        self.limits = EventLimits(
+            max_id_length=ready.max_id_length or defaults.max_id_length,
+            max_value_depth=ready.max_value_depth or defaults.max_value_depth,
+            max_request_bytes=ready.max_request_bytes or defaults.max_request_bytes,
+        )
+        self._down_since = None
+        self._connection_error = None
+        self._want_stream = False
+        self._ready.set()
+
     async def _write(self, call: RecordCall) -> None:
         """Say hello, re-send what is unacknowledged, then send new batches as they form.
 
-        Nothing is numbered before the server's RecordReady says what it stores.
+        Nothing is numbered before the server's RecordReady says what it stores. A
+        loop the sender did not start is placed (GetLoop) before its first event
+        goes out; a failure to ask ends the stream like a broken one.
         """
         try:
             await call.write(hello_request(self.writer_id))
@@ -579,11 +843,16 @@ class EventSender:
                 await self._batch_formed()
                 if (batch := self._take_batch()) is not None:
                     await call.write(batch.request)
+                if self._unplaced is not None:
+                    await self._place(self._unplaced)
         except (aio.AioRpcError, asyncio.InvalidStateError):
             return  # the call is over; the reader reports its status
-        except BaseException:
-            call.cancel()  # unblock the reader, whatever went wrong here
-            raise
+
+    async def _place(self, loop_id: str) -> None:
+        """Number the loop on from where the server says it stands."""
+        assert self._find_loop is not None
+        self._next_sequence[loop_id] = await self._find_loop(loop_id)
+        self._unplaced = None
 
     async def _batch_formed(self) -> None:
         """Wait for queued events, then up to `linger` for a full batch (or a flush)."""

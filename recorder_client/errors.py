@@ -61,6 +61,10 @@ class RecorderRpcError(Exception):
         return cls(code, message)
 
 
+class SidecarUnreachable(Exception):
+    """No Record stream came up in time; the message names the cause."""
+
+
 class QueueFull(Exception):
     """The sender holds as many unacknowledged events or bytes as it may.
 
@@ -106,12 +110,59 @@ class RejectedBatch:
         )
 
 
+@dataclass(frozen=True)
+class RefusedEvent:
+    """One event the server refused alone (the rest of its batch was stored).
+
+    The server keeps it with the reason: in its loop's slot when `holds_slot`
+    (the loop goes on), else in a refusal log. An event too large for the server's
+    request limit is refused by the sender itself (never sent, no sequence).
+    """
+
+    code: grpc.StatusCode
+    reason: str
+    message: str
+    metadata: Mapping[str, str]
+    event: events_pb2.AgentEvent
+    # The sequence the sender gave it (None for the session-level Parallel* events
+    # and for events refused before they were numbered).
+    sequence: int | None
+    holds_slot: bool
+
+    @classmethod
+    def from_refusal(
+        cls, refusal: service_pb2.EventRefusal, envelope: service_pb2.EventEnvelope
+    ) -> RefusedEvent:
+        return cls(
+            code=_status_code(refusal.code),
+            reason=refusal.reason,
+            message=refusal.message,
+            metadata=dict(refusal.metadata),
+            event=envelope.event,
+            sequence=envelope.sequence if envelope.HasField("sequence") else None,
+            holds_slot=refusal.holds_slot,
+        )
+
+    @property
+    def loop_id(self) -> str | None:
+        return event_loop_id(self.event)
+
+    def describe(self) -> str:
+        where = f"loop {self.loop_id or '-'}"
+        if self.sequence is not None:
+            where += f" sequence {self.sequence}"
+        kind = self.event.WhichOneof("event") or "event"
+        return f"{kind} at {where}: {self.reason or self.code.name}: {self.message}"
+
+
 class DeliveryError(Exception):
     """Events emitted to an EventSender were not all stored.
 
     One error reports everything that went wrong since the previous flush: events
-    still unacknowledged at the deadline, batches the server rejected, and events
-    given up after the reconnect deadline (with the last connection error).
+    still unacknowledged at the deadline, events refused one by one (`refused`,
+    the first of them in `refusals`), batches the server rejected, and events given
+    up after the reconnect deadline; `cause` is the last connection error, and the
+    message names it (e.g. "sidecar at unix:///… unreachable: connection refused").
     """
 
     def __init__(
@@ -121,11 +172,17 @@ class DeliveryError(Exception):
         rejections: Sequence[RejectedBatch] = (),
         failed: int = 0,
         cause: BaseException | None = None,
+        refused: int = 0,
+        refusals: Sequence[RefusedEvent] = (),
+        target: str = "",
     ) -> None:
         self.unacknowledged = unacknowledged
         self.rejections = tuple(rejections)
         self.failed = failed
         self.cause = cause
+        self.refused = refused
+        self.refusals = tuple(refusals)
+        self.target = target
         super().__init__(self._describe())
 
     @property
@@ -134,14 +191,57 @@ class DeliveryError(Exception):
         return self.rejections[0] if self.rejections else None
 
     def _describe(self) -> str:
+        why = f": {describe_cause(self.cause, self.target)}" if self.cause is not None else ""
         parts: list[str] = []
         if self.unacknowledged:
-            parts.append(f"{self.unacknowledged} event(s) still unacknowledged at the deadline")
+            parts.append(
+                f"{self.unacknowledged} event(s) still unacknowledged at the deadline{why}"
+            )
+        if self.refused:
+            shown = "; ".join(r.describe() for r in self.refusals[:REFUSALS_SHOWN])
+            more = self.refused - min(len(self.refusals), REFUSALS_SHOWN)
+            tail = f"; and {more} more" if more > 0 else ""
+            parts.append(f"{self.refused} event(s) refused by the sidecar: {shown}{tail}")
         parts.extend(r.describe() for r in self.rejections)
         if self.failed:
-            why = f": {self.cause}" if self.cause is not None else ""
             parts.append(f"{self.failed} event(s) given up undelivered{why}")
         return "; ".join(parts) or "delivery failed"
+
+
+class EventsRefused(DeliveryError):
+    """The only problem since the previous flush: events the server refused one by one.
+
+    Everything else emitted was stored; each refused event is kept by the server
+    with its reason (`agent-recorder refused` lists them). Raised by Append too,
+    with the sequence of every event of the batch in `sequences`.
+    """
+
+    sequences: list[int] | None = None
+
+
+# How many refused events an error message spells out (all are counted).
+REFUSALS_SHOWN = 3
+
+
+def describe_cause(cause: BaseException, target: str = "") -> str:
+    """A connection error as a person reads it: "sidecar at X unreachable: connection refused"."""
+    if isinstance(cause, RecorderRpcError) and cause.code == grpc.StatusCode.UNAVAILABLE:
+        text = cause.message.lower()
+        for needle, why in _UNREACHABLE:
+            if needle in text:
+                return f"sidecar at {target or 'its address'} unreachable: {why}"
+    return str(cause)
+
+
+# What gRPC's connection failures say, and how the cause reads.
+_UNREACHABLE = (
+    ("connection refused", "connection refused"),
+    ("no such file or directory", "no socket at that path"),
+    ("timed out", "connection timed out"),
+    ("deadline exceeded", "connection timed out"),
+    ("failed to connect", "cannot connect"),
+    ("dns resolution failed", "unknown host"),
+)
 
 
 def _named_event(

@@ -19,31 +19,11 @@ from typing import Final
 
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 
+from recorder_common.varint import varint
+
 # A field's tag byte: field number << 3 | wire type (0 varint, 2 length-delimited).
 _VARINT_1: Final = b"\x08"  # field 1, varint: EventBatch.batch_id, EventEnvelope.sequence
 _BYTES_2: Final = b"\x12"  # field 2, length-delimited: .batch, .events, .event
-
-
-def _encode(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-# Every varint of up to two bytes, looked up: tags, sequences and most sizes.
-_VARINTS: Final = tuple(_encode(value) for value in range(1 << 14))
-
-
-def varint(value: int) -> bytes:
-    """The base-128 varint of a non-negative int (the server's read path shares it)."""
-    if value < 16384:
-        return _VARINTS[value]
-    if value < 2097152:  # cursors and event sizes of three bytes
-        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
-    return _encode(value)
 
 
 def envelope_head(sequence: int | None, event_size: int) -> bytes:

@@ -5,12 +5,14 @@ cheap from any thread: it reserves room in the sender's thread-safe budget in th
 caller's thread (so the queue-full policy is applied where blocking is allowed),
 appends to a deque and wakes the loop only when no wake-up is already pending.
 Call `close()` (or use `with`): events still queued when the process exits
-without it are lost.
+without it are lost. Leaving `with` never raises for delivery: what could not be
+stored (the sidecar unreachable, events refused) is logged as one warning.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import deque
 from collections.abc import Coroutine
@@ -21,10 +23,11 @@ from agent_recorder.v1 import events_pb2, session_pb2
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 
 from recorder_client.client import DEFAULT_TIMEOUT, RecorderClient
-from recorder_client.delivery import DeliveryConfig, Encoded, EventSender, SenderStats, encode_event
-from recorder_client.errors import QueueFull
+from recorder_client.delivery import DeliveryConfig, Encoded, EventSender, SenderStats
+from recorder_client.errors import DeliveryError
 
 T = TypeVar("T")
+log = logging.getLogger("recorder_client")
 
 
 class SyncRecorder:
@@ -38,8 +41,8 @@ class SyncRecorder:
         writer_id: str | None = None,
         config: DeliveryConfig | None = None,
         default_timeout: float = DEFAULT_TIMEOUT,
+        autostart: bool = False,
     ) -> None:
-        self._config = config or DeliveryConfig()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="agent-recorder-client", daemon=True
@@ -51,8 +54,10 @@ class SyncRecorder:
 
         async def open_client() -> tuple[RecorderClient, EventSender]:
             # grpc.aio objects belong to the loop they are made on: make them there.
-            client = RecorderClient.connect(target, token=token, default_timeout=default_timeout)
-            return client, client.sender(writer_id=writer_id, config=self._config)
+            client = RecorderClient.connect(
+                target, token=token, default_timeout=default_timeout, autostart=autostart
+            )
+            return client, client.sender(writer_id=writer_id, config=config)
 
         self._client, self._sender = self._run(open_client())
 
@@ -65,27 +70,24 @@ class SyncRecorder:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        """Close; events that could not be stored are logged (one warning), never raised."""
+        try:
+            self.close()
+        except DeliveryError as error:
+            log.warning("agent-recorder: not every event was stored: %s", error)
 
     @property
     def writer_id(self) -> str:
         return self._sender.writer_id
 
     def emit(self, event: events_pb2.AgentEvent) -> None:
-        """Queue an event; when full, raise QueueFull or wait per DeliveryConfig.on_full."""
+        """Queue an event; when full, raise QueueFull or wait per DeliveryConfig.on_full.
+
+        Raises ValueError naming the field when the sidecar's limits would refuse it.
+        """
         if self._closed:
             raise RuntimeError("SyncRecorder is closed")
-        if (refusal := self._sender._refusal) is not None:
-            raise RuntimeError(refusal)
-        encoded = encode_event(event)
-        nbytes = len(encoded[0])
-        budget = self._sender._budget
-        if not budget.try_take(nbytes) and (
-            self._config.on_full == "raise"
-            or not budget.take_blocking(nbytes, self._config.block_timeout)
-        ):
-            raise QueueFull(f"event sender is full: {budget.describe()}")
-        self._inbox.append(encoded)
+        self._inbox.append(self._sender.reserve(event, wait=True))
         # Appending before reading the flag, and the drain clearing it before it pops,
         # means an event is never left in the inbox without a drain to come.
         if not self._drain_scheduled:
@@ -142,7 +144,7 @@ class SyncRecorder:
     def _drain(self) -> None:
         self._drain_scheduled = False
         inbox = self._inbox
-        admit = self._sender._admit
+        admit = self._sender.admit
         while inbox:
             admit(inbox.popleft())
 

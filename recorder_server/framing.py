@@ -16,7 +16,7 @@ from typing import TypeAlias
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
 
-from recorder_client.framing import varint
+from recorder_common.varint import varint
 
 _LOOP_EVENT = session_pb2.LoopEvent.DESCRIPTOR.fields_by_name
 _STREAMED = api.StreamedEvent.DESCRIPTOR.fields_by_name

@@ -68,6 +68,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from recorder_server.errors import NotFound
+from recorder_server.otlp.mapping import continuation_unknown
 from recorder_server.reads import Reads
 from recorder_server.recording import OPEN_STATUSES, ChangeSet
 from recorder_server.vocabulary import TIMESTAMPED, WITH_MESSAGE
@@ -267,7 +268,9 @@ def _present(attributes: Mapping[str, AttributeValue | None]) -> Attributes:
 
 def _loop_attributes(loop: session_pb2.LoopRecord) -> Attributes:
     config = loop.config
-    kind = loop.continuation_kind.WhichOneof("kind") or "initial"
+    kind: str | None = loop.continuation_kind.WhichOneof("kind") or "initial"
+    if continuation_unknown(loop):
+        kind = None  # an OTLP loop was never told: nothing is claimed
     tag = getattr(loop.continuation_kind, kind).tag if kind in ("rerun", "branch") else None
     attributes: dict[str, AttributeValue | None] = {
         "gen_ai.operation.name": "invoke_agent",
@@ -313,6 +316,7 @@ def _turn_attributes(
     finish = types_pb2.StopReason.Name(stop).removeprefix("STOP_REASON_").lower() if stop else None
     attributes: dict[str, AttributeValue | None] = {
         "gen_ai.operation.name": "chat",
+        "gen_ai.agent.name": loop.agent_id,
         "gen_ai.conversation.id": loop.session_id,
         "gen_ai.provider.name": output.provider or loop.config.provider,
         "gen_ai.request.model": loop.config.model or model,
@@ -337,6 +341,7 @@ def _tool_attributes(
     return _present(
         {
             "gen_ai.operation.name": "execute_tool",
+            "gen_ai.agent.name": loop.agent_id,
             "gen_ai.conversation.id": loop.session_id,
             "gen_ai.tool.name": call.name,
             "gen_ai.tool.call.id": call.call_id,

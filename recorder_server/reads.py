@@ -341,6 +341,17 @@ class Reads:
             rows = await conn.execute_fetchall(sql, (key, after_cursor, limit))
         return list(rows)  # type: ignore[arg-type]
 
+    async def next_sequence(self, loop_id: str) -> int:
+        """One past the loop's last slot (0 for a loop with none)."""
+        async with self.pool.connection() as conn:
+            rows = list(
+                await conn.execute_fetchall(
+                    "SELECT MAX(sequence) FROM events WHERE loop_id = ?", (loop_id,)
+                )
+            )
+        last = rows[0][0] if rows else None
+        return 0 if last is None else int(last) + 1
+
     async def refusals(
         self, session_id: str | None, page_size: int, page_token: str
     ) -> tuple[list[session_pb2.RefusedEvent], str]:

@@ -19,10 +19,11 @@ from typing import Any
 
 import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
+from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from recorder_client.defaults import (
+from recorder_common.defaults import (
     MAX_RESPONSE_BYTES,
     default_db_path,
     default_target,
@@ -32,6 +33,8 @@ from recorder_server.checkpoints import Checkpointer
 from recorder_server.cost import PriceBook
 from recorder_server.decoding import DecodeGuard
 from recorder_server.otel import OtlpExporter
+from recorder_server.otlp import receiver
+from recorder_server.otlp.ingest import OtlpIngest
 from recorder_server.ownership import (
     DatabaseInUse,
     SocketClaim,
@@ -47,6 +50,7 @@ from recorder_server.price_file import load_overrides
 from recorder_server.reads import ReadPool, Reads
 from recorder_server.recording import RecordingOptions
 from recorder_server.security import (
+    TlsFiles,
     TokenInterceptor,
     check_transport,
     open_listener_warning,
@@ -57,6 +61,7 @@ from recorder_server.service import RecorderServicer, add_to_server
 from recorder_server.startup import resolve_database, split_port
 from recorder_server.storage import WriteStore
 from recorder_server.validation import Limits
+from recorder_server.version_header import ServerVersionHeader
 from recorder_server.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -92,6 +97,10 @@ class ServerConfig:
     token: str | None = None
     # Make a missing database directory anywhere; without it only under the data dir.
     create_db_dir: bool = False
+    # OTLP ingest: "host:port" for OTLP/HTTP POST /v1/traces (None: gRPC only), and
+    # how long a loop whose own span has not arrived stays open (seconds).
+    otlp_http: str | None = None
+    otlp_orphan_wait_s: float = 60.0
     # Open loops of a writer gone this long are aborted (0: never).
     abandon_after_s: int = 300
     # The user's price overrides (price_file.py), read and checked at start.
@@ -105,7 +114,9 @@ class RecorderServer:
         self.config = config
         self.address = ""
         self.db_path = config.db_path
+        self.otlp_http_address = ""
         self.writer: Writer | None = None
+        self.ingest: OtlpIngest | None = None
         # Set when the commit pipeline died: health is NOT_SERVING and the
         # process should exit non-zero so that a supervisor restarts it.
         self.failed = asyncio.Event()
@@ -159,8 +170,33 @@ class RecorderServer:
             self._stack.push_async_callback(exporter.stop)
             writer.listeners.append(exporter.on_commit)
             self._stack.callback(writer.listeners.remove, exporter.on_commit)
+        ingest = OtlpIngest(writer, db_path, config.limits, config.otlp_orphan_wait_s)
+        await ingest.start()
+        self._stack.push_async_callback(ingest.stop)
+        self.ingest = ingest
         servicer = RecorderServicer(writer, Reads(pool, book), config.limits)
         await self._serve(servicer, listen, socket_claim, credentials)
+        if config.otlp_http is not None:
+            await self._serve_otlp_http(ingest, tls)
+
+    async def _serve_otlp_http(self, ingest: OtlpIngest, tls: TlsFiles | None) -> None:
+        """OTLP/HTTP beside the gRPC listener: same token, same TLS identity."""
+        assert self.config.otlp_http is not None
+        check_transport(self.config.otlp_http, tls, self.config.insecure)
+        host, _, port = self.config.otlp_http.rpartition(":")
+        app = receiver.http_app(ingest, self.config.token, self.config.limits.max_request_bytes)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        context = None
+        if tls is not None:
+            ca = str(tls.client_ca) if tls.client_ca else None
+            context = receiver.ssl_context(str(tls.cert), str(tls.key), ca)
+        site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=context)
+        await site.start()
+        bound = runner.addresses[0]
+        self.otlp_http_address = f"{host or '127.0.0.1'}:{bound[1]}"
+        log.info("OTLP/HTTP traces on %s/v1/traces", self.otlp_http_address)
 
     def _claim_database(self, db_path: Path) -> None:
         """Its directory made (0700), the file locked (released last but the address)."""
@@ -190,6 +226,8 @@ class RecorderServer:
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [DecodeGuard()]
         if config.token is not None:
             interceptors.insert(0, TokenInterceptor(config.token, OPEN_SERVICES))
+        # First: refused calls name the version too.
+        interceptors.insert(0, ServerVersionHeader())
         return grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -209,9 +247,13 @@ class RecorderServer:
     ) -> None:
         server = self._grpc_server()
         add_to_server(servicer, server)
+        assert self.ingest is not None
+        receiver.add_to_server(receiver.TraceServicer(self.ingest), server)
         health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection((SERVICE_NAME, *OPEN_SERVICES), server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, receiver.SERVICE_NAME, *OPEN_SERVICES), server
+        )
         bind = listen if socket_claim is None else f"unix://{socket_claim.bind_path}"
         try:
             if credentials is None:
@@ -235,7 +277,7 @@ class RecorderServer:
             self.address = listen
         else:
             self.address = f"{listen.rsplit(':', 1)[0]}:{port}"
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE_NAME, receiver.SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         assert self.writer is not None
         watch = asyncio.create_task(self._watch(self.writer.pipeline.died, health_servicer))

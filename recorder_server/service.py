@@ -12,6 +12,7 @@ import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 
+from recorder_common.version import __version__
 from recorder_server.decoding import Received, wants_wire
 from recorder_server.errors import FellBehind, InvalidArgument, NotFound, RecorderError
 from recorder_server.framing import event_pages, field_of, response_of
@@ -128,6 +129,7 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
                 max_value_depth=self.limits.max_value_depth,
                 max_request_bytes=self.limits.max_request_bytes,
                 abandon_after_secs=self.writer.abandon_after_s,
+                server_version=__version__,
             )
         )
         self.writer.attach(writer_id)
@@ -256,8 +258,9 @@ class RecorderServicer(api_grpc.RecorderServiceServicer):
     @rpc
     async def GetLoop(self, request: api.GetLoopRequest, context: Context) -> api.GetLoopResponse:
         loop = await self.reads.get_loop(request.loop_id, request.skip_events)
+        next_sequence = await self.reads.next_sequence(request.loop_id)
         cost = await self.reads.loop_cost(request.loop_id)
-        return api.GetLoopResponse(loop=loop, cost=cost)
+        return api.GetLoopResponse(loop=loop, next_sequence=next_sequence, cost=cost)
 
     @rpc
     async def ListSessions(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from recorder_client.defaults import data_dir
+from recorder_common.defaults import data_dir
 from recorder_server.ownership import StartupError
 
 # Kernel interfaces, not filesystems: a database there cannot work.

@@ -9,12 +9,14 @@ from typing import TypeAlias
 
 from agent_recorder.v1 import events_pb2, session_pb2, types_pb2
 from agent_recorder.v1 import recorder_service_pb2 as api
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from recorder_client.queries import root_loops
+from recorder_server.otlp.mapping import continuation_unknown
 
 STATUS_STYLE = {
     session_pb2.LOOP_STATUS_PENDING: ("pending", "dim"),
@@ -69,39 +71,42 @@ def cost_text(
     return text
 
 
+SESSION_COLUMNS = ("session", "agent", "created", "scope", "loops", "tokens", "cost")
+
+
+def session_row(s: api.SessionSummary) -> tuple[str, ...]:
+    """One `ls` line, the same whether drawn as a table or written as tab-separated text."""
+    loops = s.loops
+    counts = ", ".join(
+        f"{n} {name}"
+        for name, n in (
+            ("running", loops.running),
+            ("pending", loops.pending),
+            ("completed", loops.completed),
+            ("rejected", loops.rejected),
+            ("aborted", loops.aborted),
+        )
+        if n
+    )
+    scope = session_pb2.SessionScope.Name(s.scope).removeprefix("SESSION_SCOPE_").lower()
+    return (
+        s.session_id,
+        s.agent_id,
+        when(s.created_at),
+        scope,
+        counts or "-",
+        str(s.usage.total_tokens or s.usage.input + s.usage.output),
+        money(s.cost) + (f" +subs {money(s.tree_cost)}" if s.tree_cost != s.cost else ""),
+    )
+
+
 def sessions_table(sessions: Sequence[api.SessionSummary]) -> Table:
     table = Table(title="sessions (newest first)")
-    # Ids wrap rather than lose characters: they are what people copy.
-    for column in ("session", "agent"):
-        table.add_column(column, overflow="fold")
-    for column in ("created", "scope"):
-        table.add_column(column)
-    table.add_column("loops", no_wrap=True)
-    table.add_column("tokens")
-    table.add_column("cost", justify="right", no_wrap=True)
+    for column in SESSION_COLUMNS:
+        # Ids are what people copy: never cut or wrapped, whatever the width.
+        table.add_column(column, no_wrap=column == "session", overflow="fold")
     for s in sessions:
-        loops = s.loops
-        counts = "\n".join(
-            f"{n} {name}"
-            for name, n in (
-                ("running", loops.running),
-                ("pending", loops.pending),
-                ("completed", loops.completed),
-                ("rejected", loops.rejected),
-                ("aborted", loops.aborted),
-            )
-            if n
-        )
-        scope = session_pb2.SessionScope.Name(s.scope).removeprefix("SESSION_SCOPE_").lower()
-        table.add_row(
-            s.session_id,
-            s.agent_id,
-            when(s.created_at),
-            scope,
-            counts or "-",
-            str(s.usage.total_tokens or s.usage.input + s.usage.output),
-            _session_cost(s),
-        )
+        table.add_row(*session_row(s)[:-1], _session_cost(s))
     return table
 
 
@@ -118,7 +123,8 @@ def loop_label(loop: session_pb2.LoopRecord, cost: api.LoopCost | None = None) -
     name, style = STATUS_STYLE.get(loop.status, ("?", ""))
     label = Text(loop.loop_id, style="bold")
     label.append(f"  [{name}]", style=style)
-    label.append(f"  {continuation(loop.continuation_kind)}", style="cyan")
+    kind = "unknown" if continuation_unknown(loop) else continuation(loop.continuation_kind)
+    label.append(f"  {kind}", style="cyan")
     if loop.HasField("config") and loop.config.model:
         label.append(f"  {loop.config.provider}/{loop.config.model}", style="blue")
     if loop.HasField("parallel_group"):
@@ -196,9 +202,32 @@ def session_tree(
     return tree
 
 
+def event_time(event: events_pb2.AgentEvent) -> Timestamp | None:
+    """When the event says it happened: its own timestamp, else its message's."""
+    kind = event.WhichOneof("event")
+    payload = getattr(event, kind) if kind else None
+    candidates = (payload, getattr(payload, "message", None))
+    owners: list[Message] = [o for o in candidates if o is not None]
+    for owner in owners:
+        if "timestamp" in owner.DESCRIPTOR.fields_by_name and owner.HasField("timestamp"):
+            stamp: Timestamp = getattr(owner, "timestamp")  # noqa: B009 (any message kind)
+            return stamp
+    return None
+
+
+def clock(ts: Timestamp | None) -> str:
+    """HH:MM:SS.mmm in UTC, or a dash of the same width."""
+    if ts is None:
+        return "-" + " " * 11
+    moment = datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC)
+    return moment.strftime("%H:%M:%S.%f")[:12]
+
+
 def event_line(loop_id: str, item: session_pb2.LoopEvent) -> Text:
-    """One stored event as a `tail` line: loop, sequence, kind and what it says."""
-    line = Text(f"{loop_id}", style="dim")
+    """One stored event as a `tail` line: time, loop, sequence, kind and what it says."""
+    stamp = item.refused.refused_at if item.HasField("refused") else event_time(item.event)
+    line = Text(clock(stamp) + " ")
+    line.append(f"{loop_id}", style="dim")
     line.append(f" #{item.sequence:<4} ", style="dim")
     if item.HasField("refused"):
         line.append("REFUSED", style="bold red")
@@ -226,6 +255,23 @@ def _event_detail(kind: str, payload: object) -> str:
         said = " ".join(b.text.text for b in payload.message.content if b.HasField("text"))
         return f"{role.lower()}: {said[:80]}"
     return ""
+
+
+def shown_total(usage: types_pb2.Usage) -> int:
+    """The total a usage table shows (and `usage --json` prints): input + output when
+    the agent reported no total_tokens."""
+    return usage.total_tokens or usage.input + usage.output
+
+
+def with_totals(rows: Sequence[api.UsageRow]) -> list[api.UsageRow]:
+    """Copies of the rows whose total_tokens is the total the table shows."""
+    out = []
+    for row in rows:
+        copy = api.UsageRow()
+        copy.CopyFrom(row)
+        copy.usage.total_tokens = shown_total(row.usage)
+        out.append(copy)
+    return out
 
 
 # (header, Usage field) of the usage table; reasoning and cache writes only when used.
@@ -277,7 +323,7 @@ def _cells(row: api.UsageRow, fields: Sequence[tuple[str, str]]) -> list[str | T
     return [
         str(row.loops),
         *(str(getattr(u, field)) for _, field in fields),
-        str(u.total_tokens or u.input + u.output),
+        str(shown_total(u)),
         cost_text(row.cost, "", sep="\n"),
     ]
 
@@ -289,7 +335,7 @@ def _summed(a: types_pb2.Usage, b: types_pb2.Usage) -> types_pb2.Usage:
         reasoning=a.reasoning + b.reasoning,
         cache_read=a.cache_read + b.cache_read,
         cache_write=a.cache_write + b.cache_write,
-        total_tokens=a.total_tokens + b.total_tokens,
+        total_tokens=shown_total(a) + shown_total(b),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,9 @@ async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str,
     code = await asyncio.to_thread(main, list(argv))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+CLOCK = re.compile(r"\d\d:\d\d:\d\d\.\d{3}")
 
 
 def iso(offset: float) -> str:
@@ -85,17 +89,29 @@ async def two_agents(recorder: RunningRecorder) -> RunningRecorder:
     return recorder
 
 
-def test_every_command_shows_an_example_in_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_command_shows_an_example_and_its_exit_codes_in_its_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     assert {"ingest", "export", "import", "ls", "show", "tail", "usage", "flush", "delete"} <= set(
         commands.choices
     )
-    for name in commands.choices:
-        with pytest.raises(SystemExit):
-            build_parser().parse_args([name, "--help"])
-        out = capsys.readouterr().out
-        assert "example: agent-recorder " in out, name
+    invocations = [[name] for name in commands.choices]
+    invocations += [["service", action] for action in ("install", "uninstall", "status")]
+    for words in [[], *invocations]:
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args([*words, "--help"])
+        assert exited.value.code == 0
+        out = " ".join(capsys.readouterr().out.split())
+        if words:
+            assert "example: agent-recorder " in out, words
+        assert "exit status: 0 " in out, words
+        assert " 1 " in out.split("exit status:")[1] and " 2 " in out, words
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["import", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 the sidecar refused a session (e.g. one already stored, without --replace)" in out
 
 
 def test_times_are_iso_dates_or_durations_ago() -> None:
@@ -130,19 +146,20 @@ async def test_ls_filters_by_agent_scope_and_time(
 
 
 async def test_ls_pages(two_agents: RunningRecorder, capsys: pytest.CaptureFixture[str]) -> None:
+    """The next page's command goes to stderr: stdout stays the sessions alone."""
     target = ("--target", two_agents.target)
-    _, out, _ = await cli(capsys, "ls", *target, "--limit", "1")
+    _, out, err = await cli(capsys, "ls", *target, "--limit", "1")
     assert "s-new" in out and "s-old" not in out
-    more = out.splitlines()[-1].split()
+    more = err.splitlines()[-1].split()
     assert more[:6] == ["more:", "agent-recorder", "ls", *target, "--limit"]
     assert more[6:8] == ["1", "--page"]
-    _, out, _ = await cli(capsys, *more[2:])
-    assert "s-old" in out and "s-new" not in out and "more:" not in out
-    _, out, _ = await cli(capsys, "ls", *target, "--limit", "1", "--since", iso(-10))
-    more = out.splitlines()[-1].split()
+    _, out, err = await cli(capsys, *more[2:])
+    assert "s-old" in out and "s-new" not in out and "more:" not in out + err
+    _, out, err = await cli(capsys, "ls", *target, "--limit", "1", "--since", iso(-10))
+    more = err.splitlines()[-1].split()
     assert more[5:7] == ["--since", iso(-10)]
-    _, out, _ = await cli(capsys, "ls", *target, "--limit", "1", "--all")
-    assert "s-old" in out and "s-new" in out and "more:" not in out
+    _, out, err = await cli(capsys, "ls", *target, "--limit", "1", "--all")
+    assert "s-old" in out and "s-new" in out and "more:" not in out + err
 
 
 async def test_usage_sums_by_agent_and_model_over_a_time_range(
@@ -207,7 +224,8 @@ async def test_tail_prints_stored_events_then_follows_live_ones(
 ) -> None:
     code, out, _ = await cli(capsys, "tail", "--target", two_agents.target, "--no-follow", "s-old")
     assert code == 0
-    assert [line.split()[1:3] for line in out.splitlines()] == [
+    assert all(CLOCK.fullmatch(line.split()[0]) for line in out.splitlines()), out
+    assert [line.split()[2:4] for line in out.splitlines()] == [
         ["#0", "agent_start"],
         ["#1", "turn_start"],
         ["#2", "turn_end"],
@@ -226,10 +244,10 @@ async def test_tail_prints_stored_events_then_follows_live_ones(
     )
     assert proc.stdout is not None
     stored = [await proc.stdout.readline() for _ in range(3)]
-    assert [line.split()[2] for line in stored] == [b"agent_start", b"turn_start", b"turn_end"]
+    assert [line.split()[3] for line in stored] == [b"agent_start", b"turn_start", b"turn_end"]
     await record(two_agents.target, api.EventEnvelope(event=turn_start("s-new.c.0", 1)))
     live = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
-    assert live.decode().split() == ["s-new.c.0", "#3", "turn_start", "turn", "1"]
+    assert live.decode().split()[1:] == ["s-new.c.0", "#3", "turn_start", "turn", "1"]
     async with RecorderClient.connect(two_agents.target) as client:
         await client.flush_sessions("s-new")
     rest, err = await asyncio.wait_for(proc.communicate(), timeout=30)
@@ -263,6 +281,7 @@ def test_serve_sends_spans_where_otlp_endpoint_says() -> None:
     assert config_from(build_parser().parse_args(["serve"])).otlp_endpoint is None
 
 
+@pytest.mark.slow
 async def test_commands_find_the_default_sidecar_without_flags(short_tmp: Path) -> None:
     """`serve` and `ls` with no address agree on the default socket (from the XDG dirs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENT_RECORDER_")}
@@ -275,11 +294,16 @@ async def test_commands_find_the_default_sidecar_without_flags(short_tmp: Path) 
         ready = await asyncio.wait_for(server.stdout.readline(), timeout=60)
         assert ready.startswith(b"agent-recorder listening on unix://")
         ls = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "recorder_server.cli", "ls", stdout=subprocess.PIPE, env=env
+            sys.executable,
+            "-m",
+            "recorder_server.cli",
+            "ls",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
         )
-        out, _ = await asyncio.wait_for(ls.communicate(), timeout=60)
-        assert ls.returncode == 0
-        assert b"sessions (newest first)" in out
+        out, err = await asyncio.wait_for(ls.communicate(), timeout=60)
+        assert (ls.returncode, out, err) == (0, b"", b"no sessions recorded yet\n")
     finally:
         server.terminate()
         await server.wait()

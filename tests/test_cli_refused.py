@@ -70,7 +70,7 @@ async def test_show_and_tail_mark_refusals_and_phi_json_export_leaves_them_out(
     assert code == 0 and "refused events (2)" in out and "INVALID_FIELD" in out
     code, out, _ = await cli(capsys, "tail", "r", "--no-follow", "--target", recorder.target)
     assert code == 0
-    assert [line.split()[1:3] for line in out.splitlines()] == [
+    assert [line.split()[2:4] for line in out.splitlines()] == [  # after the time
         ["#0", "agent_start"],
         ["#1", "REFUSED"],
         ["#2", "progress_message"],

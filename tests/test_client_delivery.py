@@ -44,6 +44,7 @@ from recorder_client import (
     DeliveryConfig,
     DeliveryError,
     EventSender,
+    EventsRefused,
     QueueFull,
     RecorderClient,
     RecorderRpcError,
@@ -51,6 +52,7 @@ from recorder_client import (
     loop,
     sync_loop,
 )
+from recorder_client.client import RPCS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -450,32 +452,42 @@ async def test_events_are_given_up_after_the_reconnect_deadline(
     stats = sender.stats()
     assert (stats.emitted, stats.failed, stats.pending, stats.acknowledged) == (3, 3, 0, 0)
 
-    # The failure is reported once; a sender keeps working once the server is back.
+    # The failure is reported once; a sender keeps working once the server is back
+    # (and the channel reconnected, which under load can take longer than the
+    # sender's 0.5 s deadline: wait for it, at most 30 s).
     await recorder.start()
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await client.list_sessions()
+                break
+            except RecorderRpcError:
+                await asyncio.sleep(0.1)
     sender.emit(agent_start("f2b", "f2b.main.0"))
     await sender.flush(15)
     assert (await client.get_loop("f2b.main.0")).events[0].sequence == 0
 
 
-async def test_a_rejected_batch_surfaces_in_the_next_flush(client: RecorderClient) -> None:
+async def test_a_refused_event_surfaces_in_the_next_flush(client: RecorderClient) -> None:
     sender = client.sender(config=FAST)
     sender.emit(progress("x1.never.0", "c", "t", "orphan"))  # its loop was never started
-    with pytest.raises(DeliveryError) as caught:
+    with pytest.raises(EventsRefused) as caught:
         await sender.flush(10)
-    rejection = caught.value.rejection
-    assert rejection is not None
-    assert rejection.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert rejection.reason == "LOOP_NOT_OPEN"
-    assert rejection.metadata["loop_id"] == "x1.never.0"
-    assert rejection.loop_ids == ("x1.never.0",)
-    assert rejection.events == 1
-    assert "x1.never.0" in rejection.message
+    [refusal] = caught.value.refusals
+    assert refusal.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert refusal.reason == "LOOP_NOT_OPEN"
+    assert refusal.metadata["loop_id"] == "x1.never.0"
+    assert (refusal.loop_id, refusal.sequence, refusal.holds_slot) == ("x1.never.0", 0, False)
+    assert refusal.event.progress_message.text == "orphan"
+    assert refusal.message == "loop 'x1.never.0' is not open (never started)"
+    assert caught.value.rejections == ()
     text = str(caught.value)
-    assert "FAILED_PRECONDITION" in text
-    assert "LOOP_NOT_OPEN" in text
-    assert "x1.never.0" in text
+    assert text == (
+        "1 event(s) refused by the sidecar: progress_message at loop x1.never.0 sequence 0:"
+        " LOOP_NOT_OPEN: loop 'x1.never.0' is not open (never started)"
+    )
     stats = sender.stats()
-    assert (stats.emitted, stats.rejected, stats.acknowledged, stats.pending) == (1, 1, 0, 0)
+    assert (stats.emitted, stats.refused, stats.acknowledged, stats.pending) == (1, 1, 0, 0)
 
     # Reported once; the stream stays usable for other loops.
     sender.emit(agent_start("x1", "x1.main.0"))
@@ -483,19 +495,21 @@ async def test_a_rejected_batch_surfaces_in_the_next_flush(client: RecorderClien
     assert kinds(await client.get_loop("x1.main.0")) == [(0, "agent_start")]
 
 
-async def test_an_invalid_event_is_rejected_naming_the_field(client: RecorderClient) -> None:
+async def test_an_invalid_event_is_refused_naming_the_field(client: RecorderClient) -> None:
+    """A missing timestamp is no limit emit() checks: the server refuses it alone."""
     sender = client.sender(config=FAST)
     start = agent_start("x2", "x2.main.0")
     start.agent_start.ClearField("timestamp")
     sender.emit(start)
-    with pytest.raises(DeliveryError) as caught:
+    sender.emit(agent_start("x2", "x2.main.1"))
+    with pytest.raises(EventsRefused) as caught:
         await sender.close(10)
-    rejection = caught.value.rejection
-    assert rejection is not None
-    assert rejection.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert rejection.reason == "INVALID_FIELD"
-    assert rejection.metadata["field"] == "batch.events[0].event.agent_start.timestamp"
-    assert rejection.loop_ids == ("x2.main.0",)
+    [refusal] = caught.value.refusals
+    assert refusal.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert refusal.reason == "INVALID_FIELD"
+    assert refusal.metadata["field"] == "batch.events[0].event.agent_start.timestamp"
+    assert refusal.loop_id == "x2.main.0"
+    assert kinds(await client.get_loop("x2.main.1")) == [(0, "agent_start")]
 
 
 async def test_emit_refuses_an_event_without_a_kind(client: RecorderClient) -> None:
@@ -731,8 +745,8 @@ async def test_sync_recorder_raises_delivery_errors_and_queue_full(
             facade.close()
 
     rejected, _ = await asyncio.to_thread(agent)
-    assert rejected.rejection is not None
-    assert rejected.rejection.reason == "LOOP_NOT_OPEN"
+    assert isinstance(rejected, EventsRefused)
+    assert [r.reason for r in rejected.refusals] == ["LOOP_NOT_OPEN"]
 
 
 # -- the API surface -------------------------------------------------------------------------
@@ -752,3 +766,9 @@ def test_every_rpc_of_the_service_has_a_client_method() -> None:
     ]
     assert missing == []
     assert callable(EventSender.flush)
+    # How each is called (retried or not, deadline or open-ended) is declared once.
+    assert set(RPCS) == set(names) - {"Record"}
+    assert {name for name, rpc in RPCS.items() if rpc.open_ended} == {
+        "StreamEvents",
+        "WatchSessions",
+    }

@@ -35,7 +35,8 @@ from support.events import (
 from support.recorder import RunningRecorder
 
 from recorder_client import DeliveryConfig, QueueFull, RecorderClient, SyncRecorder
-from recorder_client.framing import batch_request, envelope_head, hello_request, varint
+from recorder_client.framing import batch_request, envelope_head, hello_request
+from recorder_common.varint import varint
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -22,12 +22,22 @@ import pytest
 from agent_recorder.v1 import recorder_service_pb2 as service_pb2
 from agent_recorder.v1 import session_pb2
 from google.protobuf.message import Message
-from support.events import EPOCH, agent_end, agent_start, assistant, message_update, progress
+from support.events import (
+    EPOCH,
+    agent_end,
+    agent_start,
+    assistant,
+    message_update,
+    progress,
+    tool_start,
+    turn_start,
+)
 from support.recorder import RunningRecorder
 
 from recorder_client import (
     DeliveryConfig,
     DeliveryError,
+    EventsRefused,
     RecorderClient,
     RecorderRpcError,
     RetryPolicy,
@@ -230,6 +240,15 @@ class ScriptedServer:
     calls: dict[str, int] = field(default_factory=dict)
     metadata: list[dict[str, str]] = field(default_factory=list)
     batches: list[service_pb2.EventBatch] = field(default_factory=list)
+    # What Record's RecordReady says, which events of each batch it refuses (by
+    # index), and the largest request it takes (gRPC's limit, as `serve` sets it).
+    ready: service_pb2.RecordReady = field(
+        default_factory=lambda: service_pb2.RecordReady(include_streaming_events=True)
+    )
+    refuse: Callable[[service_pb2.EventBatch], list[service_pb2.EventRefusal]] = lambda batch: []
+    # A whole-batch refusal to answer instead of storing (None: store).
+    reject: service_pb2.BatchRejection | None = None
+    max_receive_bytes: int = 4 * 1024 * 1024
     server: grpc.aio.Server | None = None
 
     @property
@@ -268,13 +287,18 @@ class ScriptedServer:
         await self._answer("Record", context)
         async for request in requests:
             if request.HasField("hello"):
-                ready = service_pb2.RecordReady(include_streaming_events=True)
-                yield service_pb2.RecordResponse(ready=ready)
+                yield service_pb2.RecordResponse(ready=self.ready)
+                continue
+            if self.reject is not None:
+                yield service_pb2.RecordResponse(
+                    batch_id=request.batch.batch_id, rejection=self.reject
+                )
                 continue
             self.batches.append(request.batch)
             yield service_pb2.RecordResponse(
                 batch_id=request.batch.batch_id,
                 sequences=[e.sequence for e in request.batch.events],
+                refusals=self.refuse(request.batch),
             )
 
     async def start(self) -> None:
@@ -296,7 +320,9 @@ class ScriptedServer:
                 response_serializer=lambda m: m.SerializeToString(),
             ),
         }
-        server = grpc.aio.server()
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", self.max_receive_bytes)]
+        )
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("agent_recorder.v1.RecorderService", handlers),)
         )
@@ -418,3 +444,164 @@ async def test_an_unreachable_sidecar_fails_the_flush_not_the_agent(short_tmp: P
         assert caught.value.failed == 1
         # close() has nothing left to report: the failure was raised once already.
         await sender.close()
+
+
+def refuse_tool_starts(batch: service_pb2.EventBatch) -> list[service_pb2.EventRefusal]:
+    """What the sidecar answers for a batch whose tool starts break a rule."""
+    return [
+        service_pb2.EventRefusal(
+            index=i,
+            code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+            reason="INVALID_FIELD",
+            message=f"batch.events[{i}].event.tool_execution_start.args: scripted refusal",
+            metadata={"field": f"batch.events[{i}].event.tool_execution_start.args"},
+            holds_slot=True,
+        )
+        for i, envelope in enumerate(batch.events)
+        if envelope.event.HasField("tool_execution_start")
+    ]
+
+
+async def test_refused_events_are_counted_and_the_next_flush_names_them(
+    scripted: ScriptedServer,
+) -> None:
+    """The rest of the batch counts as stored; flush names each refused event once."""
+    scripted.refuse = refuse_tool_starts
+    async with RecorderClient.connect(scripted.target) as client:
+        sender = client.sender(config=DeliveryConfig(linger=3600))
+        sender.emit(agent_start("r1", "r1.c.0"))
+        for i in range(5):
+            sender.emit(tool_start("r1.c.0", f"call-{i}", "grep", {"n": i}))
+        sender.emit(agent_end("r1.c.0"))
+        with pytest.raises(EventsRefused) as caught:
+            await sender.flush(10)
+        stats = sender.stats()
+        await sender.flush(10)  # reported once
+    error = caught.value
+    assert (error.refused, error.unacknowledged, error.failed, error.rejections) == (5, 0, 0, ())
+    assert [(r.loop_id, r.sequence, r.reason, r.holds_slot) for r in error.refusals] == [
+        ("r1.c.0", i, "INVALID_FIELD", True) for i in range(1, 6)
+    ]
+    assert error.refusals[0].event.tool_execution_start.tool_call_id == "call-0"
+    assert str(error) == (
+        "5 event(s) refused by the sidecar:"
+        " tool_execution_start at loop r1.c.0 sequence 1: INVALID_FIELD:"
+        " batch.events[1].event.tool_execution_start.args: scripted refusal;"
+        " tool_execution_start at loop r1.c.0 sequence 2: INVALID_FIELD:"
+        " batch.events[2].event.tool_execution_start.args: scripted refusal;"
+        " tool_execution_start at loop r1.c.0 sequence 3: INVALID_FIELD:"
+        " batch.events[3].event.tool_execution_start.args: scripted refusal; and 2 more"
+    )
+    assert (stats.emitted, stats.acknowledged, stats.refused, stats.pending) == (7, 2, 5, 0)
+
+
+async def test_emit_checks_against_the_limits_the_server_announced(
+    scripted: ScriptedServer,
+) -> None:
+    scripted.ready = service_pb2.RecordReady(max_id_length=8, max_value_depth=2)
+    async with RecorderClient.connect(scripted.target) as client:
+        sender = client.sender(config=DeliveryConfig(linger=0))
+        sender.emit(agent_start("s", "a.very.long.loop", metadata={"a": {"b": {"c": 1}}}))
+        await sender.wait_ready(10)
+        assert (sender.limits.max_id_length, sender.limits.max_value_depth) == (8, 2)
+        assert sender.limits.max_request_bytes == 16 * 1024 * 1024  # not announced: default
+        with pytest.raises(ValueError, match="loop_id: must be at most 8 characters, not 16"):
+            sender.emit(turn_start("a.very.long.loop", 0))
+        with pytest.raises(ValueError, match="args: must not nest deeper than 2 levels"):
+            sender.emit(tool_start("s.c.0", "c", "t", {"a": {"b": {"c": 1}}}))
+        sender.emit(agent_start("s", "s.c.0", metadata={"a": {"b": 1}}))
+        await sender.flush(10)
+        assert sender.stats().emitted == 2
+
+
+async def test_an_event_too_large_for_the_announced_limit_is_never_sent(
+    scripted: ScriptedServer,
+) -> None:
+    """Emitted before the limit was known, it is refused by the sender itself, alone."""
+    scripted.ready = service_pb2.RecordReady(max_request_bytes=64 * 1024)
+    async with RecorderClient.connect(scripted.target) as client:
+        sender = client.sender(config=DeliveryConfig(linger=3600))
+        sender.emit(agent_start("b1", "b1.c.0"))
+        sender.emit(tool_start("b1.c.0", "c", "t", {"blob": "x" * 100_000}))
+        sender.emit(agent_end("b1.c.0"))
+        with pytest.raises(EventsRefused) as caught:
+            await sender.flush(10)
+        with pytest.raises(ValueError, match="larger than the sidecar's request limit of 65536"):
+            sender.emit(tool_start("b1.c.0", "c", "t", {"blob": "x" * 100_000}))
+        stats = sender.stats()
+    [refused] = caught.value.refusals
+    assert (refused.reason, refused.sequence, refused.holds_slot) == ("TOO_LARGE", None, False)
+    assert refused.message.endswith("larger than the sidecar's request limit of 65536 bytes")
+    sent = [e for batch in scripted.batches for e in batch.events]
+    assert [(e.sequence, e.event.WhichOneof("event")) for e in sent] == [
+        (0, "agent_start"),
+        (1, "agent_end"),
+    ]
+    assert (stats.acknowledged, stats.refused, stats.pending) == (2, 1, 0)
+
+
+async def test_a_request_the_server_finds_too_large_is_not_retried(
+    scripted: ScriptedServer,
+) -> None:
+    """RESOURCE_EXHAUSTED for size is final: given up at once, not re-sent for a minute."""
+    await scripted.stop()
+    scripted.max_receive_bytes = 8 * 1024  # and not announced
+    await scripted.start()
+    async with RecorderClient.connect(scripted.target) as client:
+        sender = client.sender(config=DeliveryConfig(linger=3600, reconnect_deadline=60))
+        sender.emit(agent_start("z1", "z1.c.0"))
+        sender.emit(tool_start("z1.c.0", "c", "t", {"blob": "x" * 20_000}))
+        with pytest.raises(DeliveryError) as caught:
+            await sender.flush(30)
+    assert caught.value.failed == 2
+    assert isinstance(caught.value.cause, RecorderRpcError)
+    assert caught.value.cause.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert scripted.calls == {"Record": 1}
+
+
+async def test_a_loop_the_server_cannot_place_fails_its_events_not_the_sender(
+    scripted: ScriptedServer,
+) -> None:
+    """The scripted server has no GetLoop: asking where a loop stands fails for good."""
+    async with RecorderClient.connect(scripted.target) as client:
+        sender = client.sender(config=DeliveryConfig(linger=0))
+        sender.emit(turn_start("q1.c.0", 3))  # a loop this sender did not start
+        with pytest.raises(DeliveryError) as caught:
+            await sender.flush(10)
+        assert caught.value.failed == 1
+        assert isinstance(caught.value.cause, RecorderRpcError)
+        assert caught.value.cause.code == grpc.StatusCode.UNIMPLEMENTED
+        sender.emit(agent_start("q2", "q2.c.0"))
+        await sender.flush(10)
+    sent = [e for batch in scripted.batches for e in batch.events]
+    assert [(e.sequence, e.event.agent_start.loop_id) for e in sent] == [(0, "q2.c.0")]
+
+
+async def test_a_batch_refused_as_a_whole_is_reported_as_rejected_not_refused(
+    scripted: ScriptedServer,
+) -> None:
+    scripted.reject = service_pb2.BatchRejection(
+        code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+        reason="STORAGE_FULL",
+        message="database or disk is full",
+    )
+    async with RecorderClient.connect(scripted.target) as client:
+        sender = client.sender(config=DeliveryConfig(linger=3600))
+        sender.emit(agent_start("h1", "h1.c.0"))
+        sender.emit(turn_start("h1.c.0", 0))
+        with pytest.raises(DeliveryError) as caught:
+            await sender.flush(10)
+        stats = sender.stats()
+        scripted.reject = None
+    assert not isinstance(caught.value, EventsRefused)
+    [rejection] = caught.value.rejections
+    assert (rejection.reason, rejection.events, rejection.loop_ids) == (
+        "STORAGE_FULL",
+        2,
+        ("h1.c.0",),
+    )
+    assert str(caught.value) == (
+        "2 event(s) rejected: RESOURCE_EXHAUSTED STORAGE_FULL (loop h1.c.0):"
+        " database or disk is full"
+    )
+    assert (stats.rejected, stats.refused, stats.acknowledged, stats.pending) == (2, 0, 0, 0)

@@ -20,13 +20,15 @@ import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
 from google.protobuf import json_format
-from support.events import agent_start, turn_start
+from support.events import agent_end, agent_start, tool_start, turn_start
 from support.recorder import RunningRecorder
 
 from recorder_client.client import RecorderClient
 from recorder_client.errors import RecorderRpcError
 from recorder_client.phi_json import event_from_json, event_to_json, session_from_json
 from recorder_server.cli import main
+from recorder_server.server import RecorderServer, ServerConfig
+from recorder_server.validation import Limits
 
 DATA = Path(__file__).parent / "data"
 FULL = DATA / "phi_session_full.json"
@@ -93,7 +95,7 @@ async def test_import_refuses_an_existing_session_unless_replace(
 ) -> None:
     assert (await cli(capsys, "import", "--target", recorder.target, str(FULL)))[0] == 0
     code, out, err = await cli(capsys, "import", "--target", recorder.target, str(FULL))
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")  # refused by the sidecar
     assert f"{FULL}: ALREADY_EXISTS: session '{SID}' already exists" in err
     changed = full()
     changed["agent_id"] = "agent-2"
@@ -116,9 +118,15 @@ async def test_import_names_the_file_and_path_of_what_it_cannot_read(
     (tmp_path / "b.json").write_text("{", encoding="utf-8")
     code, out, err = await cli(capsys, "import", "--target", recorder.target, str(tmp_path))
     assert (code, out) == (1, "")
-    assert err.splitlines()[0].startswith(f"agent-recorder import: {tmp_path / 'a.json'}: ")
+    assert err.splitlines()[0].startswith(
+        f"agent-recorder import: {tmp_path / 'a.json'}: not a phi-json session: "
+    )
     assert "loops[1].status" in err.splitlines()[0]
-    assert err.splitlines()[1].startswith(f"agent-recorder import: {tmp_path / 'b.json'}: ")
+    # File, line and column once, not again in the decoder's own words.
+    assert err.splitlines()[1] == (
+        f"agent-recorder import: {tmp_path / 'b.json'}:1:2: "
+        "Expecting property name enclosed in double quotes"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     code, out, err = await cli(capsys, "import", "--target", recorder.target, str(empty))
@@ -248,20 +256,39 @@ async def test_ingest_stores_every_event_and_exits_zero(
     assert await stored_events(recorder.target, SID) == expected
 
 
-async def test_ingest_names_loop_line_and_reason_of_a_refusal(
+async def test_ingest_names_line_loop_sequence_and_reason_of_each_refusal(
     recorder: RunningRecorder, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The event fixture has one event of every type, so line 19 ends a loop never started."""
+    """The event fixture has one event of every type, some of loops never started.
+
+    Each of those is refused alone and named with its line; every other line is stored.
+    """
     code, out, err = await cli(capsys, "ingest", "--target", recorder.target, str(EVENTS))
     assert (code, out) == (1, "")
-    loop = f"{SID}.anthropic-claude-opus-high.1"
-    assert err.startswith(
-        f"agent-recorder ingest: refused at loop {loop}, line 19: LOOP_NOT_OPEN: "
-        f"loop '{loop}' is not open (never started)"
-    )
+    one, four = f"{SID}.anthropic-claude-opus-high.1", f"{SID}.anthropic-claude-opus-high.4"
+
+    def refused(line: int, kind: str, loop: str, sequence: int) -> str:
+        return (
+            f"agent-recorder ingest: line {line}: refused: {kind} at loop {loop}"
+            f" sequence {sequence}: LOOP_NOT_OPEN: loop '{loop}' is not open (never started)"
+        )
+
+    assert err.splitlines() == [
+        refused(19, "input_rejected", one, 0),
+        refused(22, "compaction_started", four, 0),
+        refused(23, "compaction_ended", four, 1),
+        refused(30, "agent_end", one, 1),
+    ]
     async with RecorderClient.connect(recorder.target) as client:
-        page = await client.list_sessions()
-    assert list(page.sessions) == []  # its batch was refused as a whole
+        session = await client.get_session(SID)
+        refusals = [r async for r in client.iter_refusals(SID)]
+    assert len(session.loops) > 0  # the lines of started loops were stored
+    assert sorted((r.loop_id, r.sent_sequence) for r in refusals) == [
+        (one, 0),
+        (one, 1),
+        (four, 0),
+        (four, 1),
+    ]
 
 
 async def test_ingest_names_the_loop_and_line_of_an_orphan_event(
@@ -273,20 +300,85 @@ async def test_ingest_names_the_loop_and_line_of_an_orphan_event(
     path.write_text("\n".join(json.dumps(e) for e in (started, orphan)) + "\n", encoding="utf-8")
     code, out, err = await cli(capsys, "ingest", "--target", recorder.target, str(path))
     assert (code, out) == (1, "")
-    assert err.startswith("agent-recorder ingest: refused at loop s1.c.9, line 2: LOOP_NOT_OPEN:")
+    assert err == (
+        "agent-recorder ingest: line 2: refused: turn_start at loop s1.c.9 sequence 0:"
+        " LOOP_NOT_OPEN: loop 's1.c.9' is not open (never started)\n"
+    )
 
 
-async def test_ingest_names_the_line_of_an_event_the_server_finds_malformed(
+async def test_ingest_names_the_line_of_an_event_after_its_loops_end(
     recorder: RunningRecorder, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """Validation names the field by its index in the batch; ingest maps it to the line."""
-    events = [agent_start("s1", "s1.c.0"), turn_start("s1.c.0", 0), turn_start("", 1)]
+    """Numbered on after AgentEnd, so it is refused as sent to an ended loop, at its line."""
+    events = [
+        agent_start("s2", "s2.c.0"),
+        turn_start("s2.c.0", 0),
+        agent_end("s2.c.0"),
+        turn_start("s2.c.0", 1),
+        agent_start("s2", "s2.c.1"),
+    ]
     path = tmp_path / "events.jsonl"
     path.write_text("\n".join(json.dumps(event_to_json(e)) for e in events), encoding="utf-8")
     code, out, err = await cli(capsys, "ingest", "--target", recorder.target, str(path))
     assert (code, out) == (1, "")
-    assert err.startswith("agent-recorder ingest: refused at loop (none), line 3: INVALID_FIELD: ")
-    assert "events[2].event.turn_start.loop_id: must not be empty" in err
+    assert err == (
+        "agent-recorder ingest: line 4: refused: turn_start at loop s2.c.0 sequence 3:"
+        " LOOP_NOT_OPEN: loop 's2.c.0' has ended (completed)\n"
+    )
+    async with RecorderClient.connect(recorder.target) as client:
+        ended = await client.get_loop("s2.c.0")
+        later = await client.get_loop("s2.c.1")
+    assert [e.event for e in ended.events] == events[:3]
+    assert [e.event for e in later.events] == events[4:]
+
+
+async def test_ingest_names_the_line_and_limit_of_an_event_too_large(
+    short_tmp: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = ServerConfig(
+        db_path=short_tmp / "r.db",
+        listen=f"unix://{short_tmp}/r.sock",
+        limits=Limits(max_request_bytes=64 * 1024),
+    )
+    events = [
+        agent_start("s3", "s3.c.0"),
+        tool_start("s3.c.0", "call-1", "read", {"text": "x" * 100_000}),
+        turn_start("s3.c.0", 0),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(event_to_json(e)) for e in events), encoding="utf-8")
+    async with RecorderServer(config):
+        code, out, err = await cli(capsys, "ingest", "--target", config.listen, str(path))
+        async with RecorderClient.connect(config.listen) as client:
+            loop = await client.get_loop("s3.c.0")
+    assert (code, out) == (1, "")
+    assert err.startswith("agent-recorder ingest: line 2: not sent: event.tool_execution_start: ")
+    assert err.endswith(
+        "bytes, larger than the sidecar's request limit of 65536 bytes (loop s3.c.0)\n"
+    )
+    assert [e.event for e in loop.events] == [events[0], events[2]]
+
+
+async def test_ingest_names_the_line_of_an_event_the_limits_refuse_and_goes_on(
+    recorder: RunningRecorder, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Checked at emit against the sidecar's limits: the line is reported, the rest stored."""
+    events = [
+        agent_start("s1", "s1.c.0"),
+        turn_start("s1.c.0", 0),
+        turn_start("", 1),
+        turn_start("s1.c.0", 2),
+    ]
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(json.dumps(event_to_json(e)) for e in events), encoding="utf-8")
+    code, out, err = await cli(capsys, "ingest", "--target", recorder.target, str(path))
+    assert (code, out) == (1, "")
+    assert err == (
+        "agent-recorder ingest: line 3: not sent: event.turn_start.loop_id: must not be empty\n"
+    )
+    async with RecorderClient.connect(recorder.target) as client:
+        loop = await client.get_loop("s1.c.0")
+    assert [e.event for e in loop.events] == [events[0], events[1], events[3]]
 
 
 async def test_ingest_names_the_line_of_bad_json(
@@ -298,11 +390,13 @@ async def test_ingest_names_the_line_of_bad_json(
     path.write_text(f"{good}\n\n{bad}\n", encoding="utf-8")
     code, out, err = await cli(capsys, "ingest", "--target", recorder.target, str(path))
     assert (code, out) == (1, "")
-    assert err.startswith("agent-recorder ingest: line 3: ")
-    assert "turn_index" in err
+    assert err == f"agent-recorder ingest: {path}:3: turn_index: missing\n"
     async with RecorderClient.connect(recorder.target) as client:
         loop = await client.get_loop("s1.c.0")
     assert [e.sequence for e in loop.events] == [0]
+    path.write_text(f'{good}\n{{"type": }}\n', encoding="utf-8")
+    code, out, err = await cli(capsys, "ingest", "--target", recorder.target, str(path))
+    assert (code, out, err) == (1, "", f"agent-recorder ingest: {path}:2:10: Expecting value\n")
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -24,7 +25,9 @@ from agent_recorder.v1 import session_pb2, types_pb2
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from support import parts
+from support.user_agent import user_agents_of
 
+from recorder_common.version import __version__
 from recorder_server.server import RecorderServer, ServerConfig
 
 # Node runs (npm install, a node process) are slow: not in `make test-fast`.
@@ -70,15 +73,17 @@ async def server(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterat
         yield running
 
 
-async def run_example(script: Path, target: str, session_id: str) -> dict[str, Any]:
+async def run_node(
+    script: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """`node script args...`: its exit status, stdout and stderr."""
     process = await asyncio.create_subprocess_exec(
         "node",
         str(script),
-        target,
-        "--session",
-        session_id,
+        *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     try:
         async with asyncio.timeout(RUN_TIMEOUT_S):
@@ -87,8 +92,16 @@ async def run_example(script: Path, target: str, session_id: str) -> dict[str, A
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 0, f"node exited {process.returncode}:\n{out!r}\n{err!r}"
-    summary: dict[str, Any] = json.loads(out.decode())
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def run_example(
+    script: Path, *args: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    code, out, err = await run_node(script, *args, env=env)
+    assert code == 0, f"node exited {code}:\n{out}\n{err}"
+    summary: dict[str, Any] = json.loads(out)
     return summary
 
 
@@ -105,7 +118,7 @@ async def test_node_client_records_a_loop_that_reads_back_as_sent(
 ) -> None:
     session_id = "node-session-1"
     loop_id = f"{session_id}.default.0"
-    summary = await run_example(node_example, server.address, session_id)
+    summary = await run_example(node_example, server.address, "--session", session_id)
     assert summary == {
         "session_id": session_id,
         "agent_id": "node-example",
@@ -189,3 +202,50 @@ async def test_node_client_records_a_loop_that_reads_back_as_sent(
     tool_end = loop.events[5].event.tool_execution_end
     assert not tool_end.is_error
     assert [b.text.text for b in tool_end.result.content] == ["# agent-recorder ..."]
+
+
+def env_without_target(**more: str) -> dict[str, str]:
+    hidden = {"AGENT_RECORDER_TARGET", "AGENT_RECORDER_TOKEN", "AGENT_RECORDER_TOKEN_FILE"}
+    return {**{k: v for k, v in os.environ.items() if k not in hidden}, **more}
+
+
+async def test_with_no_arguments_the_example_finds_the_default_socket_and_takes_the_token(
+    node_example: Path, short_tmp: Path
+) -> None:
+    """As pasted: no target, the sidecar on its default socket, a token in a file."""
+    token_file = short_tmp / "token"
+    token_file.write_text("node-example-token-0123\n")
+    socket = short_tmp / "agent-recorder" / "recorder.sock"
+    config = ServerConfig(
+        db_path=short_tmp / "recorder.db",
+        listen=f"unix://{socket}",
+        token="node-example-token-0123",
+        shutdown_grace_s=1.0,
+    )
+    async with RecorderServer(config):
+        env = env_without_target(XDG_RUNTIME_DIR=str(short_tmp))
+        code, out, err = await run_node(node_example, env=env)
+        assert code == 2, (out, err)
+        assert "UNAUTHENTICATED" in err or "missing or invalid bearer token" in err, err
+        env["AGENT_RECORDER_TOKEN_FILE"] = str(token_file)
+        summary = await run_example(node_example, env=env)
+        assert (summary["status"], summary["events"], summary["matches"]) == (
+            "LOOP_STATUS_COMPLETED",
+            12,
+            True,
+        )
+        async with grpc.aio.insecure_channel(f"unix://{socket}") as channel:
+            stub: api_grpc.RecorderServiceAsyncStub = api_grpc.RecorderServiceStub(channel)
+            token = (("authorization", "Bearer node-example-token-0123"),)
+            response = await stub.GetSession(
+                api.GetSessionRequest(session_id=summary["session_id"]), metadata=token, timeout=10
+            )
+    assert response.session.loops[0].loop_id == summary["loop_id"]
+    assert response.session.agent_id == "node-example"
+
+
+async def test_the_example_sends_its_user_agent_and_the_repo_version(
+    node_example: Path, short_tmp: Path
+) -> None:
+    seen = await user_agents_of(["node", str(node_example)], short_tmp)
+    assert seen[0].startswith(f"agent-recorder-node-example/{__version__} "), seen

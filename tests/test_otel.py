@@ -313,6 +313,7 @@ async def test_multi_agent_run_is_one_trace_with_genai_spans(
     }
     assert attributes(turn0) == {
         "gen_ai.operation.name": "chat",
+        "gen_ai.agent.name": "planner",
         "gen_ai.conversation.id": "sa",
         "gen_ai.provider.name": "anthropic",
         "gen_ai.request.model": SONNET,
@@ -337,6 +338,7 @@ async def test_multi_agent_run_is_one_trace_with_genai_spans(
     assert attributes(child_turn)["gen_ai.usage.input_tokens"] == 30
     assert attributes(tool) == {
         "gen_ai.operation.name": "execute_tool",
+        "gen_ai.agent.name": "planner",
         "gen_ai.conversation.id": "sa",
         "gen_ai.tool.name": "spawn_researcher",
         "gen_ai.tool.call.id": "call-1",

@@ -1050,6 +1050,7 @@ async def test_rule13_prune_keeps_an_opened_session_that_is_not_finalized(
 # -- rule 14: single writer ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_rule14_a_second_server_on_the_same_database_refuses_to_start(
     recorder: RunningRecorder,
 ) -> None:

@@ -99,6 +99,7 @@ async def test_session_outline_and_errors(recorder: RunningRecorder, ui: Running
     assert status == 400
 
 
+@pytest.mark.slow
 async def test_ui_command_prints_its_url_and_serves_the_page(recorder: RunningRecorder) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -41,7 +41,7 @@ from support.shapes import (
     wraps,
 )
 
-from recorder_client.framing import varint
+from recorder_common.varint import varint
 from recorder_server.errors import RecorderError
 from recorder_server.validation import (
     DECODED_JSON_DEPTH_MAX,

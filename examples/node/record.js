@@ -1,14 +1,21 @@
 #!/usr/bin/env node
 // Records one agent loop into agent-recorder from Node.js, then reads it back.
 //
-//   node record.js TARGET [--session ID]
+//   node record.js [TARGET] [--session ID]
 //
-// TARGET is unix:///path/to/recorder.sock or host:port. The contract is loaded
+// TARGET is unix:///path/to/recorder.sock or host:port; without it the sidecar is
+// found as every client finds it: $AGENT_RECORDER_TARGET, else the default socket
+// ($XDG_RUNTIME_DIR/agent-recorder/recorder.sock, else
+// ~/.local/share/agent-recorder/run/recorder.sock). The bearer token, if the
+// sidecar wants one, comes from $AGENT_RECORDER_TOKEN or the file
+// $AGENT_RECORDER_TOKEN_FILE names. The contract is loaded
 // from ../../protos at run time (no generated code): proto-loader resolves the
 // google/protobuf/*.proto imports from the well-known types protobufjs bundles.
 // Exits 0 only when what GetSession returns matches what was sent.
 "use strict";
 
+const fs = require("node:fs");
+const os = require("node:os");
 const path = require("node:path");
 const crypto = require("node:crypto");
 const grpc = require("@grpc/grpc-js");
@@ -18,6 +25,15 @@ const PROTOS = path.resolve(__dirname, "..", "..", "protos");
 const MODEL = "claude-sonnet-4";
 const PROVIDER = "anthropic";
 const AGENT = "node-example";
+// Sent as the User-Agent (gRPC appends its own), with the version of the repo the
+// example came with, read from its one place as the protos are.
+const USER_AGENT = `agent-recorder-node-example/${repoVersion()}`;
+
+function repoVersion() {
+  const file = path.resolve(__dirname, "..", "..", "recorder_common", "version.py");
+  const match = /^__version__: Final = "([^"]+)"/m.exec(fs.readFileSync(file, "utf8"));
+  return match ? match[1] : "unknown";
+}
 
 function parseArgs(argv) {
   const args = { target: null, session: null };
@@ -26,8 +42,28 @@ function parseArgs(argv) {
     else if (!args.target) args.target = argv[i];
     else throw new Error(`unexpected argument ${argv[i]}`);
   }
-  if (!args.target) throw new Error("usage: node record.js TARGET [--session ID]");
+  args.target = args.target || defaultTarget();
   return args;
+}
+
+// The same defaults as the Python client and `agent-recorder serve` (recorder_client/defaults.py).
+function defaultTarget() {
+  if (process.env.AGENT_RECORDER_TARGET) return process.env.AGENT_RECORDER_TARGET;
+  const runtime = process.env.XDG_RUNTIME_DIR
+    ? path.join(process.env.XDG_RUNTIME_DIR, "agent-recorder")
+    : path.join(
+        process.env.XDG_DATA_HOME || path.join(os.homedir(), ".local", "share"),
+        "agent-recorder",
+        "run",
+      );
+  return `unix://${path.join(runtime, "recorder.sock")}`;
+}
+
+// $AGENT_RECORDER_TOKEN, else the file $AGENT_RECORDER_TOKEN_FILE names (trimmed), else none.
+function defaultToken() {
+  if (process.env.AGENT_RECORDER_TOKEN) return process.env.AGENT_RECORDER_TOKEN;
+  const file = process.env.AGENT_RECORDER_TOKEN_FILE;
+  return file ? fs.readFileSync(file, "utf8").trim() : null;
 }
 
 function loadService() {
@@ -184,11 +220,19 @@ function loopEvents(sessionId, loopId, base) {
   return { turns, callId, args };
 }
 
-function call(client, method, request) {
+function call(client, method, request, metadata) {
   const deadline = new Date(Date.now() + 10_000);
   return new Promise((resolve, reject) => {
-    client[method](request, { deadline }, (err, response) => (err ? reject(err) : resolve(response)));
+    client[method](request, metadata, { deadline }, (err, response) =>
+      err ? reject(err) : resolve(response),
+    );
   });
+}
+
+function callMetadata(token) {
+  const metadata = new grpc.Metadata();
+  if (token) metadata.set("authorization", `Bearer ${token}`);
+  return metadata;
 }
 
 // JSON with object keys sorted: a Struct's fields are a map and come back in any order.
@@ -236,19 +280,24 @@ async function main() {
   const sessionId = args.session || crypto.randomUUID().replace(/-/g, "");
   const loopId = `${sessionId}.default.0`;
   const RecorderService = loadService();
-  const client = new RecorderService(args.target, grpc.credentials.createInsecure());
+  const client = new RecorderService(args.target, grpc.credentials.createInsecure(), {
+    "grpc.primary_user_agent": USER_AGENT,
+  });
+  const metadata = callMetadata(defaultToken());
   try {
     const { turns, callId, args: toolArgs } = loopEvents(sessionId, loopId, Date.now());
     const events = turns.flat();
     // One Append per turn, as an agent would send them while it runs; each is
     // all or nothing and answered once committed.
     for (const turn of turns) {
-      await call(client, "Append", {
-        writer_id: `node-example-${process.pid}`,
-        events: turn.map((event) => ({ event })),
-      });
+      await call(
+        client,
+        "Append",
+        { writer_id: `node-example-${process.pid}`, events: turn.map((event) => ({ event })) },
+        metadata,
+      );
     }
-    const { session } = await call(client, "GetSession", { session_id: sessionId });
+    const { session } = await call(client, "GetSession", { session_id: sessionId }, metadata);
     const { loop, problems } = check(session, { loopId, callId, events, args: toolArgs });
     const summary = {
       session_id: session.session_id,

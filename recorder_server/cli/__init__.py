@@ -9,20 +9,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from recorder_client.errors import RecorderRpcError
-from recorder_server.cli import maintenance, refusals, serve, sessions, transfer, ui
-from recorder_server.cli.common import Handler
+from recorder_common.version import __version__
+from recorder_server.cli import maintenance, refusals, serve, service, sessions, transfer, ui
+from recorder_server.cli.common import EXIT_BROKEN_PIPE, EXIT_CODES, Handler
+from recorder_server.cli.lookup import NotResolved
 
-GROUPS = (serve, sessions, refusals, transfer, maintenance, ui)
+GROUPS = (serve, sessions, refusals, transfer, maintenance, ui, service)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent-recorder",
         description="Record what AI agents do: a local gRPC sidecar and its tools.",
+        epilog=EXIT_CODES,
     )
+    parser.add_argument("--version", action="version", version=f"agent-recorder {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for group in GROUPS:
         group.register(commands)
@@ -35,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return asyncio.run(handler(args))
-    except RecorderRpcError as exc:
+    except (RecorderRpcError, NotResolved) as exc:
         print(f"agent-recorder {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as a killed writer would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

@@ -1,5 +1,5 @@
 import sys
 
-from recorder_server.cli import main
+from recorder_server.launcher import main
 
 sys.exit(main())

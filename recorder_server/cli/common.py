@@ -17,15 +17,29 @@ else:  # not subscriptable at run time on Python 3.11
     Commands = argparse._SubParsersAction
 
 
+# Every command's --help ends with these; a command whose codes mean more says so.
+EXIT_CODES = (
+    "exit status: 0 ok, 1 failed, 2 refused by the sidecar or bad usage "
+    "(141: the reader of the output went away, as with `| head`)"
+)
+# 128 + SIGPIPE, what a shell reports for a writer killed by a closed pipe.
+EXIT_BROKEN_PIPE = 141
+
+
 def add_command(
-    commands: Commands, name: str, help_text: str, example: str, handler: Handler
+    commands: Commands,
+    name: str,
+    help_text: str,
+    example: str,
+    handler: Handler,
+    exit_codes: str = EXIT_CODES,
 ) -> argparse.ArgumentParser:
-    """A subcommand whose --help ends with an example."""
+    """A subcommand whose --help ends with an example and its exit codes."""
     parser: argparse.ArgumentParser = commands.add_parser(
         name,
         help=help_text,
         description=help_text,
-        epilog=f"example: {example}",
+        epilog=f"example: {example}\n\n{exit_codes}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(handler=handler)

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recorder_client import defaults
-from recorder_client.defaults import default_db_path, default_target
+from recorder_common import defaults
+from recorder_common.defaults import default_db_path, default_target
 from recorder_server import tuning
 from recorder_server.cli.common import Commands, add_command
 from recorder_server.price_file import PRICES_ENV, PriceFileError
@@ -62,6 +62,20 @@ def register(commands: Commands) -> None:
         metavar="ADDRESS",
         help="send finished loops as OTLP/gRPC spans to this collector (host:port is "
         "plaintext, https://host:port uses TLS; OTEL_EXPORTER_OTLP_* variables apply)",
+    )
+    serve.add_argument(
+        "--otlp-http",
+        metavar="HOST:PORT",
+        help="also receive OTLP/HTTP spans (POST /v1/traces) on this address; "
+        "OTLP/gRPC TraceService/Export is always served on --listen",
+    )
+    serve.add_argument(
+        "--otlp-orphan-wait",
+        type=_positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close an OTLP loop whose own span has not arrived after this long "
+        "without new spans (default %(default)s)",
     )
     serve.add_argument(
         "--abandon-after",
@@ -117,6 +131,13 @@ def _add_limit_flags(serve: argparse.ArgumentParser) -> None:
         )
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -143,6 +164,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         ),
         synchronous=args.synchronous.upper(),
         otlp_endpoint=args.otlp_endpoint,
+        otlp_http=args.otlp_http,
+        otlp_orphan_wait_s=args.otlp_orphan_wait,
         abandon_after_s=args.abandon_after,
         limits=Limits(
             max_request_bytes=args.max_request_bytes,

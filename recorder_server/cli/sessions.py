@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shlex
 
+import grpc
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
 from google.protobuf import json_format
@@ -13,13 +15,17 @@ from rich.console import Console
 from recorder_client.client import RecorderClient
 from recorder_client.errors import RecorderRpcError
 from recorder_server.cli.common import Commands, add_command, add_target, parse_when
+from recorder_server.cli.lookup import Found, NotResolved, resolve
 from recorder_server.tree_view import (
+    SESSION_COLUMNS,
     Priced,
     event_line,
     refusals_table,
+    session_row,
     session_tree,
     sessions_table,
     usage_table,
+    with_totals,
 )
 
 console = Console()
@@ -28,6 +34,11 @@ GROUPINGS = {
     "model": api.USAGE_GROUPING_MODEL,
     "day": api.USAGE_GROUPING_DAY,
 }
+if not console.is_terminal:  # a pipe or file: lines as long as they are, never wrapped
+    console = Console(width=100_000)
+err = Console(stderr=True)
+# How often tail looks again for a session not started yet, or a sidecar restarting.
+RESUME_POLL_S = 0.5
 SCOPES = {
     "ephemeral": session_pb2.SESSION_SCOPE_EPHEMERAL,
     "persistent": session_pb2.SESSION_SCOPE_PERSISTENT,
@@ -51,25 +62,29 @@ def register(commands: Commands) -> None:
     ls.add_argument("--limit", type=int, default=50, help="sessions per page (at most 1000)")
     ls.add_argument("--page", default="", metavar="TOKEN", help="the page a previous ls named")
     ls.add_argument("--all", action="store_true", help="every page, not just the first")
+    ls.add_argument(
+        "--json", action="store_true", help="print a ListSessionsResponse as protobuf JSON"
+    )
     show = add_command(
         commands,
         "show",
         "show a session's loop tree with turns and usage",
-        "agent-recorder show 5f0c2b1e9a7d  (add --json for the protobuf JSON)",
+        "agent-recorder show 5f0c2b1e   (a session id, a unique prefix of one, or a loop id)",
         show_session,
     )
     add_target(show)
-    show.add_argument("session_id")
+    show.add_argument("session_id", metavar="ID", help="session id, unique prefix, or loop id")
     show.add_argument("--json", action="store_true", help="print the session as protobuf JSON")
     tail = add_command(
         commands,
         "tail",
-        "print a session's events as they are stored, like tail -f (Ctrl-C to stop)",
+        "print a session's (or loop's) events as they are stored, like tail -f (Ctrl-C to "
+        "stop); waits for a session not started yet and resumes after a sidecar restart",
         "agent-recorder tail 5f0c2a9e   (--no-follow: print what is stored and exit)",
         tail_session,
     )
     add_target(tail)
-    tail.add_argument("session_id")
+    tail.add_argument("session_id", metavar="ID", help="session id, unique prefix, or loop id")
     tail.add_argument(
         "--no-follow", dest="follow", action="store_false", help="stop after the stored events"
     )
@@ -89,33 +104,48 @@ def register(commands: Commands) -> None:
         choices=tuple(GROUPINGS),
         help="one row per agent, per model or per UTC day (default: per agent and model)",
     )
-    usage.add_argument("--json", action="store_true", help="print the rows as protobuf JSON")
+    usage.add_argument(
+        "--json",
+        action="store_true",
+        help="print the rows as protobuf JSON (the table's totals)",
+    )
 
 
 async def list_sessions(args: argparse.Namespace) -> int:
     scope = SCOPES[args.scope] if args.scope else None
     async with RecorderClient.connect(args.target) as client:
         if args.all:
-            found = [
-                s
-                async for s in client.iter_sessions(
-                    agent_id=args.agent, page_size=args.limit, scope=scope, since=args.since
-                )
-            ]
-            console.print(sessions_table(found))
-            return 0
-        page = await client.list_sessions(
-            agent_id=args.agent,
-            page_size=args.limit,
-            page_token=args.page,
-            scope=scope,
-            since=args.since,
-        )
-    console.print(sessions_table(page.sessions))
-    if page.next_page_token:
+            page = api.ListSessionsResponse()
+            async for s in client.iter_sessions(
+                agent_id=args.agent, page_size=args.limit, scope=scope, since=args.since
+            ):
+                page.sessions.append(s)
+        else:
+            page = await client.list_sessions(
+                agent_id=args.agent,
+                page_size=args.limit,
+                page_token=args.page,
+                scope=scope,
+                since=args.since,
+            )
+    if args.json:
+        print(json_format.MessageToJson(page, always_print_fields_with_no_presence=True))
+    elif not page.sessions:
+        err.print("no sessions" + (" match these filters" if _filtered(args) else " recorded yet"))
+    elif console.is_terminal:
+        console.print(sessions_table(page.sessions))
+    else:  # a pipe or file: whole ids, one tab-separated line each, nothing cut
+        print("\t".join(SESSION_COLUMNS))
+        for summary in page.sessions:
+            print("\t".join(session_row(summary)))
+    if page.next_page_token and not args.json:
         hint = f"more: {next_page_command(args, page.next_page_token)}"
-        console.print(hint, style="dim", soft_wrap=True, markup=False)
+        err.print(hint, style="dim", soft_wrap=True, markup=False)
     return 0
+
+
+def _filtered(args: argparse.Namespace) -> bool:
+    return bool(args.agent or args.scope or args.since or args.page)
 
 
 def next_page_command(args: argparse.Namespace, token: str) -> str:
@@ -135,9 +165,50 @@ def next_page_command(args: argparse.Namespace, token: str) -> str:
 
 async def tail_session(args: argparse.Namespace) -> int:
     async with RecorderClient.connect(args.target) as client:
-        async for item in client.stream_events(session_id=args.session_id, follow=args.follow):
-            console.print(event_line(item.loop_id, item.event), soft_wrap=True)
-    return 0
+        found = await _wait_for(client, args.session_id, args.follow)
+        session_id = None if found.loop_id else found.session_id
+        cursor, gone = 0, False
+        while True:
+            try:
+                async for item in client.stream_events(
+                    session_id=session_id,
+                    loop_id=found.loop_id,
+                    after_cursor=cursor,
+                    follow=args.follow,
+                ):
+                    console.print(event_line(item.loop_id, item.event), soft_wrap=True)
+                    cursor, gone = item.cursor, False
+                return 0
+            except RecorderRpcError as exc:
+                if not args.follow or exc.code != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                if not gone:
+                    err.print(
+                        f"tail: the sidecar is gone ({exc.message}); resuming after "
+                        f"cursor {cursor} when it is back",
+                        style="dim",
+                        markup=False,
+                    )
+                gone = True
+                await asyncio.sleep(RESUME_POLL_S)
+
+
+async def _wait_for(client: RecorderClient, given: str, follow: bool) -> Found:
+    """What `given` names; with follow, waits for it to appear (or the sidecar to start)."""
+    waiting = False
+    while True:
+        try:
+            return await resolve(client, given)
+        except NotResolved:
+            if not follow:
+                raise
+        except RecorderRpcError as exc:
+            if not follow or exc.code != grpc.StatusCode.UNAVAILABLE:
+                raise
+        if not waiting:
+            err.print(f"tail: waiting for {given} to start (Ctrl-C to stop)", style="dim")
+            waiting = True
+        await asyncio.sleep(RESUME_POLL_S)
 
 
 async def show_usage(args: argparse.Namespace) -> int:
@@ -147,7 +218,14 @@ async def show_usage(args: argparse.Namespace) -> int:
             agent_id=args.agent, since=args.since, until=args.until, group_by=grouping
         )
     if args.json:
-        print(json_format.MessageToJson(report))
+        answer = api.GetUsageResponse()
+        answer.CopyFrom(report)
+        del answer.rows[:]
+        answer.rows.extend(with_totals(report.rows))
+        print(json_format.MessageToJson(answer, always_print_fields_with_no_presence=True))
+        return 0
+    if not report.rows:
+        err.print("no usage: no loop ended in this range")
         return 0
     span = f"{args.since:%Y-%m-%d %H:%M} .. " if args.since else "all time .. "
     span += f"{args.until:%Y-%m-%d %H:%M}" if args.until else "now"
@@ -186,15 +264,34 @@ async def sub_sessions(
 
 async def show_session(args: argparse.Namespace) -> int:
     async with RecorderClient.connect(args.target) as client:
+        found = await resolve(client, args.session_id)
+        if found.loop_id is not None and args.json:
+            print(json_format.MessageToJson(await client.get_loop(found.loop_id)))
+            return 0
         session, cost = await client.get_session_and_cost(
-            args.session_id, skip_events=not args.json
+            found.session_id, skip_events=not args.json
         )
         if args.json:
             print(json_format.MessageToJson(session))
             return 0
+        if found.loop_id is not None:
+            session = subtree(session, found.loop_id)
         children = await sub_sessions(client, session)
         refusals = [r async for r in client.iter_refusals(session.session_id)]
     console.print(session_tree((session, cost), children.get))
     if refusals:
         console.print(refusals_table(refusals))
     return 0
+
+
+def subtree(session: session_pb2.Session, loop_id: str) -> session_pb2.Session:
+    """The session with only `loop_id` and the loops descending from it."""
+    kept = {loop_id}
+    for loop in session.loops:  # a parent is stored before its children
+        if loop.HasField("parent_loop_id") and loop.parent_loop_id in kept:
+            kept.add(loop.loop_id)
+    part = session_pb2.Session()
+    part.CopyFrom(session)
+    del part.loops[:]
+    part.loops.extend(loop for loop in session.loops if loop.loop_id in kept)
+    return part

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import hashlib
 import json
 import os
 import stat
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +28,12 @@ from rich.progress import Progress
 
 from recorder_client.client import RecorderClient
 from recorder_client.delivery import DeliveryConfig, EventSender
-from recorder_client.errors import DeliveryError, RecorderRpcError
+from recorder_client.errors import (
+    DeliveryError,
+    RecorderRpcError,
+    RejectedBatch,
+    SidecarUnreachable,
+)
 from recorder_client.phi_json import (
     PhiJsonError,
     event_from_json,
@@ -38,6 +45,9 @@ from recorder_server.cli.common import Commands, add_command, add_target
 
 err = Console(stderr=True)
 FORMATS = ("phi-json", "json")
+# How long ingest waits for the sidecar to answer before saying it is unreachable.
+READY_TIMEOUT = 5.0
+IMPORT_FORMATS = ("auto", *FORMATS)
 
 
 def register(commands: Commands) -> None:
@@ -47,6 +57,8 @@ def register(commands: Commands) -> None:
         "record AgentEvent JSON lines (the seed runtime's format) through the sidecar",
         "agent-recorder ingest events.jsonl   (or: my-agent | agent-recorder ingest -)",
         ingest_events,
+        "exit status: 0 every event stored; 1 a line could not be read or an event was "
+        "refused; 2 bad usage; 130 interrupted (it says how many events were stored)",
     )
     add_target(ingest)
     ingest.add_argument(
@@ -71,10 +83,18 @@ def register(commands: Commands) -> None:
         "load session files (the seed runtime's format, or protobuf JSON) into the sidecar",
         "agent-recorder import ./sessions   (or: agent-recorder import a.json b.json)",
         import_sessions,
+        "exit status: 0 every file imported; 1 a file could not be read or parsed; 2 the "
+        "sidecar refused a session (e.g. one already stored, without --replace) or bad usage "
+        "(141: the reader of the output went away)",
     )
     add_target(imp)
     imp.add_argument("paths", nargs="+", metavar="DIR|FILE", help="files, or dirs of *.json")
-    imp.add_argument("--format", choices=FORMATS, default="phi-json", help="phi-json or json")
+    imp.add_argument(
+        "--format",
+        choices=IMPORT_FORMATS,
+        default="auto",
+        help="auto (default: told apart by their keys and enum spellings), phi-json or json",
+    )
     imp.add_argument("--replace", action="store_true", help="replace sessions already stored")
 
 
@@ -100,17 +120,31 @@ async def ingest_events(args: argparse.Namespace) -> int:
     total = size.st_size if stat.S_ISREG(size.st_mode) else None
     lines: dict[tuple[str, bytes], int] = {}
     problems: list[str] = []
+    sender: EventSender | None = None
     try:
         async with RecorderClient.connect(args.target) as client:
             sender = client.sender(config=DeliveryConfig(on_full="block", block_timeout=120.0))
+            # Say at once when nothing answers, and learn the limits lines are checked by.
+            await sender.wait_ready(READY_TIMEOUT)
             with progress() as bar:
                 task = bar.add_task("ingesting", total=total)
                 problems += await _emit_lines(sender, source, lines, lambda n: bar.advance(task, n))
             # Closing flushes: it returns only once every emitted event is stored.
             await sender.close(timeout=120.0)
             stats = sender.stats()
+    except SidecarUnreachable as exc:
+        problems.insert(0, str(exc))
+    except asyncio.CancelledError:  # Ctrl-C
+        stored = sender.stats().acknowledged if sender is not None else 0
+        err.print(
+            f"agent-recorder ingest: interrupted; {stored} event(s) were stored. To resume, run "
+            "the same command again: events already stored are recognised and kept once.",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise
     except DeliveryError as exc:
-        problems.insert(0, _refusal(exc, lines))
+        problems[:0] = _refusals(exc, lines)
     finally:
         if source is not sys.stdin:
             source.close()
@@ -126,14 +160,29 @@ async def _read_lines(source: IO[str]) -> AsyncIterator[list[str]]:
     """Chunks of lines, read in a thread so that delivery goes on meanwhile.
 
     A regular file is read 64 KiB at a time; a pipe a line at a time, so each line
-    is sent as soon as it arrives rather than when a chunk fills.
+    is sent as soon as it arrives rather than when a chunk fills. The reader is a
+    daemon thread: after Ctrl-C, a read blocked on a pipe that stays open does not
+    keep the process from exiting.
     """
     regular = stat.S_ISREG(os.fstat(source.fileno()).st_mode)
+    loop = asyncio.get_running_loop()
+    chunks: asyncio.Queue[list[str]] = asyncio.Queue(maxsize=4)
 
     def read() -> list[str]:
         return source.readlines(1 << 16) if regular else [source.readline()]
 
-    while chunk := [line for line in await asyncio.to_thread(read) if line]:
+    def pump() -> None:
+        while True:
+            chunk = [line for line in read() if line]
+            try:
+                asyncio.run_coroutine_threadsafe(chunks.put(chunk), loop).result()
+            except (RuntimeError, concurrent.futures.CancelledError):  # the loop is gone
+                return
+            if not chunk:
+                return
+
+    threading.Thread(target=pump, name="ingest-reader", daemon=True).start()
+    while chunk := await chunks.get():
         yield chunk
 
 
@@ -143,8 +192,13 @@ async def _emit_lines(
     lines: dict[tuple[str, bytes], int],
     advance: Callable[[int], None],
 ) -> list[str]:
-    """Emit each line's event, noting its line; stops at a line it cannot read."""
+    """Emit each line's event, noting its line; stops at a line it cannot read.
+
+    A line whose event the sidecar's limits refuse (checked at emit) is reported
+    and skipped: the lines after it are still recorded.
+    """
     lineno = 0
+    problems: list[str] = []
     async for chunk in _read_lines(source):
         for text in chunk:
             lineno += 1
@@ -152,19 +206,40 @@ async def _emit_lines(
                 continue
             try:
                 event = event_from_json(json.loads(text))
-            except (json.JSONDecodeError, PhiJsonError) as exc:
-                return [f"line {lineno}: {exc}"]
+            except json.JSONDecodeError as exc:
+                return [*problems, f"{source.name}:{lineno}:{exc.colno}: {exc.msg}"]
+            except PhiJsonError as exc:
+                return [*problems, f"{source.name}:{lineno}: {exc}"]
             lines.setdefault(_event_key(event), lineno)
-            await sender.emit_wait(event)
+            try:
+                await sender.emit_wait(event)
+            except ValueError as exc:
+                problems.append(f"line {lineno}: not sent: {exc}")
         advance(sum(len(text.encode()) for text in chunk))
-    return []
+    return problems
 
 
-def _refusal(error: DeliveryError, lines: dict[tuple[str, bytes], int]) -> str:
-    """The first refusal as loop, line and reason; later ones usually follow from it."""
-    rejection = error.rejection
-    if rejection is None:
-        return f"not every event was stored: {error}"
+def _refusals(error: DeliveryError, lines: dict[tuple[str, bytes], int]) -> list[str]:
+    """Each refused event with its line, each refused batch, then what else went wrong."""
+    problems = [
+        f"{_line_of(refusal.event, lines)}refused: {refusal.describe()}"
+        for refusal in error.refusals
+    ]
+    if error.refused > len(error.refusals):
+        problems.append(f"and {error.refused - len(error.refusals)} more event(s) refused")
+    problems += [_rejection(rejection, lines) for rejection in error.rejections]
+    if error.failed or error.unacknowledged:
+        problems.append(f"not every event was stored: {error}")
+    return problems
+
+
+def _line_of(event: events_pb2.AgentEvent, lines: dict[tuple[str, bytes], int]) -> str:
+    line = lines.get(_event_key(event))
+    return "" if line is None else f"line {line}: "
+
+
+def _rejection(rejection: RejectedBatch, lines: dict[tuple[str, bytes], int]) -> str:
+    """A refused batch as loop, line and reason."""
     if rejection.event is None:  # the server did not say which event: name the batch's loops
         loops = [loop for loop in rejection.loop_ids if loop]
         where = f"loop {rejection.metadata.get('loop_id') or ', '.join(loops) or '(none)'}"
@@ -172,10 +247,9 @@ def _refusal(error: DeliveryError, lines: dict[tuple[str, bytes], int]) -> str:
         where = f"loop {event_loop_id(rejection.event) or '(none)'}"
         line = lines.get(_event_key(rejection.event))
         where += f", line {line}" if line is not None else ""
-    more = len(error.rejections) - 1
-    tail = f" (and {more} later batch(es) refused)" if more > 0 else ""
     return (
-        f"refused at {where}: {rejection.reason or rejection.code.name}: {rejection.message}{tail}"
+        f"batch of {rejection.events} refused at {where}:"
+        f" {rejection.reason or rejection.code.name}: {rejection.message}"
     )
 
 
@@ -238,11 +312,34 @@ def session_files(paths: list[str]) -> list[Path]:
     return files
 
 
+def detect_format(obj: Any) -> str:
+    """ "json" for protobuf JSON (camelCase keys, or enum names such as SESSION_SCOPE_*),
+    else "phi-json" (the runtime's snake_case keys and lower-case enum words)."""
+    if not isinstance(obj, dict):
+        return "phi-json"
+    if any(key != key.lower() for key in obj):
+        return "json"
+    scope = obj.get("scope")
+    return "json" if isinstance(scope, str) and scope.startswith("SESSION_SCOPE_") else "phi-json"
+
+
+class SessionFileError(ValueError):
+    """A session file that is not JSON, or not a session: says file, line and column."""
+
+
 def parse_session(path: Path, fmt: str) -> session_pb2.Session:
-    obj: Any = json.loads(path.read_text(encoding="utf-8"))
-    if fmt == "json":
-        return json_format.ParseDict(obj, session_pb2.Session())
-    return session_from_json(obj)
+    try:
+        obj: Any = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SessionFileError(f"{path}:{exc.lineno}:{exc.colno}: {exc.msg}") from None
+    if fmt == "auto":
+        fmt = detect_format(obj)
+    try:
+        if fmt == "json":
+            return json_format.ParseDict(obj, session_pb2.Session())
+        return session_from_json(obj)
+    except (json_format.ParseError, PhiJsonError) as exc:
+        raise SessionFileError(f"{path}: not a {fmt} session: {exc}") from None
 
 
 async def import_sessions(args: argparse.Namespace) -> int:
@@ -254,7 +351,7 @@ async def import_sessions(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
         return 1
-    failed = 0
+    failed = refused = 0
     async with RecorderClient.connect(args.target) as client:
         with progress() as bar:
             task = bar.add_task("importing", total=len(files))
@@ -262,11 +359,17 @@ async def import_sessions(args: argparse.Namespace) -> int:
                 try:
                     session = parse_session(path, args.format)
                     done = await client.import_session(session, replace=args.replace)
-                except (OSError, ValueError, json_format.ParseError, RecorderRpcError) as exc:
+                except SessionFileError as exc:
                     failed += 1
+                    err.print(f"agent-recorder import: {exc}", markup=False, soft_wrap=True)
+                except (OSError, ValueError) as exc:
+                    failed += 1
+                    err.print(f"agent-recorder import: {path}: {exc}", markup=False, soft_wrap=True)
+                except RecorderRpcError as exc:
+                    refused += 1
                     err.print(f"agent-recorder import: {path}: {exc}", markup=False, soft_wrap=True)
                 else:
                     verb = "replaced" if done.replaced else "imported"
                     print(f"{verb} {done.session_id}: {done.loops} loops, {done.events} events")
                 bar.advance(task)
-    return 1 if failed else 0
+    return 1 if failed else 2 if refused else 0

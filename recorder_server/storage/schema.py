@@ -14,7 +14,7 @@ from agent_recorder.v1 import session_pb2
 
 from recorder_server.storage.rows import loop_facts
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 MIGRATIONS: dict[int, str] = {
@@ -108,6 +108,47 @@ MIGRATIONS: dict[int, str] = {
     );
     CREATE INDEX refusals_by_session ON refusals (session_id, id);
     CREATE INDEX events_refused ON events (session_id, cursor) WHERE kind = 'refused';
+    """,
+    # OTLP ingest's own state (recorder_server/otlp/store.py): spans already placed,
+    # the span each loop stands for, loops still assembling, events not yet committed.
+    5: """
+    CREATE TABLE otlp_spans (
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        parent_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        loop_id TEXT NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE otlp_keys (
+        trace_id TEXT NOT NULL,
+        span_id TEXT NOT NULL,
+        loop_id TEXT NOT NULL,
+        PRIMARY KEY (trace_id, span_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE otlp_loops (
+        loop_id TEXT PRIMARY KEY,
+        trace_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        next_seq INTEGER NOT NULL,
+        turns INTEGER NOT NULL,
+        usage BLOB NOT NULL,
+        messages BLOB NOT NULL,
+        ended INTEGER NOT NULL,
+        touched_us INTEGER NOT NULL,
+        late INTEGER NOT NULL,
+        last_ns INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX otlp_loops_by_trace ON otlp_loops (trace_id);
+    CREATE INDEX otlp_loops_open ON otlp_loops (touched_us) WHERE ended = 0;
+    CREATE TABLE otlp_outbox (
+        id INTEGER PRIMARY KEY,
+        loop_id TEXT NOT NULL,
+        sequence INTEGER NOT NULL,
+        event BLOB NOT NULL,
+        span TEXT NOT NULL                -- "trace/span" it came from; '' for a closing
+    );
     """,
 }
 

@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recorder_client.queries import total_usage
+from recorder_server.otlp.mapping import continuation_unknown
 from recorder_server.refused import sent_event
 
 JsonDict = dict[str, Any]
@@ -136,7 +137,9 @@ def loop_outline(
         "id": loop.loop_id,
         "parent": loop.parent_loop_id if loop.HasField("parent_loop_id") else None,
         "status": _STATUS.get(loop.status, "unspecified"),
-        "kind": continuation(loop.continuation_kind),
+        "kind": {"name": "unknown", "tag": ""}
+        if continuation_unknown(loop)
+        else continuation(loop.continuation_kind),
         "start": millis(loop.started_at),
         "end": millis(loop.ended_at),
         "model": loop.config.model,

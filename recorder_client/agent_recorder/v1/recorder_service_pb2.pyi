@@ -238,6 +238,7 @@ class RecordReady(_message.Message):
     MAX_VALUE_DEPTH_FIELD_NUMBER: _builtins.int
     MAX_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
     ABANDON_AFTER_SECS_FIELD_NUMBER: _builtins.int
+    SERVER_VERSION_FIELD_NUMBER: _builtins.int
     include_streaming_events: _builtins.bool
     """When false, MessageUpdate events are not stored; a client should not send
     them (a numbered one would leave a gap in the loop's sequence and is refused).
@@ -254,6 +255,10 @@ class RecordReady(_message.Message):
     """Loops of a writer whose stream ended are aborted after this long without it
     reconnecting (0: never).
     """
+    server_version: _builtins.str
+    """The sidecar's version (agent-recorder's, e.g. "0.2.0"); every response also
+    carries it in the `server-version` header.
+    """
     def __init__(
         self,
         *,
@@ -263,10 +268,11 @@ class RecordReady(_message.Message):
         max_value_depth: _builtins.int = ...,
         max_request_bytes: _builtins.int = ...,
         abandon_after_secs: _builtins.int = ...,
+        server_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_after_secs", b"abandon_after_secs", "capture_turn_requests", b"capture_turn_requests", "include_streaming_events", b"include_streaming_events", "max_id_length", b"max_id_length", "max_request_bytes", b"max_request_bytes", "max_value_depth", b"max_value_depth"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandon_after_secs", b"abandon_after_secs", "capture_turn_requests", b"capture_turn_requests", "include_streaming_events", b"include_streaming_events", "max_id_length", b"max_id_length", "max_request_bytes", b"max_request_bytes", "max_value_depth", b"max_value_depth", "server_version", b"server_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -808,6 +814,11 @@ class GetLoopResponse(_message.Message):
 
     LOOP_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
+    NEXT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    next_sequence: _builtins.int
+    """The sequence the loop's next event takes (one past its last slot, stored or
+    refused), so that another writer can continue an open loop.
+    """
     @_builtins.property
     def loop(self) -> _session_pb2.LoopRecord: ...
     @_builtins.property
@@ -817,10 +828,11 @@ class GetLoopResponse(_message.Message):
         *,
         loop: _session_pb2.LoopRecord | None = ...,
         cost: Global___LoopCost | None = ...,
+        next_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop", b"loop"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop", b"loop"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "loop", b"loop", "next_sequence", b"next_sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
