@@ -9,7 +9,7 @@ GEN_DIR := recorder_client
 # Exact versions of everything the repo installs (users get pyproject's ranges).
 CONSTRAINTS := constraints.txt
 
-.PHONY: setup proto demo serve test test-fast lint bench fmt clean constraints
+.PHONY: setup proto demo serve test test-fast lint bench fmt clean constraints rust-test rust-lint
 
 setup: $(STAMPS)/venv $(STAMPS)/node
 
@@ -49,6 +49,7 @@ serve: setup
 
 test: setup $(STAMPS)/chromium
 	$(BIN)/pytest -q
+	$(MAKE) rust-test
 
 # The inner loop: everything but the tests marked slow (see pyproject's markers).
 test-fast: setup
@@ -59,13 +60,28 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	node_modules/.bin/buf lint
+	$(MAKE) rust-lint
 
 fmt: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 bench: setup
-	$(PY) -m bench.run
+	cd $(RUST_DIR) && cargo build --release --example bench
+	AGENT_RECORDER_RUST_BENCH=$(CURDIR)/$(RUST_DIR)/target/release/examples/bench $(PY) -m bench.run
+
+# The Rust client (clients/rust): its integration tests drive this checkout's sidecar
+# and must not skip here. protoc comes from the protoc-bin-vendored crate.
+RUST_DIR := clients/rust
+RUST_TEST_ENV := AGENT_RECORDER_REQUIRE_SIDECAR=1 AGENT_RECORDER_BIN=$(CURDIR)/$(BIN)/agent-recorder
+
+rust-test: setup
+	cd $(RUST_DIR) && $(RUST_TEST_ENV) cargo test --features phi-core
+
+rust-lint:
+	cd $(RUST_DIR) && cargo clippy --all-targets --features phi-core -- -D warnings
+	cd $(RUST_DIR) && cargo clippy --all-targets -- -D warnings
+	cd $(RUST_DIR) && cargo fmt --check
 
 # Re-resolves the newest versions pyproject's ranges allow, in a scratch venv, into
 # $(CONSTRAINTS). Run it on purpose (then make setup, make test) and commit the result.
@@ -78,4 +94,4 @@ constraints:
 	mv $(CONSTRAINTS).new $(CONSTRAINTS) && rm -rf .constraints-venv
 
 clean:
-	rm -rf $(VENV) node_modules $(STAMPS)
+	rm -rf $(VENV) node_modules $(STAMPS) $(RUST_DIR)/target

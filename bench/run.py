@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import baseline, ceilings, ingest, profile, reads, rss, sidecar
+from bench import baseline, ceilings, ingest, profile, reads, rss, rust, sidecar
 from bench.ingest import Emits, Paced, Stream
 from bench.workload import mix_stream, one_big_session
 
@@ -44,6 +44,8 @@ KEYS = (
     "peak_rss_mb",
     "json_rewrite_eps_10k",
 )
+# Added to the JSON line when the Rust client was measured (see bench/rust.py).
+RUST_KEYS = ("rust_ingest_eps_1", "rust_emit_us")
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ class Bench:
         self.phase("raw storage ceiling", self.raw_storage_ceiling)
         self.phase("transport ceiling", self.transport_ceiling)
         self.phase("ack latency and emit cost", self.latency)
+        self.phase("Rust client: ingest and emit cost", self.rust_client)
         self.phase("GetSession and StreamEvents", self.session_reads)
         self.phase("long run: peak RSS, then ListSessions", self.long_run)
         self.phase("JSON re-write baseline", self.json_baseline)
@@ -220,6 +223,24 @@ class Bench:
             f"returns. Flushing after every event instead (so {s.ack_rate:,.0f} one-event "
             f"batches/s): p50 {each50:.1f} ms, p99 {each99:.1f} ms. emit cost: median of "
             f"{s.emits:,} emit() calls"
+        )
+
+    def rust_client(self) -> None:
+        """The Rust client beside the Python one: the events of the 1-client ingest."""
+        program = rust.binary()
+        if program is None:
+            self.notes.append(
+                f"Rust client: not measured (${rust.BINARY_ENV} names no built binary; "
+                "`make bench` builds it)"
+            )
+            return
+        s = self.sizes
+        done = rust.measure(program, self.workdir, self.seed, s.ingest_1, _timeout(2 * s.ingest_1))
+        self.results.update(rust_ingest_eps_1=done.ingest_eps, rust_emit_us=done.emit_us)
+        self.notes.append(
+            f"Rust client (clients/rust, release): {done.events:,} events of the same mix from "
+            f"one client, emit() until flush() returned; emit cost: median of {done.events:,} "
+            "emit() calls on another stream"
         )
 
     def session_reads(self) -> None:
@@ -343,6 +364,7 @@ def _targets(r: dict[str, float], s: Sizes) -> list[tuple[str, str, str, str, bo
             r["ack_p99_ms"] <= 5,
         ),
         ("emit() median", f"{r['emit_us']:.1f} us", "<= 10 us", "emit_us", r["emit_us"] <= 10),
+        *_rust_rows(r),
         (
             f"GetSession, {events:,} events",
             f"{r['get_session_ms']:,.0f} ms",
@@ -381,6 +403,15 @@ def _targets(r: dict[str, float], s: Sizes) -> list[tuple[str, str, str, str, bo
     ]
 
 
+def _rust_rows(r: dict[str, float]) -> list[tuple[str, str, str, str, bool]]:
+    if "rust_emit_us" not in r:
+        return []
+    return [
+        ("ingest, 1 Rust client", f"{r['rust_ingest_eps_1']:,.0f} ev/s", "", RUST_KEYS[0], True),
+        ("Rust emit() median", f"{r['rust_emit_us']:.2f} us", "", RUST_KEYS[1], True),
+    ]
+
+
 def report(bench: Bench, args: argparse.Namespace, started_load: float) -> None:
     out = Console(width=110, highlight=False)
     table = Table(
@@ -401,7 +432,8 @@ def report(bench: Bench, args: argparse.Namespace, started_load: float) -> None:
         f"command: {' '.join(['python -m bench.run', *sys.argv[1:]])}; sizes: {asdict(bench.sizes)}"
     )
     sys.stdout.flush()
-    print(json.dumps({key: round(bench.results[key], 3) for key in KEYS}))
+    keys = KEYS + tuple(key for key in RUST_KEYS if key in bench.results)
+    print(json.dumps({key: round(bench.results[key], 3) for key in keys}))
 
 
 def main(argv: list[str] | None = None) -> int:

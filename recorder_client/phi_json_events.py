@@ -106,7 +106,8 @@ _EVENTS: dict[str, tuple[str, Record]] = {
                 field("continuation_kind", Sub(CONTINUATION), Mode.NULL_DEFAULT),
                 _TIMESTAMP,
                 field("metadata", Sub(VALUE), Mode.NULLABLE),
-                field("config_snapshot", Sub(CONFIG), Mode.NULLABLE),
+                # serde skip_serializing_if = "Option::is_none" in the runtime.
+                field("config_snapshot", Sub(CONFIG), Mode.OMITTABLE),
             )
         ),
     ),

@@ -176,11 +176,13 @@ class _MessageCodec:
 
 MESSAGE = _MessageCodec()
 
+# The runtime's ToolResult skips child_loop_id when None (it is set only by tools that
+# spawn a sub-agent), unlike ToolExecutionEnd's own child_loop_id, written as null.
 TOOL_RESULT = Record(
     (
         field("content", SubList(CONTENT)),
         field("details", Sub(VALUE)),
-        field("child_loop_id", STR, Mode.NULLABLE),
+        field("child_loop_id", STR, Mode.OMITTABLE),
     )
 )
 

@@ -514,23 +514,32 @@ class Batch:
         """Rules 1 and 2: open (or re-admit) the session and move last_active_at."""
         session = self.session(start.session_id)
         if session is None:
-            head = session_pb2.Session(
-                session_id=start.session_id,
-                agent_id=start.agent_id,
-                scope=session_pb2.SESSION_SCOPE_EPHEMERAL,
-            )
+            session = self._open_head(start.session_id, start.timestamp)
+        if not session.session.agent_id:
+            # The session's first AgentStart (after a ParallelLoopStart opened its head,
+            # as the runtime's agent_loop_parallel does): rule 1 applies now.
+            head = session.session
+            head.agent_id = start.agent_id
             head.created_at.CopyFrom(start.timestamp)
             head.last_active_at.CopyFrom(start.timestamp)
             head.formation.first_loop.timestamp.CopyFrom(start.timestamp)
-            session = SessionState(head)
-            self.changes.sessions[start.session_id] = session
-            self._take_pending_ref(session)
-            self.changes.admitted.append(start.session_id)
         elif session.session.HasField("finalized_at"):
             session.session.ClearField("finalized_at")
             self.changes.admitted.append(start.session_id)
         if _later(start.timestamp, session.session.last_active_at):
             session.session.last_active_at.CopyFrom(start.timestamp)
+        return session
+
+    def _open_head(self, session_id: str, timestamp: Timestamp) -> SessionState:
+        """A new session (rule 1); its agent is named by its first AgentStart."""
+        head = session_pb2.Session(session_id=session_id, scope=session_pb2.SESSION_SCOPE_EPHEMERAL)
+        head.created_at.CopyFrom(timestamp)
+        head.last_active_at.CopyFrom(timestamp)
+        head.formation.first_loop.timestamp.CopyFrom(timestamp)
+        session = SessionState(head)
+        self.changes.sessions[session_id] = session
+        self._take_pending_ref(session)
+        self.changes.admitted.append(session_id)
         return session
 
     def _take_pending_ref(self, session: SessionState) -> None:
@@ -652,14 +661,14 @@ class Batch:
             current.CopyFrom(ref)
 
     def _parallel_start(self, start: events_pb2.ParallelLoopStart) -> None:
-        """Rule 8: the branches exist, PENDING, in config order, at once."""
+        """Rule 8: the branches exist, PENDING, in config order, at once.
+
+        The runtime's agent_loop_parallel announces the group before any branch
+        starts, so it may open its session (whose agent the first AgentStart names).
+        """
         session = self.session(start.session_id)
         if session is None:
-            raise NotFound(
-                f"session {start.session_id!r} has no loop yet; "
-                "start one before a parallel evaluation",
-                session_id=start.session_id,
-            )
+            session = self._open_head(start.session_id, start.timestamp)
         if any(list(g.loop_ids) == list(start.loop_ids) for g in session.groups):
             return
         group = ParallelGroup(self.next_group_id, list(start.loop_ids), start)

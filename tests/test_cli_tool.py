@@ -107,7 +107,7 @@ async def test_ls_in_a_pipe_prints_whole_ids_one_per_line(
     code, out, err = await run_cli(["ls"], env)
     assert (code, err) == (0, "")
     lines = [line.split("\t") for line in out.splitlines()]
-    assert lines[0] == ["session", "agent", "created", "scope", "loops", "tokens"]
+    assert lines[0] == ["session", "agent", "created", "scope", "loops", "tokens", "cost"]
     assert sorted(line[0] for line in lines[1:]) == sorted([long_id, "short"])
     assert all(line[1:] and line[4] == "1 completed" for line in lines[1:])
 

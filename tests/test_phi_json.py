@@ -404,6 +404,10 @@ def test_event_fields() -> None:
     rerun = by_type["AgentStart"][1].agent_start
     assert rerun.continuation_kind.rerun.tag == "2026-11-01T10:03:00Z"
     assert not rerun.HasField("metadata") and not rerun.HasField("config_snapshot")
+    # config_snapshot is left out when unset (serde skip_serializing_if), as the
+    # runtime writes it; metadata (a plain Option) is written as null.
+    written = event_to_json(by_type["AgentStart"][1])
+    assert "config_snapshot" not in written and written["metadata"] is None
     assert [e.message_update.delta.WhichOneof("delta") for e in by_type["MessageUpdate"]] == [
         "thinking",
         "text",
@@ -416,6 +420,10 @@ def test_event_fields() -> None:
     )
     assert spawn.result.details.string_value == "plain string details"
     assert not by_type["ToolExecutionEnd"][0].tool_execution_end.HasField("child_loop_id")
+    # ToolResult.child_loop_id is left out when unset (serde skip_serializing_if), the
+    # event's own child_loop_id is written as null: as phi-core writes them.
+    plain = event_to_json(by_type["ToolExecutionEnd"][0])
+    assert "child_loop_id" not in plain["result"] and plain["child_loop_id"] is None
     prun = by_type["PrunApplied"][0].prun_applied
     assert [t.ToMilliseconds() for t in prun.pruned_timestamps] == [1793527202000, 1793527203000]
     assert not by_type["PrunApplied"][1].prun_applied.HasField("memo")
@@ -977,7 +985,6 @@ _event = st.one_of(
             | st.builds(lambda k, t: {k: {"tag": t}}, st.sampled_from(["Rerun", "Branch"]), _text),
             "timestamp": _times,
             "metadata": _json.filter(lambda v: v is not None),
-            "config_snapshot": st.none(),
         }
     ),
     st.fixed_dictionaries(
@@ -1018,11 +1025,8 @@ _event = st.one_of(
             "tool_call_id": _text,
             "tool_name": _text,
             "result": st.fixed_dictionaries(
-                {
-                    "content": st.lists(_block, max_size=2),
-                    "details": _json,
-                    "child_loop_id": _optional_text,
-                }
+                {"content": st.lists(_block, max_size=2), "details": _json},
+                optional={"child_loop_id": _text},
             ),
             "is_error": st.booleans(),
             "child_loop_id": _optional_text,

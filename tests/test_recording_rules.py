@@ -743,10 +743,24 @@ def test_rule8_parallel_end_reaches_branches_that_never_started() -> None:
     assert rules.loop("s.a.1").record.parallel_group.is_selected is True
 
 
-def test_rule8_parallel_events_need_a_known_session_and_group() -> None:
+def test_rule8_a_parallel_start_may_open_its_session_for_the_first_branch_to_name() -> None:
+    """The runtime's agent_loop_parallel announces the group before any loop starts."""
     rules = Rules()
-    error = rules.refused([parallel_start("nobody", ["nobody.a.1"])], NotFound)
-    assert error.metadata["session_id"] == "nobody"
+    changes = rules.apply_events([parallel_start("p", ["p.a.1", "p.b.1"], at=2)])
+    assert changes.admitted == ["p"]
+    assert rules.loop("p.a.1").record.status == PENDING
+    rules.apply_events(
+        [agent_start("p", "p.b.1", agent="agent-p", at=3), agent_start("p", "p.a.1", at=4)]
+    )
+    head = rules.session("p")
+    assert head.agent_id == "agent-p"
+    assert head.created_at == head.formation.first_loop.timestamp == ts(3)
+    assert head.last_active_at == ts(4)
+    assert rules.loop("p.a.1").record.status == RUNNING
+
+
+def test_rule8_a_parallel_end_needs_a_known_group() -> None:
+    rules = Rules()
     rules.apply_events([agent_start("s", "s.main.0", at=1)])
     error = rules.refused([parallel_end("s", "s.zzz.1", 0)], NotFound)
     assert error.metadata["loop_id"] == "s.zzz.1"

@@ -143,7 +143,9 @@ async def test_status_says_whether_it_is_installed_and_the_sidecar_answers(
         f"sidecar: nothing answers on unix://{socket}",
     ]
     assert (await run_cli(["service", "install", "--no-start"], env))[0] == 0
-    running = RunningRecorder(db_path=Path(env["XDG_DATA_HOME"]) / "r.db", socket_path=socket)
+    data = Path(env["XDG_DATA_HOME"])
+    data.mkdir(parents=True, exist_ok=True)
+    running = RunningRecorder(db_path=data / "r.db", socket_path=socket)
     await running.start()
     try:
         code, out, _ = await run_cli(["service", "status"], env)

@@ -1,0 +1,340 @@
+//! The EventSender's delivery guarantee against a real sidecar process.
+
+mod support;
+
+use std::time::Duration;
+
+use agent_recorder_client::proto::agent_event::Event;
+use agent_recorder_client::{
+    ConnectOptions, DeliveryConfig, EmitError, RecorderClient, SenderStats,
+};
+use support::*;
+use tonic::Code;
+
+fn small_batches() -> DeliveryConfig {
+    DeliveryConfig {
+        max_batch_events: 7,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn interleaved_loops_are_stored_once_each_in_emit_order() {
+    let Some(sidecar) = Sidecar::start(&[]) else {
+        return;
+    };
+    let client = sidecar.client();
+    let sender = client.sender(small_batches()).unwrap();
+    let loops: Vec<(String, Vec<_>)> = (0..3)
+        .map(|n| {
+            let loop_id = format!("s-inter.default.{n}");
+            let events = loop_events("s-inter", &loop_id, 4, 20 + n);
+            (loop_id, events)
+        })
+        .collect();
+    let longest = loops.iter().map(|(_, e)| e.len()).max().unwrap();
+    for i in 0..longest {
+        for (_, events) in &loops {
+            if let Some(event) = events.get(i) {
+                sender.emit(event).unwrap();
+            }
+        }
+    }
+    sender.flush(Some(Duration::from_secs(60))).await.unwrap();
+
+    let total: u64 = loops.iter().map(|(_, e)| e.len() as u64).sum();
+    let stats = sender.stats();
+    assert_eq!(
+        stats,
+        SenderStats {
+            emitted: total,
+            acknowledged: total,
+            batches: stats.batches,
+            ..Default::default()
+        }
+    );
+    assert!(stats.batches >= total.div_ceil(7), "{stats:?}");
+    for (loop_id, events) in &loops {
+        assert_eq!(&stored_events(&client, loop_id).await, events, "{loop_id}");
+    }
+}
+
+#[tokio::test]
+async fn message_updates_are_skipped_when_the_server_does_not_store_them() {
+    let Some(sidecar) = Sidecar::start(&[]) else {
+        return;
+    };
+    let client = sidecar.client();
+    let sender = client.sender(DeliveryConfig::default()).unwrap();
+    let events = with_updates("s-skip", "s-skip.default.0");
+    for event in &events {
+        sender.emit(event).unwrap();
+    }
+    sender.flush(None).await.unwrap();
+    let stats = sender.stats();
+    assert_eq!(
+        (stats.emitted, stats.skipped, stats.acknowledged),
+        (8, 2, 6)
+    );
+    let without_updates: Vec<_> = events
+        .into_iter()
+        .filter(|e| !matches!(e.event, Some(Event::MessageUpdate(_))))
+        .collect();
+    assert_eq!(
+        stored_events(&client, "s-skip.default.0").await,
+        without_updates
+    );
+}
+
+#[tokio::test]
+async fn message_updates_are_numbered_and_stored_when_the_server_stores_them() {
+    let Some(sidecar) = Sidecar::start(&["--include-streaming-events"]) else {
+        return;
+    };
+    let client = sidecar.client();
+    let sender = client.sender(DeliveryConfig::default()).unwrap();
+    let events = with_updates("s-upd", "s-upd.default.0");
+    for event in &events {
+        sender.emit(event).unwrap();
+    }
+    sender.flush(None).await.unwrap();
+    assert_eq!(sender.stats().skipped, 0);
+    assert_eq!(stored_events(&client, "s-upd.default.0").await, events);
+}
+
+/// A one-turn loop with two MessageUpdates before its answer: 8 events.
+fn with_updates(session: &str, loop_id: &str) -> Vec<agent_recorder_client::proto::AgentEvent> {
+    let answer = assistant("Hello there", 3);
+    let question = user("hi", 2);
+    vec![
+        agent_start(session, loop_id, 0),
+        turn_start(loop_id, 0, 1),
+        message_end(loop_id, question.clone()),
+        message_update(loop_id, assistant("Hello", 3), "Hello"),
+        message_update(loop_id, answer.clone(), " there"),
+        message_end(loop_id, answer.clone()),
+        turn_end(loop_id, answer.clone(), 4),
+        agent_end(loop_id, vec![question, answer], 5),
+    ]
+}
+
+#[tokio::test]
+async fn refused_events_are_reported_as_the_server_reports_them() {
+    let Some(sidecar) = Sidecar::start(&[]) else {
+        return;
+    };
+    let client = sidecar.client();
+    let sender = client.sender(DeliveryConfig::default()).unwrap();
+    let loop_id = "s-ref.default.0";
+    let mut bad_args = tool_start(loop_id);
+    if let Some(Event::ToolExecutionStart(start)) = &mut bad_args.event {
+        start.args = Some(prost_types::Value {
+            kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
+        });
+    }
+    let events = [
+        agent_start("s-ref", loop_id, 0),
+        bad_args.clone(),
+        turn_start(loop_id, 0, 1),
+        // A turn of a loop that was never started.
+        turn_start("s-ref.default.9", 0, 1),
+    ];
+    for event in &events {
+        sender.emit(event).unwrap();
+    }
+    let error = sender.flush(None).await.unwrap_err();
+    assert_eq!((error.unacknowledged, error.failed), (0, 0));
+    assert!(error.rejections.is_empty(), "{error}");
+    let [nan, not_open] = error.refusals.as_slice() else {
+        panic!("two refusals expected: {error}");
+    };
+    assert_eq!(nan.error.code, Code::InvalidArgument, "{error}");
+    assert_eq!(nan.error.reason, "INVALID_FIELD", "{error}");
+    assert!(nan.holds_slot, "{error}");
+    assert_eq!((nan.sequence, nan.loop_id()), (Some(1), Some(loop_id)));
+    // (NaN != NaN: compared as the bytes sent.)
+    let refused_bytes = nan.event.as_ref().map(prost::Message::encode_to_vec);
+    assert_eq!(
+        refused_bytes,
+        Some(prost::Message::encode_to_vec(&bad_args))
+    );
+    assert_eq!(not_open.error.code, Code::FailedPrecondition, "{error}");
+    assert_eq!(not_open.error.reason, "LOOP_NOT_OPEN", "{error}");
+    assert!(!not_open.holds_slot, "{error}");
+    assert_eq!(not_open.loop_id(), Some("s-ref.default.9"));
+    assert!(error.to_string().contains("LOOP_NOT_OPEN"), "{error}");
+    let stats = sender.stats();
+    assert_eq!(
+        (stats.acknowledged, stats.refused, stats.pending),
+        (2, 2, 0)
+    );
+    // The refusal holds its slot: the loop's later event is stored after it.
+    let stored = client.get_loop(loop_id).await.unwrap().events;
+    let slots: Vec<(u64, bool, bool)> = stored
+        .iter()
+        .map(|e| (e.sequence, e.event.is_some(), e.refused.is_some()))
+        .collect();
+    assert_eq!(
+        slots,
+        vec![(0, true, false), (1, false, true), (2, true, false)]
+    );
+    assert_eq!(stored[2].event.as_ref(), Some(&events[2]));
+    // Reported once: the next flush has nothing to say.
+    sender.flush(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_sender_refuses_with_an_explicit_error_and_flush_counts_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = RecorderClient::connect(ConnectOptions {
+        target: Some(format!("unix://{}/nobody.sock", dir.path().display())),
+        ..Default::default()
+    })
+    .unwrap();
+    let config = DeliveryConfig {
+        max_pending_events: 5,
+        ..Default::default()
+    };
+    let sender = client.sender(config).unwrap();
+    let events = loop_events("s-full", "s-full.default.0", 2, 0);
+    for event in &events[..5] {
+        sender.emit(event).unwrap();
+    }
+    let full = sender.emit(&events[5]).unwrap_err();
+    assert!(
+        matches!(
+            full,
+            EmitError::QueueFull {
+                pending_events: 5,
+                max_events: 5,
+                ..
+            }
+        ),
+        "{full:?}"
+    );
+    let waited = sender
+        .emit_wait(&events[5], Duration::from_millis(100))
+        .await;
+    assert!(
+        matches!(waited, Err(EmitError::QueueFull { .. })),
+        "{waited:?}"
+    );
+    let error = sender
+        .flush(Some(Duration::from_millis(300)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.unacknowledged, 5, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("5 event(s) still unacknowledged"),
+        "{error}"
+    );
+    assert_eq!(sender.stats().pending, 5);
+}
+
+#[tokio::test]
+async fn events_emitted_while_the_sidecar_is_down_are_delivered_once_it_is_back() {
+    let Some(mut sidecar) = Sidecar::start(&[]) else {
+        return;
+    };
+    let client = sidecar.client();
+    let sender = client.sender(small_batches()).unwrap();
+    let events = loop_events("s-down", "s-down.default.0", 6, 10);
+    let (first, rest) = events.split_at(12);
+    for event in first {
+        sender.emit(event).unwrap();
+    }
+    sender.flush(None).await.unwrap();
+    sidecar.kill();
+    for event in rest {
+        sender.emit(event).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidecar.restart();
+    sender.flush(Some(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(stored_events(&client, "s-down.default.0").await, events);
+    assert_eq!(sender.stats().acknowledged, events.len() as u64);
+}
+
+#[tokio::test]
+async fn an_empty_event_and_emits_after_close_are_refused() {
+    let Some(sidecar) = Sidecar::start(&[]) else {
+        return;
+    };
+    let sender = sidecar.client().sender(DeliveryConfig::default()).unwrap();
+    let empty = agent_recorder_client::proto::AgentEvent::default();
+    assert_eq!(sender.emit(&empty), Err(EmitError::NoEvent));
+    sender
+        .emit(&agent_start("s-close", "s-close.default.0", 0))
+        .unwrap();
+    sender.close(None).await.unwrap();
+    let refused = sender.emit(&turn_start("s-close.default.0", 0, 1));
+    assert_eq!(
+        refused,
+        Err(EmitError::Closed("event sender is closed".into()))
+    );
+    assert_eq!(sender.stats().acknowledged, 1);
+}
+
+#[tokio::test]
+async fn unary_errors_carry_the_grpc_code_and_the_error_info_reason() {
+    let Some(sidecar) = Sidecar::start(&[]) else {
+        return;
+    };
+    let error = sidecar
+        .client()
+        .get_session("no-such-session")
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, Code::NotFound, "{error}");
+    assert_eq!(error.reason, "NOT_FOUND", "{error}");
+    assert_eq!(
+        error.metadata.get("session_id").map(String::as_str),
+        Some("no-such-session")
+    );
+}
+
+#[tokio::test]
+async fn the_token_is_sent_and_its_absence_is_a_permanent_failure() {
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let Some(sidecar) = Sidecar::start(&["--token-file", token_file.to_str().unwrap()]) else {
+        return;
+    };
+    let with_token = RecorderClient::connect(ConnectOptions {
+        target: Some(sidecar.target()),
+        token: Some("s3cret-token".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let sender = with_token.sender(DeliveryConfig::default()).unwrap();
+    sender
+        .emit(&agent_start("s-tok", "s-tok.default.0", 0))
+        .unwrap();
+    sender.flush(None).await.unwrap();
+    assert_eq!(
+        with_token.get_session("s-tok").await.unwrap().loops.len(),
+        1
+    );
+
+    let without = RecorderClient::connect(ConnectOptions {
+        target: Some(sidecar.target()),
+        token: Some(String::new()),
+        ..Default::default()
+    })
+    .unwrap();
+    let refused = without.get_session("s-tok").await.unwrap_err();
+    assert_eq!(refused.code, Code::Unauthenticated, "{refused}");
+    let sender = without.sender(DeliveryConfig::default()).unwrap();
+    sender
+        .emit(&agent_start("s-tok2", "s-tok2.default.0", 0))
+        .unwrap();
+    let error = sender.flush(None).await.unwrap_err();
+    assert_eq!(error.failed, 1, "{error}");
+    assert_eq!(
+        error.cause.as_ref().map(|c| c.code),
+        Some(Code::Unauthenticated)
+    );
+}
