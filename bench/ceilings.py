@@ -1,10 +1,14 @@
-"""The two ceilings the sidecar's ingest is judged against, from the same run.
+"""The three ceilings the sidecar's ingest is judged against, from the same run.
 
 - Storage: the very events the clients send (same generator, same seeds),
   serialized as the server stores them, inserted straight into a database made
   by the project's own WriteStore (schema and writer pragmas), in transactions
   of one client batch each: what SQLite alone allows, with no gRPC, no rules and
   no asyncio in the way.
+- Raw storage: the same event bytes appended to a plain SQLite table, one row
+  per event (an integer key and the bytes), in transactions of one client batch
+  each, WAL and synchronous NORMAL, nothing else: no indexes, no loop or session
+  rows, the physical limit of this machine's disk and SQLite.
 - Transport: the same clients and client library against bench/sink.py, which
   acknowledges every batch at once: what gRPC and protobuf alone allow.
 """
@@ -49,9 +53,18 @@ async def _create(path: Path) -> None:
     await store.close()
 
 
+RAW_SCHEMA = "CREATE TABLE raw (id INTEGER PRIMARY KEY, body BLOB)"
+RAW_INSERT = "INSERT INTO raw (body) VALUES (?)"
+RAW_PRAGMAS = ("PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL")
+
+
+def _all_rows(stream: Stream, clients: int) -> list[tuple[str, int, str, str, bytes]]:
+    return [row for index in range(clients) for row in _rows(stream.events(stream.seed + index))]
+
+
 def storage(workdir: Path, stream: Stream, clients: int, batch: int) -> Throughput:
     """Insert every client's events in batched transactions; time only the inserts."""
-    rows = [row for index in range(clients) for row in _rows(stream.events(stream.seed + index))]
+    rows = _all_rows(stream, clients)
     path = workdir / "ceiling.db"
     asyncio.run(_create(path))
     conn = sqlite3.connect(path, isolation_level=None)
@@ -69,6 +82,25 @@ def storage(workdir: Path, stream: Stream, clients: int, batch: int) -> Throughp
     finally:
         conn.close()
     return Throughput(len(rows), sum(len(row[4]) for row in rows), seconds, 0.0, 0.0)
+
+
+def raw_storage(workdir: Path, stream: Stream, clients: int, batch: int) -> Throughput:
+    """Append every client's event bytes to a plain table; time only the inserts."""
+    bodies = [(row[4],) for row in _all_rows(stream, clients)]
+    conn = sqlite3.connect(workdir / "raw-ceiling.db", isolation_level=None)
+    try:
+        for pragma in RAW_PRAGMAS:
+            conn.execute(pragma)
+        conn.execute(RAW_SCHEMA)
+        started = time.perf_counter()
+        for first in range(0, len(bodies), batch):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(RAW_INSERT, bodies[first : first + batch])
+            conn.execute("COMMIT")
+        seconds = time.perf_counter() - started
+    finally:
+        conn.close()
+    return Throughput(len(bodies), sum(len(body) for (body,) in bodies), seconds, 0.0, 0.0)
 
 
 def transport(workdir: Path, stream: Stream, clients: int, timeout: float) -> Throughput:

@@ -6,19 +6,27 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from bench import ceilings
+from bench.ingest import Stream
+from bench.workload import mix_stream
+
 # The bench smoke run is slow: not in `make test-fast`.
 pytestmark = pytest.mark.slow
-# The keys issue #6 fixes for the last line of `make bench`.
+# The keys issues #6 and #14 fix for the last line of `make bench`.
 KEYS = {
     "ingest_eps_1",
     "ingest_eps_4",
     "sqlite_ceiling_eps",
+    "raw_storage_ceiling_eps",
+    "share_of_raw_storage_ceiling",
     "grpc_ceiling_eps",
     "ack_p50_ms",
     "ack_p99_ms",
@@ -47,3 +55,24 @@ def test_smoke_run_ends_with_one_json_line_of_the_issue_keys() -> None:
     for key, value in result.items():
         assert isinstance(value, int | float) and not isinstance(value, bool), key
         assert math.isfinite(value) and value >= 0, key
+    assert result["raw_storage_ceiling_eps"] > 0
+    assert result["share_of_raw_storage_ceiling"] > 0
+
+
+def test_raw_storage_ceiling_appends_each_event_s_bytes_once_in_a_plain_wal_table(
+    tmp_path: Path,
+) -> None:
+    stream = Stream(partial(mix_stream, total=40), seed=3)
+    sent = [
+        event.SerializeToString(deterministic=True)
+        for index in range(2)
+        for event in stream.events(stream.seed + index)
+    ]
+    done = ceilings.raw_storage(tmp_path, stream, clients=2, batch=7)
+    assert (done.events, done.nbytes) == (len(sent), sum(map(len, sent)))
+    with sqlite3.connect(tmp_path / "raw-ceiling.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        tables = conn.execute("SELECT name FROM sqlite_master").fetchall()
+        stored = [body for (body,) in conn.execute("SELECT body FROM raw ORDER BY id")]
+    assert tables == [("raw",)]
+    assert stored == sent
