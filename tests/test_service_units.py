@@ -5,7 +5,6 @@ No running systemd is needed: a stand-in `systemctl` on PATH records its argumen
 from __future__ import annotations
 
 import asyncio
-
 import configparser
 import os
 import plistlib
