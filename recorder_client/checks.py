@@ -152,24 +152,35 @@ def _json_cleared(data: bytes, limit: int) -> bool:
     """Whether the bytes alone prove every JSON value in them valid.
 
     A JSON number is a Value's number_value: tag 0x11 and 8 little-endian bytes,
-    which for NaN or Infinity end in an exponent of all ones (`_NON_FINITE`). Each
-    level of nesting is a Value's struct_value or list_value (tag 0x2A or 0x32,
-    a length, then the container's first field, 0x0A), and costs at least 4 bytes
-    (`_NESTING`). Both patterns over-count (text can hold them), never
-    under-count: False means "walk to find out", not "invalid". Each test runs
-    only when the cheaper one before it (a byte search or count) could not decide.
+    which for NaN or Infinity end in an exponent of all ones (`_finite`). Each level
+    of nesting is a Value's struct_value or list_value (tag 0x2A or 0x32, a length)
+    holding a container whose first field's tag is 0x0A, so it costs at least 4
+    bytes and one 0x0A byte (`_NESTING`). These tests over-count (text can hold the
+    same bytes), never under-count: False means "walk to find out", not "invalid".
+    Each runs only when the cheaper one before it (a byte count) could not decide.
     """
-    if (b"\x7f" in data or b"\xff" in data) and _NON_FINITE.search(data) is not None:
+    if not _finite(data):
         return False
     return (
         len(data) <= 4 * limit - 4
+        or data.count(b"\x0a") < limit
         or data.count(b"*") + data.count(b"2") < limit
         or len(_NESTING.findall(data)) < limit
     )
 
 
-# number_value (field 2, fixed64) whose exponent bits are all set: NaN or ±Infinity.
-_NON_FINITE: Final = re.compile(rb"\x11.{6}[\xf0-\xff][\x7f\xff]", re.DOTALL)
+def _finite(data: bytes) -> bool:
+    """No number_value in `data` can be NaN or Infinity: each 0x7F or 0xFF byte that
+    ends 8 bytes after a 0x11 tag, behind an exponent byte of 0xF0 or more, is one."""
+    for high in (0x7F, 0xFF):
+        at = data.find(high, 8)
+        while at != -1:
+            if data[at - 1] >= 0xF0 and data[at - 8] == 0x11:
+                return False
+            at = data.find(high, at + 1)
+    return True
+
+
 # struct_value / list_value (fields 5, 6), a varint length, then the first field tag.
 _NESTING: Final = re.compile(rb"[\x2a\x32][\x80-\xff]{0,4}[\x00-\x7f]\x0a")
 
