@@ -9,8 +9,8 @@ then checks, from Python, that what was stored is what the Go client meant.
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -23,12 +23,12 @@ from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 from agent_recorder.v1 import session_pb2, types_pb2
 from google.protobuf import json_format
+from support.processes import run_process
 
 from recorder_server.server import RecorderServer, ServerConfig
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "go"
 BUILD_TIMEOUT_S = 600
-RUN_TIMEOUT_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -58,23 +58,10 @@ async def server(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterat
 
 
 async def run_example(binary: Path, target: str, session_id: str) -> dict[str, Any]:
-    process = await asyncio.create_subprocess_exec(
-        str(binary),
-        "--session",
-        session_id,
-        target,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(RUN_TIMEOUT_S):
-            out, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, f"recordloop exited {process.returncode}:\n{out!r}\n{err!r}"
-    summary: dict[str, Any] = json.loads(out.decode())
+    command = [str(binary), "--session", session_id, target]
+    code, out, err = await run_process(command, dict(os.environ))
+    assert code == 0, f"recordloop exited {code}:\n{out!r}\n{err!r}"
+    summary: dict[str, Any] = json.loads(out)
     return summary
 
 
