@@ -332,6 +332,7 @@ class Batch:
             try:
                 fault = faults.get(index)
                 if fault is not None:
+                    self._check_refused_before(item)
                     raise fault
                 sequence = self._apply_one(*item)
             except _RefusedAgain as again:
@@ -392,13 +393,7 @@ class Batch:
 
     def _is_resend(self, loop_id: str, sequence: int, body: bytes) -> bool:
         """Rule of delivery: (loop_id, sequence) already stored → acknowledge again."""
-        state = self.peek_loop(loop_id)
-        if state is not None and sequence >= state.next_seq:
-            return False
-        key = (loop_id, sequence)
-        stored = self._new_events.get(key) or self.base.unwritten.get(key)
-        if stored is None:
-            stored = self.base.stored_events.get(key)
+        stored = self._stored(loop_id, sequence)
         if stored is None:
             return False
         if isinstance(stored, session_pb2.RefusedEvent):
@@ -408,6 +403,26 @@ class Batch:
         if stored != body:
             raise SequenceConflict(loop_id, sequence, "re-sent with different content")
         return True
+
+    def _stored(self, loop_id: str, sequence: int) -> Stored | None:
+        """What a slot below the loop's next sequence holds, if the rules know it."""
+        state = self.peek_loop(loop_id)
+        if state is not None and sequence >= state.next_seq:
+            return None
+        key = (loop_id, sequence)
+        stored = self._new_events.get(key) or self.base.unwritten.get(key)
+        return stored if stored is not None else self.base.stored_events.get(key)
+
+    def _check_refused_before(self, item: Item) -> None:
+        """An event that fails validation again, re-sent into the slot its first
+        refusal holds, is refused again there (not logged a second time)."""
+        sequence, event, _, _, loop_id = item
+        if sequence is None or not loop_id:
+            return
+        stored = self._stored(loop_id, sequence)
+        body = event.SerializeToString(deterministic=True)
+        if isinstance(stored, session_pb2.RefusedEvent) and stored.event == body:
+            raise _RefusedAgain(stored)
 
     # -- refusals ---------------------------------------------------------------
 

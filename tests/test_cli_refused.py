@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from pathlib import Path
 
 import pytest
+from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import session_pb2
 from google.protobuf import json_format
 from support.events import agent_start, aio, append_response, progress, tool_start
@@ -93,3 +95,54 @@ async def test_show_and_tail_mark_refusals_and_phi_json_export_leaves_them_out(
     json_format.Parse(out, session)
     assert [e.HasField("refused") for e in session.loops[0].events] == [False, True, False]
     assert [r.loop_id for r in session.refusals] == ["r.never.0"]
+
+
+async def test_a_session_with_refusals_exported_and_imported_keeps_them(
+    recorder: RunningRecorder, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Export as protobuf JSON, delete, import the file: slots and log come back as
+    they were, and no refusal is doubled in the session's head."""
+    await record_refusals(recorder)
+    target = recorder.target
+    code, out, _ = await cli(capsys, "export", "r", "--format", "json", "--target", target)
+    assert code == 0
+    before = json_format.Parse(out, session_pb2.Session())
+    path = tmp_path / "r.json"
+    path.write_text(out, encoding="utf-8")
+    assert (await cli(capsys, "delete", "r", "--target", target))[0] == 0
+    code, _, err = await cli(capsys, "import", str(path), "--target", target)
+    assert (code, err) == (0, "")
+    code, out, _ = await cli(capsys, "export", "r", "--format", "json", "--target", target)
+    after = json_format.Parse(out, session_pb2.Session())
+    assert after == before
+    assert [r.loop_id for r in after.refusals] == ["r.never.0"]
+    code, out, _ = await cli(capsys, "refused", "r", "--json", "--target", target)
+    assert [json.loads(line)["reason"] for line in out.splitlines()] == [
+        "INVALID_FIELD",
+        "LOOP_NOT_OPEN",
+    ]
+
+
+async def test_a_resent_batch_with_a_refused_event_is_refused_again_and_stored_once(
+    recorder: RunningRecorder,
+) -> None:
+    """A client re-sending after a reconnect: the same refusals, nothing doubled."""
+    stub = aio(recorder.stub())
+    batch = [
+        (0, agent_start("x", "x.cfg.0", at=1)),
+        (1, tool_start("x.cfg.0", "c1", "bash", {"x": math.inf})),
+        (2, progress("x.cfg.0", "c1", "bash", "fine")),
+    ]
+    first = await append_response(stub, batch)
+    again = await append_response(stub, batch)
+    assert list(first.sequences) == list(again.sequences) == [0, 1, 2]
+    assert [(r.index, r.reason, r.holds_slot) for r in again.refusals] == [
+        (1, "INVALID_FIELD", True)
+    ]
+    assert again.refusals[0].message == first.refusals[0].message
+    loop = (await stub.GetLoop(api.GetLoopRequest(loop_id="x.cfg.0"), timeout=10)).loop
+    assert [(e.sequence, e.HasField("refused")) for e in loop.events] == [
+        (0, False),
+        (1, True),
+        (2, False),
+    ]
