@@ -140,3 +140,19 @@ async def test_loops_left_open_by_a_crashed_sidecar_are_abandoned_after_a_restar
         assert loop.rejection.startswith(
             "writer disconnected: writer (before the restart) last seen at "
         )
+
+
+async def test_another_writer_continuing_the_loop_in_time_keeps_it_open(
+    short_tmp: Path,
+) -> None:
+    """An agent restarted under a new writer id picks its loop up again: not abandoned."""
+    async with sidecar(short_tmp, abandon_after=2) as (server, stub):
+        await killed_agent(server.target, "agent-10", "other.main.0")
+        stream = RecordStream(stub, "agent-10-restarted", deadline=60)
+        ack = await stream.send([(3, progress("other.main.0", "c", "t", "resumed"))])
+        assert list(ack.sequences) == [3] and not ack.refusals
+        await asyncio.sleep(3)  # past the window
+        assert (await loop_until(stub, "other.main.0", RUNNING)).status == RUNNING
+        await stream.send([(4, agent_end("other.main.0", at=5))])
+        assert await stream.close() == grpc.StatusCode.OK
+        assert not (await loop_until(stub, "other.main.0", COMPLETED)).HasField("rejection")
