@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError, Message
 
 from recorder_client import defaults
 from recorder_client.framing import batch_request, envelope_head
+from recorder_common.finite import finite_on_wire
 
 # C0 controls, DEL, C1 controls, and lone surrogates: as the server refuses them.
 _BAD_ID_CHAR: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -152,14 +153,14 @@ def _json_cleared(data: bytes, limit: int) -> bool:
     """Whether the bytes alone prove every JSON value in them valid.
 
     A JSON number is a Value's number_value: tag 0x11 and 8 little-endian bytes,
-    which for NaN or Infinity end in an exponent of all ones (`_finite`). Each level
+    which for NaN or Infinity end in an exponent of all ones (`finite_on_wire`). Each level
     of nesting is a Value's struct_value or list_value (tag 0x2A or 0x32, a length)
     holding a container whose first field's tag is 0x0A, so it costs at least 4
     bytes and one 0x0A byte (`_NESTING`). These tests over-count (text can hold the
     same bytes), never under-count: False means "walk to find out", not "invalid".
     Each runs only when the cheaper one before it (a byte count) could not decide.
     """
-    if not _finite(data):
+    if not finite_on_wire(data):
         return False
     return (
         len(data) <= 4 * limit - 4
@@ -167,18 +168,6 @@ def _json_cleared(data: bytes, limit: int) -> bool:
         or data.count(b"*") + data.count(b"2") < limit
         or len(_NESTING.findall(data)) < limit
     )
-
-
-def _finite(data: bytes) -> bool:
-    """No number_value in `data` can be NaN or Infinity: each 0x7F or 0xFF byte that
-    ends 8 bytes after a 0x11 tag, behind an exponent byte of 0xF0 or more, is one."""
-    for high in (0x7F, 0xFF):
-        at = data.find(high, 8)
-        while at != -1:
-            if data[at - 1] >= 0xF0 and data[at - 8] == 0x11:
-                return False
-            at = data.find(high, at + 1)
-    return True
 
 
 # struct_value / list_value (fields 5, 6), a varint length, then the first field tag.

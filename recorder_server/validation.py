@@ -34,6 +34,7 @@ from agent_recorder.v1 import events_pb2, recorder_service_pb2, session_pb2, typ
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
+from recorder_common.finite import finite_on_wire
 from recorder_server.errors import InvalidArgument, RecorderError, TooLarge
 
 # Integers the core keeps in SQLite INTEGER columns (sequences, cursors, usage
@@ -552,7 +553,7 @@ def _check_envelope(
         raise _Fault("event", "no event kind set")
     event_json = json
     if event_json is None:
-        event_json = not _finite_on_wire(envelope.SerializeToString())
+        event_json = not finite_on_wire(envelope.SerializeToString())
     try:
         checks[kind](getattr(event, kind), limits, event_json)
     except _Fault as fault:
@@ -590,30 +591,6 @@ def _decoder_caps_nesting() -> bool:
     return False
 
 
-# A non-finite double has its 11 exponent bits set, so the two most significant of
-# its 8 little-endian bytes are 0xF0..0xFF then 0x7F or 0xFF. On the wire, a
-# Value.number_value is the last byte of its tag (0x11, or 0x00 ending an overlong
-# varint of up to 5 bytes, which the decoder also accepts) and those 8 bytes.
-# Valid UTF-8 never holds such a pair; varints seldom do. Past this many 0x7F/0xFF
-# bytes the scan gives up (False), so hostile input cannot make it slow.
-_WIRE_SCAN_MAX_HITS = 4096
-
-
-def _finite_on_wire(wire: bytes) -> bool:
-    """Whether no Value decoded from `wire` can hold NaN or Infinity."""
-    hits = 0
-    for high in (b"\x7f", b"\xff"):
-        at = wire.find(high, 8)
-        while at != -1:
-            if wire[at - 1] >= 0xF0 and wire[at - 8] in (0x11, 0x00):
-                return False
-            hits += 1
-            if hits > _WIRE_SCAN_MAX_HITS:
-                return False
-            at = wire.find(high, at + 1)
-    return True
-
-
 def _json_plan(wire: bytes | None, limits: Limits) -> bool | None:
     """Which events' free-form JSON needs checking, given the bytes of their request.
 
@@ -621,7 +598,7 @@ def _json_plan(wire: bytes | None, limits: Limits) -> bool | None:
     large events (a Python wrapper per submessage), and re-encoding to scan a
     message's bytes costs as much. The bytes the request arrived in settle the
     common batch in one C-speed pass instead: the decoder bounded the depth, so
-    only a non-finite number could fail, and `_finite_on_wire` rules those out:
+    only a non-finite number could fail, and `finite_on_wire` rules those out:
     False, no event needs a check. When the scan cannot (now and then, for a
     varint that looks like a double's top bytes), None: each
     event is scanned on its own re-encoded bytes and only a suspect one is checked.
@@ -634,7 +611,7 @@ def _json_plan(wire: bytes | None, limits: Limits) -> bool | None:
         or not _decoder_caps_nesting()
     ):
         return True
-    return False if _finite_on_wire(wire) else None
+    return False if finite_on_wire(wire) else None
 
 
 def _record(

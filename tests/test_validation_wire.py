@@ -41,12 +41,12 @@ from support.shapes import (
     wraps,
 )
 
+from recorder_common.finite import finite_on_wire
 from recorder_common.varint import varint
 from recorder_server.errors import RecorderError
 from recorder_server.validation import (
     DECODED_JSON_DEPTH_MAX,
     Limits,
-    _finite_on_wire,
     _json_plan,
     validate_events,
     validate_request,
@@ -215,7 +215,7 @@ def test_the_scan_gives_up_on_many_high_bytes() -> None:
     """Many 0x7F/0xFF bytes (here huge sequences) cost bounded work: "scan each event"."""
     numbered = [(2**64 - 1, agent_start(SESSION, LOOP)) for _ in range(600)]
     wire = api.RecordRequest(batch=api.EventBatch(events=envelopes(numbered))).SerializeToString()
-    assert not _finite_on_wire(wire)
+    assert not finite_on_wire(wire)
     assert _json_plan(wire, LIMITS) is None
     walked = same_verdict(wire)
     assert walked is not None
