@@ -268,18 +268,18 @@ class Pipeline:
         """After a job failed halfway (the snapshot may be half-changed): commit the
         jobs applied before it, then reload the snapshot from the store, which then
         holds them. Nothing is left to apply on top of."""
-        if await self._land():
-            await self._take_off(applied)
-            await self._land()
-        else:
+        if not await self._land():  # a failed write reloads by itself
             self._fail(applied, StorageUnavailable("an earlier write of this group failed"))
-        await self._reload()
+            return []
+        if await self._take_off(applied) and await self._land():
+            await self._reload()
         return []
 
-    async def _take_off(self, applied: list[Applied]) -> None:
-        """Hand the group's changes to the store; its jobs resolve when it commits."""
+    async def _take_off(self, applied: list[Applied]) -> bool:
+        """Hand the group's changes to the store; its jobs resolve when it commits.
+        False when the write could not even be built (the state is then reloaded)."""
         if not applied:
-            return
+            return True
         changes = recording.combine([changes for _, _, changes in applied])
         try:
             flight = _Flight.of(applied, changes, self.store)
@@ -288,10 +288,11 @@ class Pipeline:
             labels = "; ".join(job.label for job, _, _ in applied)
             self._fail(applied, Internal(f"internal error writing {labels}: {exc}"))
             await self._reload()
-            return
+            return False
         flight.write.add_done_callback(lambda _: self._landed(flight))
         self._flight = flight
         self._handed_off()
+        return True
 
     def _landed(self, flight: _Flight) -> None:
         """Acknowledge a committed group at once (a callback: the loop may be busy)."""

@@ -497,9 +497,7 @@ def validate_envelopes(
     `field_prefix` is where the list sits in the request, so paths read as the
     client wrote them (`batch.events[2]...` for Record, `events[2]...` for Append).
     """
-    faults = _check_envelopes(envelopes, limits, field_prefix, True).faults
-    if faults:
-        raise faults[min(faults)]
+    _whole(_check_envelopes(envelopes, limits, field_prefix, True))
 
 
 def _check_envelopes(
