@@ -165,13 +165,14 @@ def _json_cleared(data: bytes, limit: int) -> bool:
     return (
         len(data) <= 4 * limit - 4
         or data.count(b"\x0a") < limit
-        or data.count(b"*") + data.count(b"2") < limit
-        or len(_NESTING.findall(data)) < limit
+        or len(_NESTING.findall(data[::-1])) < limit
     )
 
 
-# struct_value / list_value (fields 5, 6), a varint length, then the first field tag.
-_NESTING: Final = re.compile(rb"[\x2a\x32][\x80-\xff]{0,4}[\x00-\x7f]\x0a")
+# One nesting level read backwards: the container's first tag 0x0A, the last byte of
+# the length, up to 4 more length bytes, the tag of struct_value / list_value.
+# Backwards because a pattern that starts with one literal byte scans ~3x faster.
+_NESTING: Final = re.compile(rb"\x0a[\x00-\x7f][\x80-\xff]{0,4}[\x2a\x32]")
 
 
 # JSON levels that always decode: each costs 2-3 nested messages (Value, Struct,

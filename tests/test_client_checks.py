@@ -12,6 +12,8 @@ import pytest
 from agent_recorder.v1 import events_pb2
 from agent_recorder.v1.recorder_service_pb2 import EventEnvelope
 from google.protobuf import struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.events import (
     agent_end,
     agent_start,
@@ -129,6 +131,45 @@ def test_json_nested_deeper_than_the_limit_is_refused() -> None:
     assert refusal(turn_end("s1.c.0", call), shallow) == (
         "event.turn_end.message.content[0].tool_call.arguments: must not nest deeper than 8 levels"
     )
+
+
+# Text made of the bytes the byte tests count (newlines, "*", "2", DEL, a 0x2A length).
+_DECOY_TEXT = st.text(alphabet="\n*2\x7fa\u00ff", max_size=60)
+_JSON = st.recursive(
+    st.one_of(_DECOY_TEXT, st.floats(allow_nan=False, allow_infinity=False), st.booleans()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(_DECOY_TEXT, inner, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(args=_JSON, text=_DECOY_TEXT, depth=st.integers(min_value=0, max_value=12))
+def test_the_client_refuses_exactly_what_the_server_refuses(
+    args: object, text: str, depth: int
+) -> None:
+    """Whatever the text around it holds, a value too deep is found (the byte tests
+    that clear most events without a walk never under-count)."""
+    message = assistant(text * 20, tool_calls=[("c", "t", {})])
+    inner = message.content[-1].tool_call.arguments
+    for _ in range(depth):  # each level a list holding the text, then the next level
+        inner.list_value.values.add().string_value = text
+        inner = inner.list_value.values.add()
+    inner.CopyFrom(value(args))
+    event = turn_end("s1.c.0", message)
+    limits = EventLimits(max_value_depth=6)
+    try:
+        validate_envelopes([EventEnvelope(event=event)], Limits(max_value_depth=6))
+        server_refuses = False
+    except RecorderError:
+        server_refuses = True
+    try:
+        check(event, limits)
+        client_refuses = False
+    except ValueError:
+        client_refuses = True
+    assert client_refuses == server_refuses
 
 
 @pytest.mark.parametrize("depth", [7, 8, 9, 10])
