@@ -8,6 +8,7 @@ with GetSession and checked field by field.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from dataclasses import replace
@@ -18,6 +19,7 @@ import pytest
 from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 from agent_recorder.v1 import session_pb2, types_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from support.otlp import (
@@ -827,3 +829,57 @@ async def test_events_the_recorder_refuses_are_named_in_the_answer(short_tmp: Pa
     assert f"span {tool}: the recorder refused tool_execution_end #6 of loop {loop_id}: " in message
     [loop] = session.loops
     assert (loop.status, len(loop.turns)) == (session_pb2.LOOP_STATUS_ABORTED, 1)
+
+
+OTLP_TABLES = ("otlp_spans", "otlp_keys", "otlp_loops", "otlp_outbox")
+
+
+def otlp_rows(db: Path, session_id: str) -> dict[str, int]:
+    """Rows OTLP ingest keeps for a session's loops, by table (its loop ids start with it)."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return {
+            table: conn.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE loop_id LIKE ?", (f"{session_id}.%",)
+            ).fetchone()[0]
+            for table in OTLP_TABLES
+        }
+
+
+async def test_deleting_or_pruning_a_session_removes_its_otlp_state_and_no_other(
+    short_tmp: Path,
+) -> None:
+    db = short_tmp / "recorder.db"
+    other = genai_run("conv-2")
+    for s in other:
+        s.trace_id = (TRACE + 1).to_bytes(16, "big")
+    async with sidecar(short_tmp) as server, grpc.aio.insecure_channel(server.address) as channel:
+        stub = api_grpc.RecorderServiceStub(channel)
+        await export(server, genai_run()[1:3])  # conv-1 still assembling: its loop open
+        await export(server, other)
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute(  # as if an event of conv-1 were still waiting to be delivered
+                "INSERT INTO otlp_outbox (loop_id, sequence, event, span) VALUES (?, 99, x'', '')",
+                (f"conv-1.otlp.{AGENT}",),
+            )
+        assert otlp_rows(db, "conv-1") == {
+            "otlp_spans": 2,
+            "otlp_keys": 1,
+            "otlp_loops": 1,
+            "otlp_outbox": 1,
+        }
+        kept = otlp_rows(db, "conv-2")
+        assert kept["otlp_spans"] == 4 and kept["otlp_loops"] == 1
+
+        await stub.DeleteSession(api.DeleteSessionRequest(session_id="conv-1"))
+        assert otlp_rows(db, "conv-1") == dict.fromkeys(OTLP_TABLES, 0)
+        assert otlp_rows(db, "conv-2") == kept
+        # Exported again after the delete, the run is recorded afresh, whole.
+        await export(server, genai_run())
+        check_genai_run(await get_session(server, "conv-1"))
+
+        await stub.Checkpoint(api.CheckpointRequest(session_id="conv-2"))
+        older_than = api.PruneSessionsRequest(older_than=Timestamp(seconds=2**35))
+        pruned = await stub.PruneSessions(older_than)
+        assert "conv-2" in pruned.session_ids
+        assert otlp_rows(db, "conv-2") == dict.fromkeys(OTLP_TABLES, 0)
+        assert otlp_rows(db, "conv-1")["otlp_spans"] == 4

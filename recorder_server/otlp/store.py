@@ -1,6 +1,6 @@
 """SQLite state of OTLP ingest: placed spans, loop keys, open loops, events to deliver.
 
-The tables (storage.py migration 4) live in the recorder's database file but are
+The tables (storage/schema.py, migration 5) live in the recorder's database file but are
 written on a connection of their own, one short transaction per export. Events
 are written to the outbox in the same transaction as the state that numbered
 them, and leave it only once the writer has committed them: after a crash they

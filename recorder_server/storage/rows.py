@@ -100,7 +100,20 @@ UPSERT_REF = "INSERT OR REPLACE INTO pending_spawn_refs VALUES (?, ?)"
 DELETE_REF = "DELETE FROM pending_spawn_refs WHERE child_session_id = ?"
 
 
+# The loops of a session: those stored, and those OTLP ingest assembles (stored only
+# once their first events leave its outbox).
+_LOOPS_OF_SESSION = (
+    "SELECT loop_id FROM loops WHERE session_id = ?1 "
+    "UNION SELECT loop_id FROM otlp_loops WHERE session_id = ?1"
+)
+
+
+# A deleted or pruned session leaves nothing behind: not its OTLP ingest state either.
 DELETE_SESSION = (
+    f"DELETE FROM otlp_outbox WHERE loop_id IN ({_LOOPS_OF_SESSION})",
+    f"DELETE FROM otlp_spans WHERE loop_id IN ({_LOOPS_OF_SESSION})",
+    f"DELETE FROM otlp_keys WHERE loop_id IN ({_LOOPS_OF_SESSION})",
+    "DELETE FROM otlp_loops WHERE session_id = ?",
     "DELETE FROM events WHERE session_id = ?",
     "DELETE FROM refusals WHERE session_id = ?",
     "DELETE FROM turns WHERE loop_id IN (SELECT loop_id FROM loops WHERE session_id = ?)",

@@ -14,7 +14,7 @@ from agent_recorder.v1 import session_pb2
 
 from recorder_server.storage.rows import loop_facts
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 MIGRATIONS: dict[int, str] = {
@@ -149,6 +149,13 @@ MIGRATIONS: dict[int, str] = {
         event BLOB NOT NULL,
         span TEXT NOT NULL                -- "trace/span" it came from; '' for a closing
     );
+    """,
+    # Deleting or pruning a session removes its OTLP state by loop (rows.DELETE_SESSION).
+    6: """
+    CREATE INDEX otlp_spans_by_loop ON otlp_spans (loop_id);
+    CREATE INDEX otlp_keys_by_loop ON otlp_keys (loop_id);
+    CREATE INDEX otlp_loops_by_session ON otlp_loops (session_id);
+    CREATE INDEX otlp_outbox_by_loop ON otlp_outbox (loop_id);
     """,
 }
 
