@@ -883,3 +883,28 @@ async def test_deleting_or_pruning_a_session_removes_its_otlp_state_and_no_other
         assert "conv-2" in pruned.session_ids
         assert otlp_rows(db, "conv-2") == dict.fromkeys(OTLP_TABLES, 0)
         assert otlp_rows(db, "conv-1")["otlp_spans"] == 4
+
+
+async def test_an_ended_loop_s_state_keeps_no_copy_of_its_messages(short_tmp: Path) -> None:
+    """A loop's messages are kept in its ingest state only while it assembles."""
+    db = short_tmp / "recorder.db"
+
+    def kept_bytes() -> int:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            [(size,)] = conn.execute("SELECT length(messages) FROM otlp_loops").fetchall()
+        return int(size)
+
+    async with sidecar(short_tmp) as server:
+        await export(server, genai_run()[1:3])
+        assert kept_bytes() > 0
+        await export(server, genai_run())
+        assert kept_bytes() == 0
+        session = await get_session(server, "conv-1")
+    check_genai_run(session)
+    [loop] = session.loops
+    assert [m.role for m in loop.messages] == [
+        types_pb2.MESSAGE_ROLE_USER,
+        types_pb2.MESSAGE_ROLE_ASSISTANT,
+        types_pb2.MESSAGE_ROLE_TOOL_RESULT,
+        types_pb2.MESSAGE_ROLE_ASSISTANT,
+    ]

@@ -372,6 +372,7 @@ class Assembler:
         )
         self._emit(loop, event)
         loop.ended = True
+        loop.messages = []  # its AgentEnd holds them now: the saved state keeps no copy
 
     # -- recording changes ----------------------------------------------------
 
