@@ -249,6 +249,7 @@ def claim_socket(path: Path) -> SocketClaim:
     claim = SocketClaim(path, bind_path, fd)
     try:
         _remove_if_stale(path)
+        _remove_dead_binds(path.parent)
         _write_pid(fd)
     except BaseException:
         claim.release()
@@ -269,6 +270,30 @@ def _remove_if_stale(path: Path) -> None:
         raise AddressInUse(f"socket {path} is served by {_pid_text(holder)}")
     log.info("removing the stale socket %s (nobody answers on it)", path)
     os.unlink(path)
+
+
+def _remove_dead_binds(directory: Path) -> None:
+    """Remove the bind names (`.ar-PID.sock`) of servers killed between bind and publish.
+
+    Only a name whose process no longer exists: a live server, any user's, may be
+    about to publish its own.
+    """
+    for leftover in directory.glob(".ar-*.sock"):
+        pid = leftover.name.removeprefix(".ar-").removesuffix(".sock")
+        if pid.isdigit() and not _process_exists(int(pid)):
+            log.info("removing %s, left by pid %s, which has exited", leftover, pid)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 def check_abstract_free(name: str, address: str) -> None:

@@ -110,6 +110,34 @@ async def test_a_stale_socket_is_replaced(short_tmp: Path) -> None:
     assert f"removing the stale socket {path} (nobody answers on it)" in served.err
 
 
+def test_bind_names_left_by_killed_servers_are_removed_and_live_ones_kept(
+    short_tmp: Path,
+) -> None:
+    """A server killed between binding `.ar-PID.sock` and publishing it left that name;
+    the next server beside it removes it, but not one a live process may publish."""
+    exited = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    dead = short_tmp / f".ar-{int(exited.stdout)}.sock"
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = short_tmp / f".ar-{alive.pid}.sock"
+        for leftover in (dead, live):
+            with socket.socket(socket.AF_UNIX) as bound:
+                bound.bind(str(leftover))
+        path = short_tmp / "r.sock"
+        with serving("--db", str(short_tmp / "a.db"), "--listen", f"unix://{path}") as served:
+            assert (dead.exists(), live.exists(), path.is_socket()) == (False, True, True)
+        assert f"removing {dead}, left by pid {int(exited.stdout)}, which has exited" in served.err
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_a_file_that_is_not_a_socket_is_refused(short_tmp: Path) -> None:
     path = short_tmp / "notes.txt"
     path.write_text("mine")
