@@ -1,7 +1,8 @@
 //! Fire-and-forget event delivery over one Record stream, with proof of delivery.
 //!
-//! [`EventSender::emit`] only encodes the event and queues its bytes, so an agent
-//! never waits on the recorder. A background task frames the queue into batches
+//! [`EventSender::emit`] only checks and encodes the event and queues its bytes,
+//! so an agent never waits on the recorder; an event the server would refuse
+//! ([`crate::checks`], by the limits of its `RecordReady`) fails there, naming the field. A background task frames the queue into batches
 //! on one bidirectional Record stream and keeps every event until the server
 //! acknowledges its batch (the server acknowledges only after commit). When the
 //! stream breaks, the task reconnects with jittered backoff and re-sends
@@ -20,6 +21,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,10 +34,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Code, Request, Streaming};
 
+use crate::checks::{check_event, EventLimits};
 use crate::client::RecorderClient;
 use crate::error::{DeliveryError, EmitError, RefusedEvent, RejectedBatch, RpcError};
-use crate::framing::{batch_request, hello_request, RawRecordCodec};
-use crate::proto::{agent_event, AgentEvent, RecordResponse};
+use crate::framing::{batch_request, hello_request, RawRecordCodec, ENVELOPE_FRAMING_MAX};
+use crate::proto::{agent_event, AgentEvent, RecordReady, RecordResponse};
 
 const RECORD_PATH: &str = "/agent_recorder.v1.RecorderService/Record";
 
@@ -250,8 +253,9 @@ impl State {
             || self.flush_wanted > self.batched
     }
 
-    /// Numbers the next events and frames them as a batch (`None` if all were skipped).
-    fn take_batch(&mut self, config: &DeliveryConfig) -> Option<Bytes> {
+    /// Numbers the next events and frames them as a batch (`None` if all were skipped),
+    /// within `config`'s bounds and, framing included, the server's `largest` event.
+    fn take_batch(&mut self, config: &DeliveryConfig, largest: usize) -> Option<Bytes> {
         let mut taken: Vec<(Option<u64>, Queued)> = Vec::new();
         let (mut span, mut nbytes, mut skipped, mut skipped_bytes) = (0u64, 0usize, 0u64, 0usize);
         while taken.len() < config.max_batch_events {
@@ -259,7 +263,8 @@ impl State {
                 break;
             };
             let size = next.data.len();
-            if !taken.is_empty() && nbytes + size > config.max_batch_bytes {
+            let framed = nbytes + (taken.len() + 1) * ENVELOPE_FRAMING_MAX + size;
+            if !taken.is_empty() && (nbytes + size > config.max_batch_bytes || framed > largest) {
                 break;
             }
             let queued = self.queue.pop_front().expect("front exists");
@@ -359,6 +364,61 @@ struct Shared {
     /// Wakes flushes and blocked emits: events were resolved.
     progress: Notify,
     config: DeliveryConfig,
+    limits: AnnouncedLimits,
+}
+
+/// The limits emit checks events by: the server's defaults until a `RecordReady`
+/// announces others. Read without the state's lock, so emit never waits on the
+/// delivery task for them.
+struct AnnouncedLimits {
+    max_id_length: AtomicUsize,
+    max_value_depth: AtomicUsize,
+    max_request_bytes: AtomicUsize,
+}
+
+impl AnnouncedLimits {
+    fn new() -> Self {
+        let defaults = EventLimits::default();
+        AnnouncedLimits {
+            max_id_length: AtomicUsize::new(defaults.max_id_length),
+            max_value_depth: AtomicUsize::new(defaults.max_value_depth),
+            max_request_bytes: AtomicUsize::new(defaults.max_request_bytes),
+        }
+    }
+
+    fn get(&self) -> EventLimits {
+        EventLimits {
+            max_id_length: self.max_id_length.load(Ordering::Relaxed),
+            max_value_depth: self.max_value_depth.load(Ordering::Relaxed),
+            max_request_bytes: self.max_request_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes the limits a server announced; one it leaves at 0 keeps the default.
+    fn announce(&self, ready: &RecordReady) {
+        let defaults = EventLimits::default();
+        let or_default = |value: usize, default: usize| if value == 0 { default } else { value };
+        let announced = [
+            (
+                &self.max_id_length,
+                ready.max_id_length as usize,
+                defaults.max_id_length,
+            ),
+            (
+                &self.max_value_depth,
+                ready.max_value_depth as usize,
+                defaults.max_value_depth,
+            ),
+            (
+                &self.max_request_bytes,
+                usize::try_from(ready.max_request_bytes).unwrap_or(usize::MAX),
+                defaults.max_request_bytes,
+            ),
+        ];
+        for (limit, value, default) in announced {
+            limit.store(or_default(value, default), Ordering::Relaxed);
+        }
+    }
 }
 
 impl Shared {
@@ -368,6 +428,13 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What a server's `RecordReady` says: whether it stores streaming deltas, and
+    /// the limits emit checks events by from now on.
+    fn on_ready(&self, ready: &RecordReady) {
+        self.limits.announce(ready);
+        self.lock().stores_streaming = ready.include_streaming_events;
     }
 
     /// Waits on `notify` until `ready` holds for the state.
@@ -431,6 +498,7 @@ impl EventSender {
             wake: Notify::new(),
             progress: Notify::new(),
             config,
+            limits: AnnouncedLimits::new(),
         });
         let run = tokio::spawn(run(shared.clone(), client, writer_id.clone()));
         let run_abort = run.abort_handle();
@@ -466,10 +534,13 @@ impl EventSender {
     ///
     /// The event is encoded here, so the caller keeps it. Events are numbered per
     /// loop in the order of these calls (AgentStart is 0 of its loop). Fails with
-    /// [`EmitError::QueueFull`] when the pending bounds are reached: nothing is
-    /// dropped silently.
+    /// [`EmitError::Invalid`] naming the field when the server would refuse the
+    /// event (see [`crate::checks`]; by the limits of the server's `RecordReady`
+    /// once a stream has had one, its defaults before), and with
+    /// [`EmitError::QueueFull`] when the pending bounds are reached: nothing of a
+    /// refused event is queued, nothing is dropped silently.
     pub fn emit(&self, event: &AgentEvent) -> Result<(), EmitError> {
-        let queued = encode(event)?;
+        let queued = encode(event, &self.shared.limits.get())?;
         let mut state = self.shared.lock();
         self.admit(&mut state, queued).map_err(|(error, _)| error)
     }
@@ -477,7 +548,7 @@ impl EventSender {
     /// Like [`emit`](Self::emit), but when the sender is full waits up to `timeout`
     /// for room before failing with [`EmitError::QueueFull`].
     pub async fn emit_wait(&self, event: &AgentEvent, timeout: Duration) -> Result<(), EmitError> {
-        let mut queued = encode(event)?;
+        let mut queued = encode(event, &self.shared.limits.get())?;
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.shared.progress.notified();
@@ -567,6 +638,12 @@ impl EventSender {
         flushed
     }
 
+    /// The limits `emit` checks events by: the server's defaults until a Record
+    /// stream's `RecordReady` announced the server's own.
+    pub fn limits(&self) -> EventLimits {
+        self.shared.limits.get()
+    }
+
     /// Counts of what happened to the events emitted so far.
     pub fn stats(&self) -> SenderStats {
         let state = self.shared.lock();
@@ -589,15 +666,17 @@ impl EventSender {
     }
 }
 
-fn encode(event: &AgentEvent) -> Result<Queued, EmitError> {
+fn encode(event: &AgentEvent, limits: &EventLimits) -> Result<Queued, EmitError> {
     let kind = match &event.event {
         None => return Err(EmitError::NoEvent),
         Some(agent_event::Event::MessageUpdate(_)) => Kind::Update,
         Some(agent_event::Event::AgentEnd(_)) => Kind::End,
         Some(_) => Kind::Other,
     };
+    let data = event.encode_to_vec();
+    check_event(event, data.len(), limits).map_err(EmitError::Invalid)?;
     Ok(Queued {
-        data: event.encode_to_vec(),
+        data,
         loop_id: crate::event_loop_id(event).map(str::to_string),
         kind,
     })
@@ -686,7 +765,7 @@ async fn stream_once(
     match stream.message().await {
         Ok(Some(RecordResponse {
             ready: Some(ready), ..
-        })) => shared.lock().stores_streaming = ready.include_streaming_events,
+        })) => shared.on_ready(&ready),
         Ok(Some(_)) => {
             let error = "the server answered hello without RecordReady";
             return (false, RpcError::local(Code::Internal, error));
@@ -713,7 +792,7 @@ async fn read_acks(shared: &Shared, stream: &mut Streaming<RecordResponse>) -> (
             Err(status) => return (progress, status.into()),
         };
         if let Some(ready) = &response.ready {
-            shared.lock().stores_streaming = ready.include_streaming_events;
+            shared.on_ready(ready);
             continue;
         }
         if let Some(rejection) = &response.rejection {
@@ -752,7 +831,8 @@ async fn write(shared: Arc<Shared>, tx: mpsc::Sender<Bytes>) {
     }
     loop {
         batch_formed(&shared).await;
-        let request = shared.lock().take_batch(&shared.config);
+        let largest = shared.limits.get().largest_event();
+        let request = shared.lock().take_batch(&shared.config, largest);
         shared.progress.notify_waiters(); // skipped updates may satisfy a flush
         if let Some(request) = request {
             if tx.send(request).await.is_err() {
