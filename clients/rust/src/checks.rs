@@ -363,8 +363,8 @@ impl<'a> Walk<'a> {
 
     /// An `AgentMessage` at message depth `depth`.
     fn message_json(&mut self, m: &'a AgentMessage, depth: usize) -> Result<(), Fault> {
-        self.blocks(&m.content, depth + 1)?;
         let below = depth + 1;
+        self.blocks(&m.content, below)?;
         self.optional(
             m.extension_data.as_ref().map(Json::Value),
             "extension_data",
