@@ -2,8 +2,9 @@
 //!
 //! [`EventSender::emit`] only checks and encodes the event and queues its bytes,
 //! so an agent never waits on the recorder; an event the server would refuse
-//! ([`crate::checks`], by the limits of its `RecordReady`) fails there, naming the field. A background task frames the queue into batches
-//! on one bidirectional Record stream and keeps every event until the server
+//! ([`crate::checks`], by the limits of its `RecordReady`) fails there, naming
+//! the field. A background task frames the queue into batches on one
+//! bidirectional Record stream and keeps every event until the server
 //! acknowledges its batch (the server acknowledges only after commit). When the
 //! stream breaks, the task reconnects with jittered backoff and re-sends
 //! everything unacknowledged, in order and as the same bytes; the server
@@ -253,9 +254,10 @@ impl State {
             || self.flush_wanted > self.batched
     }
 
-    /// Numbers the next events and frames them as a batch (`None` if all were skipped),
-    /// within `config`'s bounds and, framing included, the server's `largest` event.
-    fn take_batch(&mut self, config: &DeliveryConfig, largest: usize) -> Option<Bytes> {
+    /// Numbers the next events and frames them as a batch (`None` if none went in)
+    /// within `config`'s bounds and, framing included, the server's request limit.
+    fn take_batch(&mut self, config: &DeliveryConfig, limits: &EventLimits) -> Option<Bytes> {
+        let largest = limits.largest_event();
         let mut taken: Vec<(Option<u64>, Queued)> = Vec::new();
         let (mut span, mut nbytes, mut skipped, mut skipped_bytes) = (0u64, 0usize, 0u64, 0usize);
         while taken.len() < config.max_batch_events {
@@ -269,22 +271,17 @@ impl State {
             }
             let queued = self.queue.pop_front().expect("front exists");
             span += 1;
-            let mut sequence = None;
-            if let Some(loop_id) = &queued.loop_id {
-                if queued.kind == Kind::Update && !self.stores_streaming {
-                    skipped += 1;
-                    skipped_bytes += size;
-                    continue;
-                }
-                let next = self.next_sequence.get(loop_id).copied().unwrap_or(0);
-                if queued.kind == Kind::End {
-                    // Nothing may follow AgentEnd: the counter need not outlive the loop.
-                    self.next_sequence.remove(loop_id);
-                } else {
-                    self.next_sequence.insert(loop_id.clone(), next + 1);
-                }
-                sequence = Some(next);
+            if size > largest {
+                self.queued_bytes -= size;
+                self.refuse_unsendable(&queued.data, limits.max_request_bytes);
+                continue;
             }
+            if queued.kind == Kind::Update && !self.stores_streaming {
+                skipped += 1;
+                skipped_bytes += size;
+                continue;
+            }
+            let sequence = self.number(&queued);
             nbytes += size;
             taken.push((sequence, queued));
         }
@@ -314,6 +311,42 @@ impl State {
             },
         );
         Some(request)
+    }
+
+    /// The next sequence of the event's loop (none for the session-level events).
+    fn number(&mut self, queued: &Queued) -> Option<u64> {
+        let loop_id = queued.loop_id.as_ref()?;
+        let next = self.next_sequence.get(loop_id).copied().unwrap_or(0);
+        if queued.kind == Kind::End {
+            // Nothing may follow AgentEnd: the counter need not outlive the loop.
+            self.next_sequence.remove(loop_id);
+        } else {
+            self.next_sequence.insert(loop_id.clone(), next + 1);
+        }
+        Some(next)
+    }
+
+    /// An event larger than the server takes (its limit came after the event was
+    /// emitted, checked by the defaults): refused here, never sent or numbered,
+    /// and reported by the next flush as the Python client reports it.
+    fn refuse_unsendable(&mut self, data: &[u8], limit: usize) {
+        let message = format!(
+            "{} bytes, larger than the sidecar's request limit of {limit} bytes",
+            data.len()
+        );
+        self.refusals.push(RefusedEvent {
+            error: RpcError {
+                code: Code::ResourceExhausted,
+                message,
+                reason: "TOO_LARGE".into(),
+                metadata: HashMap::new(),
+            },
+            holds_slot: false,
+            sequence: None,
+            event: AgentEvent::decode(data).ok(),
+        });
+        self.refused += 1;
+        self.resolve(1, data.len());
     }
 
     /// Applies an acknowledgement; false for an answer to a batch already answered.
@@ -397,27 +430,18 @@ impl AnnouncedLimits {
     /// Takes the limits a server announced; one it leaves at 0 keeps the default.
     fn announce(&self, ready: &RecordReady) {
         let defaults = EventLimits::default();
-        let or_default = |value: usize, default: usize| if value == 0 { default } else { value };
-        let announced = [
-            (
-                &self.max_id_length,
-                ready.max_id_length as usize,
-                defaults.max_id_length,
-            ),
-            (
-                &self.max_value_depth,
-                ready.max_value_depth as usize,
-                defaults.max_value_depth,
-            ),
-            (
-                &self.max_request_bytes,
-                usize::try_from(ready.max_request_bytes).unwrap_or(usize::MAX),
-                defaults.max_request_bytes,
-            ),
-        ];
-        for (limit, value, default) in announced {
-            limit.store(or_default(value, default), Ordering::Relaxed);
-        }
+        let or_default = |value: u64, default: usize| match usize::try_from(value) {
+            Ok(0) => default,
+            Ok(value) => value,
+            Err(_) => usize::MAX,
+        };
+        let id_length = or_default(ready.max_id_length.into(), defaults.max_id_length);
+        let value_depth = or_default(ready.max_value_depth.into(), defaults.max_value_depth);
+        let request_bytes = or_default(ready.max_request_bytes, defaults.max_request_bytes);
+        self.max_id_length.store(id_length, Ordering::Relaxed);
+        self.max_value_depth.store(value_depth, Ordering::Relaxed);
+        self.max_request_bytes
+            .store(request_bytes, Ordering::Relaxed);
     }
 }
 
@@ -831,8 +855,8 @@ async fn write(shared: Arc<Shared>, tx: mpsc::Sender<Bytes>) {
     }
     loop {
         batch_formed(&shared).await;
-        let largest = shared.limits.get().largest_event();
-        let request = shared.lock().take_batch(&shared.config, largest);
+        let limits = shared.limits.get();
+        let request = shared.lock().take_batch(&shared.config, &limits);
         shared.progress.notify_waiters(); // skipped updates may satisfy a flush
         if let Some(request) = request {
             if tx.send(request).await.is_err() {

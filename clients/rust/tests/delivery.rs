@@ -291,20 +291,43 @@ async fn a_server_with_smaller_limits_is_obeyed_once_its_record_ready_came() {
     assert_eq!(sender.limits(), EventLimits::default());
     let loop_id = "s-lim.c.0";
     let mut sent = vec![agent_start("s-lim", loop_id, 0)];
-    // Still the defaults: deeper than the server allows, refused by the server.
+    // Still the defaults at emit: an event larger than the server takes is refused
+    // by the sender once it knows (never sent), one too deep by the server.
+    let huge = progress(loop_id, &"x".repeat(70_000));
     let early = tool_start_with(loop_id, 5, 1.0);
-    sender.emit(&sent[0]).unwrap();
-    sender.emit(&early).unwrap();
+    for event in [&sent[0], &huge, &early] {
+        sender.emit(event).unwrap();
+    }
     let error = sender.flush(None).await.unwrap_err();
-    assert_eq!(error.refusals.len(), 1, "{error}");
+    let [unsent, deep] = error.refusals.as_slice() else {
+        panic!("two refusals expected: {error}");
+    };
     assert_eq!(
-        error.refusals[0]
-            .error
-            .metadata
-            .get("field")
-            .map(String::as_str),
-        Some("batch.events[1].event.tool_execution_start.args")
+        (unsent.error.code, unsent.error.reason.as_str()),
+        (Code::ResourceExhausted, "TOO_LARGE")
     );
+    assert!(
+        unsent
+            .error
+            .message
+            .ends_with("bytes, larger than the sidecar's request limit of 65536 bytes"),
+        "{error}"
+    );
+    assert_eq!(
+        (unsent.sequence, unsent.event.as_ref()),
+        (None, Some(&huge))
+    );
+    let field = deep
+        .error
+        .metadata
+        .get("field")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        field.ends_with("].event.tool_execution_start.args"),
+        "{error}"
+    );
+    assert_eq!(deep.sequence, Some(1));
     assert_eq!(
         sender.limits(),
         EventLimits {
@@ -340,7 +363,7 @@ async fn a_server_with_smaller_limits_is_obeyed_once_its_record_ready_came() {
     sender.flush(None).await.unwrap();
     let stats = sender.stats();
     assert!(stats.batches - before >= 4, "{stats:?}");
-    assert_eq!((stats.refused, stats.pending), (1, 0));
+    assert_eq!((stats.refused, stats.pending), (2, 0));
     let stored = client.get_loop(loop_id).await.unwrap().events;
     assert_eq!(stored.len(), sent.len() + 1);
     assert!(stored[1].refused.is_some());
