@@ -289,10 +289,13 @@ fn every_kind(loop_id: &str) -> Vec<AgentEvent> {
     ]
 }
 
-/// Every place an event can hold free-form JSON, as (field path, the event holding
-/// `json` there). A Struct place takes `json`'s Struct, a ListValue place its list.
-#[allow(clippy::type_complexity)]
-fn json_places() -> Vec<(&'static str, Box<dyn Fn(Value) -> AgentEvent>)> {
+/// A place an event can hold free-form JSON: its field path, and the event holding
+/// the given JSON there.
+type Place = (&'static str, Box<dyn Fn(Value) -> AgentEvent>);
+
+/// Every place an event can hold free-form JSON. A Struct place takes the JSON's
+/// Struct, a ListValue place its list (else they wrap it, one level more).
+fn json_places() -> Vec<Place> {
     let args = |json: Value| message(vec![text("x"), tool_call(json)]);
     vec![
         (
