@@ -222,6 +222,8 @@ fn check_more_ids(kind: &Event, max_length: usize) -> Result<(), Fault> {
 }
 
 /// Non-empty, at most `max_length` characters, no C0, DEL or C1 control character.
+/// The message names lone surrogates too, word for word the Python client's,
+/// though a Rust string cannot hold one.
 fn check_id(value: &str, path: &str, max_length: usize) -> Result<(), Fault> {
     // The common id: printable ASCII, its bytes its characters.
     if !value.is_empty()
