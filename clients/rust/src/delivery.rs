@@ -1,8 +1,10 @@
 //! Fire-and-forget event delivery over one Record stream, with proof of delivery.
 //!
-//! [`EventSender::emit`] only encodes the event and queues its bytes, so an agent
-//! never waits on the recorder. A background task frames the queue into batches
-//! on one bidirectional Record stream and keeps every event until the server
+//! [`EventSender::emit`] only checks and encodes the event and queues its bytes,
+//! so an agent never waits on the recorder; an event the server would refuse
+//! ([`crate::checks`], by the limits of its `RecordReady`) fails there, naming
+//! the field. A background task frames the queue into batches on one
+//! bidirectional Record stream and keeps every event until the server
 //! acknowledges its batch (the server acknowledges only after commit). When the
 //! stream breaks, the task reconnects with jittered backoff and re-sends
 //! everything unacknowledged, in order and as the same bytes; the server
@@ -20,6 +22,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,10 +35,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Code, Request, Streaming};
 
+use crate::checks::{check_event, EventLimits};
 use crate::client::RecorderClient;
 use crate::error::{DeliveryError, EmitError, RefusedEvent, RejectedBatch, RpcError};
-use crate::framing::{batch_request, hello_request, RawRecordCodec};
-use crate::proto::{agent_event, AgentEvent, RecordResponse};
+use crate::framing::{batch_request, hello_request, RawRecordCodec, ENVELOPE_FRAMING_MAX};
+use crate::proto::{agent_event, AgentEvent, RecordReady, RecordResponse};
 
 const RECORD_PATH: &str = "/agent_recorder.v1.RecorderService/Record";
 
@@ -250,8 +254,10 @@ impl State {
             || self.flush_wanted > self.batched
     }
 
-    /// Numbers the next events and frames them as a batch (`None` if all were skipped).
-    fn take_batch(&mut self, config: &DeliveryConfig) -> Option<Bytes> {
+    /// Numbers the next events and frames them as a batch (`None` if none went in)
+    /// within `config`'s bounds and, framing included, the server's request limit.
+    fn take_batch(&mut self, config: &DeliveryConfig, limits: &EventLimits) -> Option<Bytes> {
+        let largest = limits.largest_event();
         let mut taken: Vec<(Option<u64>, Queued)> = Vec::new();
         let (mut span, mut nbytes, mut skipped, mut skipped_bytes) = (0u64, 0usize, 0u64, 0usize);
         while taken.len() < config.max_batch_events {
@@ -259,27 +265,23 @@ impl State {
                 break;
             };
             let size = next.data.len();
-            if !taken.is_empty() && nbytes + size > config.max_batch_bytes {
+            let framed = nbytes + (taken.len() + 1) * ENVELOPE_FRAMING_MAX + size;
+            if !taken.is_empty() && (nbytes + size > config.max_batch_bytes || framed > largest) {
                 break;
             }
             let queued = self.queue.pop_front().expect("front exists");
             span += 1;
-            let mut sequence = None;
-            if let Some(loop_id) = &queued.loop_id {
-                if queued.kind == Kind::Update && !self.stores_streaming {
-                    skipped += 1;
-                    skipped_bytes += size;
-                    continue;
-                }
-                let next = self.next_sequence.get(loop_id).copied().unwrap_or(0);
-                if queued.kind == Kind::End {
-                    // Nothing may follow AgentEnd: the counter need not outlive the loop.
-                    self.next_sequence.remove(loop_id);
-                } else {
-                    self.next_sequence.insert(loop_id.clone(), next + 1);
-                }
-                sequence = Some(next);
+            if size > largest {
+                self.queued_bytes -= size;
+                self.refuse_unsendable(&queued.data, limits.max_request_bytes);
+                continue;
             }
+            if queued.kind == Kind::Update && !self.stores_streaming {
+                skipped += 1;
+                skipped_bytes += size;
+                continue;
+            }
+            let sequence = self.number(&queued);
             nbytes += size;
             taken.push((sequence, queued));
         }
@@ -309,6 +311,42 @@ impl State {
             },
         );
         Some(request)
+    }
+
+    /// The next sequence of the event's loop (none for the session-level events).
+    fn number(&mut self, queued: &Queued) -> Option<u64> {
+        let loop_id = queued.loop_id.as_ref()?;
+        let next = self.next_sequence.get(loop_id).copied().unwrap_or(0);
+        if queued.kind == Kind::End {
+            // Nothing may follow AgentEnd: the counter need not outlive the loop.
+            self.next_sequence.remove(loop_id);
+        } else {
+            self.next_sequence.insert(loop_id.clone(), next + 1);
+        }
+        Some(next)
+    }
+
+    /// An event larger than the server takes (its limit came after the event was
+    /// emitted, checked by the defaults): refused here, never sent or numbered,
+    /// and reported by the next flush as the Python client reports it.
+    fn refuse_unsendable(&mut self, data: &[u8], limit: usize) {
+        let message = format!(
+            "{} bytes, larger than the sidecar's request limit of {limit} bytes",
+            data.len()
+        );
+        self.refusals.push(RefusedEvent {
+            error: RpcError {
+                code: Code::ResourceExhausted,
+                message,
+                reason: "TOO_LARGE".into(),
+                metadata: HashMap::new(),
+            },
+            holds_slot: false,
+            sequence: None,
+            event: AgentEvent::decode(data).ok(),
+        });
+        self.refused += 1;
+        self.resolve(1, data.len());
     }
 
     /// Applies an acknowledgement; false for an answer to a batch already answered.
@@ -359,6 +397,52 @@ struct Shared {
     /// Wakes flushes and blocked emits: events were resolved.
     progress: Notify,
     config: DeliveryConfig,
+    limits: AnnouncedLimits,
+}
+
+/// The limits emit checks events by: the server's defaults until a `RecordReady`
+/// announces others. Read without the state's lock, so emit never waits on the
+/// delivery task for them.
+struct AnnouncedLimits {
+    max_id_length: AtomicUsize,
+    max_value_depth: AtomicUsize,
+    max_request_bytes: AtomicUsize,
+}
+
+impl AnnouncedLimits {
+    fn new() -> Self {
+        let defaults = EventLimits::default();
+        AnnouncedLimits {
+            max_id_length: AtomicUsize::new(defaults.max_id_length),
+            max_value_depth: AtomicUsize::new(defaults.max_value_depth),
+            max_request_bytes: AtomicUsize::new(defaults.max_request_bytes),
+        }
+    }
+
+    fn get(&self) -> EventLimits {
+        EventLimits {
+            max_id_length: self.max_id_length.load(Ordering::Relaxed),
+            max_value_depth: self.max_value_depth.load(Ordering::Relaxed),
+            max_request_bytes: self.max_request_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Takes the limits a server announced; one it leaves at 0 keeps the default.
+    fn announce(&self, ready: &RecordReady) {
+        let defaults = EventLimits::default();
+        let or_default = |value: u64, default: usize| match usize::try_from(value) {
+            Ok(0) => default,
+            Ok(value) => value,
+            Err(_) => usize::MAX,
+        };
+        let id_length = or_default(ready.max_id_length.into(), defaults.max_id_length);
+        let value_depth = or_default(ready.max_value_depth.into(), defaults.max_value_depth);
+        let request_bytes = or_default(ready.max_request_bytes, defaults.max_request_bytes);
+        self.max_id_length.store(id_length, Ordering::Relaxed);
+        self.max_value_depth.store(value_depth, Ordering::Relaxed);
+        self.max_request_bytes
+            .store(request_bytes, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -368,6 +452,13 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What a server's `RecordReady` says: whether it stores streaming deltas, and
+    /// the limits emit checks events by from now on.
+    fn on_ready(&self, ready: &RecordReady) {
+        self.limits.announce(ready);
+        self.lock().stores_streaming = ready.include_streaming_events;
     }
 
     /// Waits on `notify` until `ready` holds for the state.
@@ -431,6 +522,7 @@ impl EventSender {
             wake: Notify::new(),
             progress: Notify::new(),
             config,
+            limits: AnnouncedLimits::new(),
         });
         let run = tokio::spawn(run(shared.clone(), client, writer_id.clone()));
         let run_abort = run.abort_handle();
@@ -466,10 +558,13 @@ impl EventSender {
     ///
     /// The event is encoded here, so the caller keeps it. Events are numbered per
     /// loop in the order of these calls (AgentStart is 0 of its loop). Fails with
-    /// [`EmitError::QueueFull`] when the pending bounds are reached: nothing is
-    /// dropped silently.
+    /// [`EmitError::Invalid`] naming the field when the server would refuse the
+    /// event (see [`crate::checks`]; by the limits of the server's `RecordReady`
+    /// once a stream has had one, its defaults before), and with
+    /// [`EmitError::QueueFull`] when the pending bounds are reached: nothing of a
+    /// refused event is queued, nothing is dropped silently.
     pub fn emit(&self, event: &AgentEvent) -> Result<(), EmitError> {
-        let queued = encode(event)?;
+        let queued = encode(event, &self.shared.limits.get())?;
         let mut state = self.shared.lock();
         self.admit(&mut state, queued).map_err(|(error, _)| error)
     }
@@ -477,7 +572,7 @@ impl EventSender {
     /// Like [`emit`](Self::emit), but when the sender is full waits up to `timeout`
     /// for room before failing with [`EmitError::QueueFull`].
     pub async fn emit_wait(&self, event: &AgentEvent, timeout: Duration) -> Result<(), EmitError> {
-        let mut queued = encode(event)?;
+        let mut queued = encode(event, &self.shared.limits.get())?;
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.shared.progress.notified();
@@ -567,6 +662,12 @@ impl EventSender {
         flushed
     }
 
+    /// The limits `emit` checks events by: the server's defaults until a Record
+    /// stream's `RecordReady` announced the server's own.
+    pub fn limits(&self) -> EventLimits {
+        self.shared.limits.get()
+    }
+
     /// Counts of what happened to the events emitted so far.
     pub fn stats(&self) -> SenderStats {
         let state = self.shared.lock();
@@ -589,15 +690,17 @@ impl EventSender {
     }
 }
 
-fn encode(event: &AgentEvent) -> Result<Queued, EmitError> {
+fn encode(event: &AgentEvent, limits: &EventLimits) -> Result<Queued, EmitError> {
     let kind = match &event.event {
         None => return Err(EmitError::NoEvent),
         Some(agent_event::Event::MessageUpdate(_)) => Kind::Update,
         Some(agent_event::Event::AgentEnd(_)) => Kind::End,
         Some(_) => Kind::Other,
     };
+    let data = event.encode_to_vec();
+    check_event(event, data.len(), limits).map_err(EmitError::Invalid)?;
     Ok(Queued {
-        data: event.encode_to_vec(),
+        data,
         loop_id: crate::event_loop_id(event).map(str::to_string),
         kind,
     })
@@ -686,7 +789,7 @@ async fn stream_once(
     match stream.message().await {
         Ok(Some(RecordResponse {
             ready: Some(ready), ..
-        })) => shared.lock().stores_streaming = ready.include_streaming_events,
+        })) => shared.on_ready(&ready),
         Ok(Some(_)) => {
             let error = "the server answered hello without RecordReady";
             return (false, RpcError::local(Code::Internal, error));
@@ -713,7 +816,7 @@ async fn read_acks(shared: &Shared, stream: &mut Streaming<RecordResponse>) -> (
             Err(status) => return (progress, status.into()),
         };
         if let Some(ready) = &response.ready {
-            shared.lock().stores_streaming = ready.include_streaming_events;
+            shared.on_ready(ready);
             continue;
         }
         if let Some(rejection) = &response.rejection {
@@ -752,7 +855,8 @@ async fn write(shared: Arc<Shared>, tx: mpsc::Sender<Bytes>) {
     }
     loop {
         batch_formed(&shared).await;
-        let request = shared.lock().take_batch(&shared.config);
+        let limits = shared.limits.get();
+        let request = shared.lock().take_batch(&shared.config, &limits);
         shared.progress.notify_waiters(); // skipped updates may satisfy a flush
         if let Some(request) = request {
             if tx.send(request).await.is_err() {

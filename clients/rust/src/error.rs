@@ -12,6 +12,7 @@ use prost::Message;
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use crate::checks::InvalidEvent;
 use crate::proto::{AgentEvent, BatchRejection, EventEnvelope, RecordRequest};
 
 /// A refused or failed RPC, with the server's `ErrorInfo` reason when it sent one.
@@ -88,6 +89,9 @@ pub enum EmitError {
     },
     /// The event has no variant set (an empty `AgentEvent`).
     NoEvent,
+    /// The server would refuse the event (an id, its free-form JSON or its size, by
+    /// the limits the server announced): nothing of it was numbered or queued.
+    Invalid(InvalidEvent),
     /// The sender was closed, or its delivery task stopped (the text says which).
     Closed(String),
 }
@@ -106,6 +110,7 @@ impl fmt::Display for EmitError {
                  (limits {max_events} / {max_bytes})"
             ),
             EmitError::NoEvent => write!(f, "AgentEvent has no event set"),
+            EmitError::Invalid(invalid) => write!(f, "{invalid}"),
             EmitError::Closed(why) => write!(f, "{why}"),
         }
     }

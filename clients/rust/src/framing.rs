@@ -20,6 +20,10 @@ const VARINT_1: u8 = 0x08;
 /// Field 2, length-delimited: `RecordRequest.batch`, `EventBatch.events`, `EventEnvelope.event`.
 const BYTES_2: u8 = 0x12;
 
+/// The most bytes a batch request adds around one event of under 4 GiB: the
+/// envelope's tag and length, its sequence field, the event's tag and length.
+pub(crate) const ENVELOPE_FRAMING_MAX: usize = 1 + 5 + 1 + 10 + 1 + 5;
+
 /// The bytes of one envelope around an encoded event; `None` leaves the sequence
 /// unset (the session-level Parallel* events), `Some(0)` sets it.
 fn envelope_len(sequence: Option<u64>, event_len: usize) -> usize {

@@ -21,7 +21,8 @@
 //! # }
 //! ```
 //!
-//! * [`EventSender`]: synchronous `emit`, batching, acknowledgement after commit,
+//! * [`EventSender`]: synchronous `emit` that refuses an event the server would
+//!   refuse ([`checks`], naming the field), batching, acknowledgement after commit,
 //!   re-sending after reconnects, bounded memory, `flush` as proof of delivery.
 //! * [`RecorderClient`]: target discovery (`$AGENT_RECORDER_TARGET`, the default
 //!   socket), bearer token and TLS from the same variables as the Python client,
@@ -31,6 +32,7 @@
 
 #![warn(missing_docs)]
 
+pub mod checks;
 pub mod client;
 pub mod delivery;
 pub mod error;
@@ -48,6 +50,7 @@ pub mod proto {
     tonic::include_proto!("agent_recorder.v1");
 }
 
+pub use checks::{EventLimits, InvalidEvent};
 pub use client::{ConnectOptions, RawClient, RecorderClient};
 pub use delivery::{DeliveryConfig, EventSender, SenderStats};
 pub use error::{ConnectError, DeliveryError, EmitError, RefusedEvent, RejectedBatch, RpcError};

@@ -4,9 +4,10 @@ mod support;
 
 use std::time::Duration;
 
-use agent_recorder_client::proto::agent_event::Event;
+use agent_recorder_client::proto::{agent_event::Event, AgentEvent};
 use agent_recorder_client::{
-    ConnectOptions, DeliveryConfig, EmitError, RecorderClient, SenderStats,
+    ConnectOptions, DeliveryConfig, EmitError, EventLimits, InvalidEvent, RecorderClient,
+    SenderStats,
 };
 use support::*;
 use tonic::Code;
@@ -126,15 +127,14 @@ async fn refused_events_are_reported_as_the_server_reports_them() {
     let client = sidecar.client();
     let sender = client.sender(DeliveryConfig::default()).unwrap();
     let loop_id = "s-ref.default.0";
-    let mut bad_args = tool_start(loop_id);
-    if let Some(Event::ToolExecutionStart(start)) = &mut bad_args.event {
-        start.args = Some(prost_types::Value {
-            kind: Some(prost_types::value::Kind::NumberValue(f64::NAN)),
-        });
+    // A rule the client leaves to the server (emit checks ids, JSON and size only).
+    let mut untimed = turn_start(loop_id, 0, 1);
+    if let Some(Event::TurnStart(start)) = &mut untimed.event {
+        start.timestamp = None;
     }
     let events = [
         agent_start("s-ref", loop_id, 0),
-        bad_args.clone(),
+        untimed.clone(),
         turn_start(loop_id, 0, 1),
         // A turn of a loop that was never started.
         turn_start("s-ref.default.9", 0, 1),
@@ -145,18 +145,23 @@ async fn refused_events_are_reported_as_the_server_reports_them() {
     let error = sender.flush(None).await.unwrap_err();
     assert_eq!((error.unacknowledged, error.failed), (0, 0));
     assert!(error.rejections.is_empty(), "{error}");
-    let [nan, not_open] = error.refusals.as_slice() else {
+    let [invalid, not_open] = error.refusals.as_slice() else {
         panic!("two refusals expected: {error}");
     };
-    assert_eq!(nan.error.code, Code::InvalidArgument, "{error}");
-    assert_eq!(nan.error.reason, "INVALID_FIELD", "{error}");
-    assert!(nan.holds_slot, "{error}");
-    assert_eq!((nan.sequence, nan.loop_id()), (Some(1), Some(loop_id)));
-    // (NaN != NaN: compared as the bytes sent.)
-    let refused_bytes = nan.event.as_ref().map(prost::Message::encode_to_vec);
+    assert_eq!(invalid.error.code, Code::InvalidArgument, "{error}");
+    assert_eq!(invalid.error.reason, "INVALID_FIELD", "{error}");
+    assert!(invalid.holds_slot, "{error}");
     assert_eq!(
-        refused_bytes,
-        Some(prost::Message::encode_to_vec(&bad_args))
+        (invalid.sequence, invalid.loop_id()),
+        (Some(1), Some(loop_id))
+    );
+    assert_eq!(invalid.event.as_ref(), Some(&untimed));
+    assert!(
+        invalid
+            .error
+            .message
+            .ends_with("event.turn_start.timestamp: must be set"),
+        "{error}"
     );
     assert_eq!(not_open.error.code, Code::FailedPrecondition, "{error}");
     assert_eq!(not_open.error.reason, "LOOP_NOT_OPEN", "{error}");
@@ -181,6 +186,191 @@ async fn refused_events_are_reported_as_the_server_reports_them() {
     assert_eq!(stored[2].event.as_ref(), Some(&events[2]));
     // Reported once: the next flush has nothing to say.
     sender.flush(None).await.unwrap();
+}
+
+/// A ToolExecutionStart whose args are `levels` nested objects around `leaf`.
+fn tool_start_with(loop_id: &str, levels: usize, leaf: f64) -> AgentEvent {
+    use prost_types::{value::Kind, Struct, Value};
+    let mut args = Value {
+        kind: Some(Kind::NumberValue(leaf)),
+    };
+    for _ in 0..levels {
+        let fields = [("next".to_string(), args)].into();
+        args = Value {
+            kind: Some(Kind::StructValue(Struct { fields })),
+        };
+    }
+    let mut start = tool_start(loop_id);
+    if let Some(Event::ToolExecutionStart(e)) = &mut start.event {
+        e.args = Some(args);
+    }
+    start
+}
+
+fn invalid(result: Result<(), EmitError>) -> InvalidEvent {
+    match result {
+        Err(EmitError::Invalid(invalid)) => invalid,
+        other => panic!("expected EmitError::Invalid, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_bad_event_is_refused_at_emit_and_the_good_ones_around_it_are_stored() {
+    let Some(sidecar) = Sidecar::start(&[]) else {
+        return;
+    };
+    let client = sidecar.client();
+    let sender = client.sender(DeliveryConfig::default()).unwrap();
+    let loop_id = "s-bad.default.0";
+    let good = loop_events("s-bad", loop_id, 2, 1);
+    let (head, tail) = good.split_at(3);
+    for event in head {
+        sender.emit(event).unwrap();
+    }
+    let nan = invalid(sender.emit(&tool_start_with(loop_id, 2, f64::NAN)));
+    assert_eq!(nan.field, "event.tool_execution_start.args");
+    assert_eq!(
+        EmitError::Invalid(nan).to_string(),
+        "event.tool_execution_start.args: contains nan, which JSON cannot carry"
+    );
+    let unnamed = invalid(sender.emit(&turn_start("", 1, 5)));
+    assert_eq!(
+        unnamed.to_string(),
+        "event.turn_start.loop_id: must not be empty"
+    );
+    let patience = Duration::from_secs(5);
+    let mut control = agent_start("s-bad", "s-bad.default.1", 0);
+    if let Some(Event::AgentStart(e)) = &mut control.event {
+        e.session_id = "s-bad\u{85}".into();
+    }
+    let waited = invalid(sender.emit_wait(&control, patience).await);
+    assert_eq!(
+        waited.to_string(),
+        "event.agent_start.session_id: must not contain control characters or lone \
+         surrogates (U+0085 at index 5)"
+    );
+    for event in tail {
+        sender.emit_wait(event, patience).await.unwrap();
+    }
+    sender.flush(None).await.unwrap();
+    let total = good.len() as u64;
+    let stats = sender.stats();
+    assert_eq!(
+        (
+            stats.emitted,
+            stats.acknowledged,
+            stats.refused,
+            stats.pending
+        ),
+        (total, total, 0, 0)
+    );
+    // Nothing of the refused events was numbered: the loop is the good events, gapless.
+    assert_eq!(stored_events(&client, loop_id).await, good);
+    assert!(client.get_loop("s-bad.default.1").await.is_err());
+}
+
+#[tokio::test]
+async fn a_server_with_smaller_limits_is_obeyed_once_its_record_ready_came() {
+    let args = [
+        "--max-value-depth",
+        "4",
+        "--max-id-length",
+        "16",
+        "--max-request-bytes",
+        "65536",
+    ];
+    let Some(sidecar) = Sidecar::start(&args) else {
+        return;
+    };
+    let client = sidecar.client();
+    let config = DeliveryConfig {
+        writer_id: Some("writer-lim".into()), // a random one is longer than 16
+        ..Default::default()
+    };
+    let sender = client.sender(config).unwrap();
+    assert_eq!(sender.limits(), EventLimits::default());
+    let loop_id = "s-lim.c.0";
+    let mut sent = vec![agent_start("s-lim", loop_id, 0)];
+    // Still the defaults at emit: an event larger than the server takes is refused
+    // by the sender once it knows (never sent), one too deep by the server.
+    let huge = progress(loop_id, &"x".repeat(70_000));
+    let early = tool_start_with(loop_id, 5, 1.0);
+    for event in [&sent[0], &huge, &early] {
+        sender.emit(event).unwrap();
+    }
+    let error = sender.flush(None).await.unwrap_err();
+    let [unsent, deep] = error.refusals.as_slice() else {
+        panic!("two refusals expected: {error}");
+    };
+    assert_eq!(
+        (unsent.error.code, unsent.error.reason.as_str()),
+        (Code::ResourceExhausted, "TOO_LARGE")
+    );
+    assert!(
+        unsent
+            .error
+            .message
+            .ends_with("bytes, larger than the sidecar's request limit of 65536 bytes"),
+        "{error}"
+    );
+    assert_eq!(
+        (unsent.sequence, unsent.event.as_ref()),
+        (None, Some(&huge))
+    );
+    let field = deep
+        .error
+        .metadata
+        .get("field")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        field.ends_with("].event.tool_execution_start.args"),
+        "{error}"
+    );
+    assert_eq!(deep.sequence, Some(1));
+    assert_eq!(
+        sender.limits(),
+        EventLimits {
+            max_id_length: 16,
+            max_value_depth: 4,
+            max_request_bytes: 65536,
+        }
+    );
+    // Now the announced limits apply at emit.
+    assert_eq!(
+        invalid(sender.emit(&early)).to_string(),
+        "event.tool_execution_start.args: must not nest deeper than 4 levels"
+    );
+    assert_eq!(
+        invalid(sender.emit(&turn_start("s-lim.c.0.too-long", 0, 1))).to_string(),
+        "event.turn_start.loop_id: must be at most 16 characters, not 18"
+    );
+    let large = invalid(sender.emit(&progress(loop_id, &"x".repeat(70_000))));
+    assert_eq!(large.field, "event.progress_message");
+    assert!(
+        large.message.ends_with(
+            "bytes, larger than the sidecar's request limit of 65536 bytes (loop s-lim.c.0)"
+        ),
+        "{large}"
+    );
+    // Events that fit go in batches that fit the request limit too.
+    let before = sender.stats().batches;
+    sent.push(tool_start_with(loop_id, 4, 1.0));
+    sent.extend((0..20).map(|n| progress(loop_id, &format!("{n:>10000}"))));
+    for event in &sent[1..] {
+        sender.emit(event).unwrap();
+    }
+    sender.flush(None).await.unwrap();
+    let stats = sender.stats();
+    assert!(stats.batches - before >= 4, "{stats:?}");
+    assert_eq!((stats.refused, stats.pending), (2, 0));
+    let stored = client.get_loop(loop_id).await.unwrap().events;
+    assert_eq!(stored.len(), sent.len() + 1);
+    assert!(stored[1].refused.is_some());
+    let mut kept: Vec<AgentEvent> = stored.into_iter().filter_map(|e| e.event).collect();
+    assert_eq!(kept.len(), sent.len());
+    assert_eq!(kept.remove(0), sent[0]);
+    assert_eq!(kept, sent[1..]);
 }
 
 #[tokio::test]
