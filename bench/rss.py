@@ -61,8 +61,11 @@ class RssSampler:
 @dataclass
 class LongRun:
     ingest: Throughput
-    peak_rss_mb: float
+    peak_rss_mb: float  # while the events went in (the target's figure)
     list_sessions_ms: float
+    # After the ListSessions pages read after them: resident, and of it the pages of
+    # the database file that the readers' memory map holds (the kernel's to reclaim).
+    after_reads_mb: tuple[float, float]
     rss_timeline: list[tuple[float, float]] = field(default_factory=list)
 
 
@@ -86,4 +89,5 @@ def long_run(
         done = ingest.throughput(server, clients, stream, timeout)
         peak = status_mb(server.pid, "VmHWM")
         list_ms = reads.first_page_ms(server.target, list_repeats)
-    return LongRun(done, peak, list_ms, sampler.samples)
+        after_reads = (status_mb(server.pid, "VmRSS"), status_mb(server.pid, "RssFile"))
+    return LongRun(done, peak, list_ms, after_reads, sampler.samples)

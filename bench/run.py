@@ -282,13 +282,16 @@ class Bench:
             s.list_repeats,
         )
         self.results.update(peak_rss_mb=done.peak_rss_mb, list_sessions_ms=done.list_sessions_ms)
+        rss_mb, file_mb = done.after_reads_mb
         timeline = ", ".join(
             f"{mb:.0f}" for _, mb in done.rss_timeline[:: max(1, len(done.rss_timeline) // 12)]
         )
         self.notes.append(
             f"long run: {done.ingest.events:,} events in {s.list_sessions:,} sessions from "
             f"{s.clients} clients at {done.ingest.eps:,.0f} events/s; server VmRSS MB over "
-            f"time: {timeline}; ListSessions: first page, median of {s.list_repeats}"
+            f"time: {timeline}; ListSessions: first page, median of {s.list_repeats}; after "
+            f"those reads VmRSS {rss_mb:.0f} MB, of it {file_mb:.0f} MB the database's pages "
+            "mapped by the readers"
         )
 
     def json_baseline(self) -> None:

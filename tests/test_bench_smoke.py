@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sqlite3
 import subprocess
 import sys
@@ -57,6 +58,13 @@ def test_smoke_run_ends_with_one_json_line_of_the_issue_keys() -> None:
         assert math.isfinite(value) and value >= 0, key
     assert result["raw_storage_ceiling_eps"] > 0
     assert result["share_of_raw_storage_ceiling"] > 0
+    # Memory after the long run's reads, split into the readers' mapped database pages.
+    notes = " ".join(done.stdout.split())  # the report wraps its lines
+    after_reads = re.search(
+        r"after those reads VmRSS (\d+) MB, of it (\d+) MB the database's pages", notes
+    )
+    assert after_reads is not None, done.stdout[-4000:]
+    assert 0 <= int(after_reads[2]) <= int(after_reads[1])
 
 
 def test_raw_storage_ceiling_appends_each_event_s_bytes_once_in_a_plain_wal_table(
