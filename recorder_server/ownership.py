@@ -275,12 +275,17 @@ def _remove_if_stale(path: Path) -> None:
 def _remove_dead_binds(directory: Path) -> None:
     """Remove the bind names (`.ar-PID.sock`) of servers killed between bind and publish.
 
-    Only a name whose process no longer exists: a live server, any user's, may be
-    about to publish its own.
+    Only this user's sockets, and only when their process no longer exists: a live
+    server may be about to publish its own.
     """
     for leftover in directory.glob(".ar-*.sock"):
         pid = leftover.name.removeprefix(".ar-").removesuffix(".sock")
-        if pid.isdigit() and not _process_exists(int(pid)):
+        try:
+            info = os.lstat(leftover)
+        except FileNotFoundError:
+            continue
+        mine = stat.S_ISSOCK(info.st_mode) and info.st_uid == os.getuid()
+        if mine and pid.isdigit() and not _process_exists(int(pid)):
             log.info("removing %s, left by pid %s, which has exited", leftover, pid)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)

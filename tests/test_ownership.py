@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -122,7 +123,10 @@ def test_bind_names_left_by_killed_servers_are_removed_and_live_ones_kept(
         check=True,
         timeout=30,
     )
-    dead = short_tmp / f".ar-{int(exited.stdout)}.sock"
+    dead_pid = int(exited.stdout)
+    dead = short_tmp / f".ar-{dead_pid}.sock"
+    not_a_socket = short_tmp / f".ar-{dead_pid + 1_000_000}.sock"
+    not_a_socket.write_text("someone's notes")
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         live = short_tmp / f".ar-{alive.pid}.sock"
@@ -131,11 +135,26 @@ def test_bind_names_left_by_killed_servers_are_removed_and_live_ones_kept(
                 bound.bind(str(leftover))
         path = short_tmp / "r.sock"
         with serving("--db", str(short_tmp / "a.db"), "--listen", f"unix://{path}") as served:
-            assert (dead.exists(), live.exists(), path.is_socket()) == (False, True, True)
-        assert f"removing {dead}, left by pid {int(exited.stdout)}, which has exited" in served.err
+            kept = (dead.exists(), live.exists(), not_a_socket.exists(), path.is_socket())
+            assert kept == (False, True, True, True)
+        assert f"removing {dead}, left by pid {dead_pid}, which has exited" in served.err
     finally:
         alive.kill()
         alive.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_another_user_s_bind_name_is_left_alone(short_tmp: Path) -> None:
+    """Beside a socket in a shared directory, another user's leftover is not ours to remove
+    (and removing it would fail in a sticky directory such as /tmp)."""
+    theirs = short_tmp / ".ar-999999999.sock"  # no such pid
+    with socket.socket(socket.AF_UNIX) as bound:
+        bound.bind(str(theirs))
+    nobody = pwd.getpwnam("nobody")
+    os.chown(theirs, nobody.pw_uid, nobody.pw_gid)
+    path = short_tmp / "r.sock"
+    with serving("--db", str(short_tmp / "a.db"), "--listen", f"unix://{path}"):
+        assert (theirs.is_socket(), path.is_socket()) == (True, True)
 
 
 def test_a_file_that_is_not_a_socket_is_refused(short_tmp: Path) -> None:
