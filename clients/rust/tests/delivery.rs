@@ -595,7 +595,7 @@ async fn after_wait_ready_the_first_emit_is_checked_by_the_announced_limits() {
 }
 
 #[tokio::test]
-async fn wait_ready_on_an_address_nobody_serves_names_the_cause_and_so_does_a_closed_sender() {
+async fn wait_ready_where_nobody_serves_names_the_cause_and_so_does_a_closed_sender() {
     let dir = tempfile::tempdir().unwrap();
     let target = format!("unix://{}/nobody.sock", dir.path().display());
     let client = RecorderClient::connect(ConnectOptions {
@@ -618,6 +618,30 @@ async fn wait_ready_on_an_address_nobody_serves_names_the_cause_and_so_does_a_cl
         format!("sidecar at {target} unreachable: no socket at that path (no Record stream within 0.5 s)")
     );
     assert_eq!(sender.limits(), EventLimits::default());
+
+    // A socket file nobody listens on any more: the connection is refused.
+    let path = dir.path().join("closed.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let refusing = format!("unix://{}", path.display());
+    let other = RecorderClient::connect(ConnectOptions {
+        target: Some(refusing.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let refused = bounded(
+        other
+            .sender(DeliveryConfig::default())
+            .unwrap()
+            .wait_ready(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "sidecar at {refusing} unreachable: connection refused (no Record stream within 0.5 s)"
+        )
+    );
 
     sender.close(Some(Duration::from_secs(5))).await.unwrap();
     let closed = bounded(sender.wait_ready(Duration::from_secs(600)))
