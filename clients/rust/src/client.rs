@@ -75,6 +75,7 @@ pub type RawClient = RecorderServiceClient<InterceptedService<Channel, Auth>>;
 /// an [`EventSender`] keeps reconnecting) until it is.
 #[derive(Debug, Clone)]
 pub struct RecorderClient {
+    target: std::sync::Arc<str>,
     channel: Channel,
     auth: Auth,
     timeout: Duration,
@@ -125,10 +126,16 @@ impl RecorderClient {
             })
             .transpose()?;
         Ok(RecorderClient {
+            target: address.into(),
             channel: endpoint.connect_lazy(),
             auth: Auth { header },
             timeout: options.timeout.unwrap_or(Duration::from_secs(30)),
         })
+    }
+
+    /// The sidecar's address, as given (or the default the environment chose).
+    pub fn target(&self) -> &str {
+        &self.target
     }
 
     /// The generated stub over this client's channel, carrying its token.

@@ -37,7 +37,9 @@ use tonic::{Code, Request, Streaming};
 
 use crate::checks::{check_event, EventLimits};
 use crate::client::RecorderClient;
-use crate::error::{DeliveryError, EmitError, RefusedEvent, RejectedBatch, RpcError};
+use crate::error::{
+    DeliveryError, EmitError, RefusedEvent, RejectedBatch, RpcError, SidecarUnreachable,
+};
 use crate::framing::{batch_request, hello_request, RawRecordCodec, ENVELOPE_FRAMING_MAX};
 use crate::proto::{agent_event, AgentEvent, RecordReady, RecordResponse};
 
@@ -195,11 +197,33 @@ struct State {
     flush_wanted: u64,
     stores_streaming: bool,
     refusal: Option<String>,
+    /// A `wait_ready` asked for a stream even with nothing to deliver (until the
+    /// sender next gives up).
+    want_stream: bool,
+    /// The current stream has had its `RecordReady`.
+    ready: bool,
+    /// Why the last stream ended or could not be opened.
+    stream_error: Option<RpcError>,
+    /// How often the delivery task gave up (reconnect deadline, permanent refusal).
+    give_ups: u64,
 }
 
 impl State {
     fn has_pending(&self) -> bool {
         !self.queue.is_empty() || !self.inflight.is_empty()
+    }
+
+    fn wants_stream(&self) -> bool {
+        self.want_stream || self.has_pending()
+    }
+
+    /// The delivery task gave up: pending events fail with `cause`, and a stream is
+    /// no longer wanted for its own sake.
+    fn give_up(&mut self, cause: RpcError) {
+        self.stream_error = Some(cause.clone());
+        self.want_stream = false;
+        self.give_ups += 1;
+        self.fail_pending(cause);
     }
 
     fn fits(&self, nbytes: usize, config: &DeliveryConfig) -> bool {
@@ -458,7 +482,11 @@ impl Shared {
     /// the limits emit checks events by from now on.
     fn on_ready(&self, ready: &RecordReady) {
         self.limits.announce(ready);
-        self.lock().stores_streaming = ready.include_streaming_events;
+        let mut state = self.lock();
+        state.stores_streaming = ready.include_streaming_events;
+        state.ready = true;
+        drop(state);
+        self.progress.notify_waiters(); // a wait_ready may be waiting
     }
 
     /// Waits on `notify` until `ready` holds for the state.
@@ -497,6 +525,7 @@ impl Drop for Tasks {
 #[derive(Clone)]
 pub struct EventSender {
     shared: Arc<Shared>,
+    target: Arc<str>,
     writer_id: Arc<str>,
     _tasks: Arc<Tasks>,
 }
@@ -524,7 +553,7 @@ impl EventSender {
             config,
             limits: AnnouncedLimits::new(),
         });
-        let run = tokio::spawn(run(shared.clone(), client, writer_id.clone()));
+        let run = tokio::spawn(run(shared.clone(), client.clone(), writer_id.clone()));
         let run_abort = run.abort_handle();
         let watched = shared.clone();
         // A crashed delivery task must not leave flush waiting for its deadline.
@@ -535,12 +564,13 @@ impl EventSender {
             }
             let mut state = watched.lock();
             state.refusal = Some(format!("event sender stopped: {error}"));
-            state.fail_pending(RpcError::local(Code::Internal, error.to_string()));
+            state.give_up(RpcError::local(Code::Internal, error.to_string()));
             drop(state);
             watched.progress.notify_waiters();
         });
         EventSender {
             shared,
+            target: client.target().into(),
             writer_id,
             _tasks: Arc::new(Tasks {
                 run: run_abort,
@@ -657,9 +687,47 @@ impl EventSender {
             .lock()
             .refusal
             .get_or_insert_with(|| "event sender is closed".into());
+        self.shared.progress.notify_waiters(); // a wait_ready fails at once
         let flushed = self.flush(timeout).await;
         self._tasks.run.abort();
         flushed
+    }
+
+    /// Connects now and returns once the current Record stream has had the server's
+    /// `RecordReady` (at once if it already has), so that the limits the server
+    /// announces ([`limits`](Self::limits)) apply to the next [`emit`](Self::emit).
+    ///
+    /// A stream is then kept up even with nothing to deliver. Fails with
+    /// [`SidecarUnreachable`] naming the last connection error when no stream is
+    /// up within `timeout`, and at once when the sender gives up (a refusal no
+    /// reconnect can change, such as a wrong token) or is closed.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), SidecarUnreachable> {
+        let deadline = Instant::now() + timeout;
+        let give_ups = {
+            let mut state = self.shared.lock();
+            if state.refusal.is_none() && state.ready {
+                return Ok(());
+            }
+            state.want_stream = true;
+            state.give_ups
+        };
+        self.shared.wake.notify_one();
+        let done =
+            |state: &State| state.refusal.is_some() || state.ready || state.give_ups > give_ups;
+        let waiting = self.shared.wait_until(&self.shared.progress, done);
+        let _ = tokio::time::timeout_at(deadline, waiting).await;
+        let state = self.shared.lock();
+        let waited = match &state.refusal {
+            None if state.ready => return Ok(()),
+            Some(refusal) => refusal.clone(),
+            None if state.give_ups > give_ups => "gave up".to_string(),
+            None => format!("no Record stream within {} s", timeout.as_secs_f64()),
+        };
+        Err(SidecarUnreachable {
+            target: self.target.to_string(),
+            cause: state.stream_error.clone(),
+            waited,
+        })
     }
 
     /// The limits `emit` checks events by: the server's defaults until a Record
@@ -726,18 +794,19 @@ fn random_u64() -> u64 {
 
 async fn run(shared: Arc<Shared>, client: RecorderClient, writer_id: Arc<str>) {
     loop {
-        shared.wait_until(&shared.wake, State::has_pending).await;
+        shared.wait_until(&shared.wake, State::wants_stream).await;
         if let Err(cause) = deliver(&shared, &client, &writer_id).await {
-            shared.lock().fail_pending(cause);
+            shared.lock().give_up(cause);
             shared.progress.notify_waiters();
         }
     }
 }
 
-/// Keeps a stream up while there is anything to deliver.
+/// Keeps a stream up while there is anything to deliver or a `wait_ready` asked for one.
 ///
-/// The reconnect deadline restarts whenever a stream got an acknowledgement, so
-/// only a sender that makes no progress for that long gives up.
+/// The reconnect deadline restarts whenever a stream got an acknowledgement (or,
+/// with nothing to deliver, its `RecordReady`), so only a sender that makes no
+/// progress for that long gives up.
 async fn deliver(
     shared: &Arc<Shared>,
     client: &RecorderClient,
@@ -746,9 +815,14 @@ async fn deliver(
     let config = &shared.config;
     let mut deadline = Instant::now() + config.reconnect_deadline;
     let mut backoff = config.initial_backoff;
-    while shared.lock().has_pending() {
+    while shared.lock().wants_stream() {
         let (progress, error) = stream_once(shared, client, writer_id).await;
-        if progress {
+        let idle_was_ready = {
+            let mut state = shared.lock();
+            state.stream_error = Some(error.clone());
+            std::mem::take(&mut state.ready) && !state.has_pending()
+        };
+        if progress || idle_was_ready {
             deadline = Instant::now() + config.reconnect_deadline;
             backoff = config.initial_backoff;
         }

@@ -331,6 +331,53 @@ impl fmt::Display for DeliveryError {
 
 impl std::error::Error for DeliveryError {}
 
+/// No Record stream came up for `EventSender::wait_ready`: the sidecar is not
+/// reachable, refused the stream, or the sender gave up or was closed.
+///
+/// Reads as the Python client's `SidecarUnreachable`, e.g. `sidecar at unix:///…
+/// unreachable: connection refused (no Record stream within 2 s)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarUnreachable {
+    /// The sidecar's address, as the client was given it.
+    pub target: String,
+    /// Why the last attempt at a stream failed (`Unavailable` when nothing answers,
+    /// `Unauthenticated` for a wrong token); `None` when no attempt had ended yet.
+    pub cause: Option<RpcError>,
+    /// Why waiting stopped: `no Record stream within 2 s`, `gave up` (a refusal no
+    /// reconnect can change), or that the sender is closed or stopped.
+    pub waited: String,
+}
+
+/// What gRPC's connection failures say, and how the cause reads.
+const UNREACHABLE: [(&str, &str); 6] = [
+    ("connection refused", "connection refused"),
+    ("no such file or directory", "no socket at that path"),
+    ("timed out", "connection timed out"),
+    ("deadline exceeded", "connection timed out"),
+    ("failed to connect", "cannot connect"),
+    ("dns error", "unknown host"),
+];
+
+impl fmt::Display for SidecarUnreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let target = &self.target;
+        match &self.cause {
+            Some(cause) if cause.code == Code::Unavailable => {
+                let text = cause.message.to_lowercase();
+                match UNREACHABLE.iter().find(|(needle, _)| text.contains(needle)) {
+                    Some((_, why)) => write!(f, "sidecar at {target} unreachable: {why}")?,
+                    None => write!(f, "sidecar at {target} unreachable: {cause}")?,
+                }
+            }
+            Some(cause) => write!(f, "sidecar at {target} refused the Record stream: {cause}")?,
+            None => write!(f, "sidecar at {target} unreachable")?,
+        }
+        write!(f, " ({})", self.waited)
+    }
+}
+
+impl std::error::Error for SidecarUnreachable {}
+
 /// Failure to set up a client (bad target, unreadable token or TLS files).
 #[derive(Debug)]
 pub enum ConnectError {

@@ -53,7 +53,10 @@ pub mod proto {
 pub use checks::{EventLimits, InvalidEvent};
 pub use client::{ConnectOptions, RawClient, RecorderClient};
 pub use delivery::{DeliveryConfig, EventSender, SenderStats};
-pub use error::{ConnectError, DeliveryError, EmitError, RefusedEvent, RejectedBatch, RpcError};
+pub use error::{
+    ConnectError, DeliveryError, EmitError, RefusedEvent, RejectedBatch, RpcError,
+    SidecarUnreachable,
+};
 
 use proto::agent_event::Event;
 

@@ -528,3 +528,156 @@ async fn the_token_is_sent_and_its_absence_is_a_permanent_failure() {
         Some(Code::Unauthenticated)
     );
 }
+
+/// Bounds a call the test expects to return on its own well before this.
+async fn bounded<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("returned within 60 s")
+}
+
+#[tokio::test]
+async fn after_wait_ready_the_first_emit_is_checked_by_the_announced_limits() {
+    let args = [
+        "--max-value-depth",
+        "4",
+        "--max-id-length",
+        "16",
+        "--max-request-bytes",
+        "65536",
+    ];
+    let Some(sidecar) = Sidecar::start(&args) else {
+        return;
+    };
+    let client = sidecar.client();
+    let config = DeliveryConfig {
+        writer_id: Some("writer-ready".into()), // a random one is longer than 16
+        ..Default::default()
+    };
+    let sender = client.sender(config).unwrap();
+    assert_eq!(sender.limits(), EventLimits::default());
+    bounded(sender.wait_ready(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let announced = EventLimits {
+        max_id_length: 16,
+        max_value_depth: 4,
+        max_request_bytes: 65536,
+    };
+    assert_eq!(sender.limits(), announced);
+    let loop_id = "s-rdy.c.0";
+    assert_eq!(
+        invalid(sender.emit(&tool_start_with(loop_id, 5, 1.0))).to_string(),
+        "event.tool_execution_start.args: must not nest deeper than 4 levels"
+    );
+    // Ready already: returns at once, and what fits is stored.
+    bounded(sender.wait_ready(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let sent = [
+        agent_start("s-rdy", loop_id, 0),
+        tool_start_with(loop_id, 4, 1.0),
+    ];
+    for event in &sent {
+        sender.emit(event).unwrap();
+    }
+    sender.flush(None).await.unwrap();
+    assert_eq!(stored_events(&client, loop_id).await, sent);
+    assert_eq!(
+        sender.stats(),
+        SenderStats {
+            emitted: 2,
+            acknowledged: 2,
+            batches: 1,
+            ..Default::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn wait_ready_where_nobody_serves_names_the_cause_and_so_does_a_closed_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("unix://{}/nobody.sock", dir.path().display());
+    let client = RecorderClient::connect(ConnectOptions {
+        target: Some(target.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let sender = client.sender(DeliveryConfig::default()).unwrap();
+    let error = bounded(sender.wait_ready(Duration::from_millis(500)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.target, target);
+    assert_eq!(
+        error.cause.as_ref().map(|cause| cause.code),
+        Some(Code::Unavailable),
+        "{error}"
+    );
+    assert_eq!(
+        error.to_string(),
+        format!("sidecar at {target} unreachable: no socket at that path (no Record stream within 0.5 s)")
+    );
+    assert_eq!(sender.limits(), EventLimits::default());
+
+    // A socket file nobody listens on any more: the connection is refused.
+    let path = dir.path().join("closed.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let refusing = format!("unix://{}", path.display());
+    let other = RecorderClient::connect(ConnectOptions {
+        target: Some(refusing.clone()),
+        ..Default::default()
+    })
+    .unwrap();
+    let refused = bounded(
+        other
+            .sender(DeliveryConfig::default())
+            .unwrap()
+            .wait_ready(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        format!(
+            "sidecar at {refusing} unreachable: connection refused (no Record stream within 0.5 s)"
+        )
+    );
+
+    sender.close(Some(Duration::from_secs(5))).await.unwrap();
+    let closed = bounded(sender.wait_ready(Duration::from_secs(600)))
+        .await
+        .unwrap_err();
+    assert_eq!(closed.waited, "event sender is closed", "{closed}");
+}
+
+#[tokio::test]
+async fn wait_ready_with_a_wrong_token_gives_up_at_once_naming_the_refusal() {
+    let token_dir = tempfile::tempdir().unwrap();
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let Some(sidecar) = Sidecar::start(&["--token-file", token_file.to_str().unwrap()]) else {
+        return;
+    };
+    let wrong = RecorderClient::connect(ConnectOptions {
+        target: Some(sidecar.target()),
+        token: Some("not-the-token".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let sender = wrong.sender(DeliveryConfig::default()).unwrap();
+    // Far longer than the test's bound: only giving up can end the wait in time.
+    let error = bounded(sender.wait_ready(Duration::from_secs(600)))
+        .await
+        .unwrap_err();
+    let cause = error.cause.clone().expect("a cause");
+    assert_eq!(cause.code, Code::Unauthenticated, "{error}");
+    assert_eq!(error.waited, "gave up", "{error}");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "sidecar at {} refused the Record stream: {cause} (gave up)",
+            sidecar.target()
+        )
+    );
+    assert_eq!(sender.stats(), SenderStats::default());
+}
