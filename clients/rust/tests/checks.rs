@@ -7,9 +7,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use agent_recorder_client::checks::{check_event, kind_name, EventLimits, InvalidEvent};
 use agent_recorder_client::proto::{self, agent_event::Event, content_block::Block};
 use agent_recorder_client::proto::{AgentEvent, AgentMessage, ContentBlock, ToolResult};
@@ -755,7 +752,6 @@ fn parity_cases() -> Vec<(AgentEvent, EventLimits)> {
 /// (the client's message or "ok", the field the server names or "ok"), or
 /// "undecodable" twice when Python's protobuf cannot even read the event alone.
 fn python_verdicts(cases: &[(AgentEvent, EventLimits)]) -> Option<Vec<(String, String)>> {
-    let python = support::sidecar_binary()?.with_file_name("python");
     let script = "import sys, json\n\
         from agent_recorder.v1 import events_pb2\n\
         from agent_recorder.v1.recorder_service_pb2 import EventEnvelope\n\
@@ -784,32 +780,20 @@ fn python_verdicts(cases: &[(AgentEvent, EventLimits)]) -> Option<Vec<(String, S
         \x20   except RecorderError as error:\n\
         \x20       server = error.metadata['field'].removeprefix('events[0].')\n\
         \x20   print(json.dumps([client, server]))\n";
-    let mut child = Command::new(python)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
     let mut input = String::new();
     for (event, limits) in cases {
-        let hex: String = event
-            .encode_to_vec()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         input += &format!(
-            "{} {} {} {hex}\n",
-            limits.max_id_length, limits.max_value_depth, limits.max_request_bytes
+            "{} {} {} {}\n",
+            limits.max_id_length,
+            limits.max_value_depth,
+            limits.max_request_bytes,
+            support::hex(&event.encode_to_vec())
         );
     }
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-    let output = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(output.status.success(), "the Python check failed");
-    let text = String::from_utf8(output.stdout).unwrap();
+    let output = support::python_lines(script, input)?;
     Some(
-        text.lines()
+        output
+            .iter()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect(),
     )

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use agent_recorder_client::proto::{agent_event::Event, AgentEvent};
 use agent_recorder_client::{
-    ConnectOptions, DeliveryConfig, EmitError, EventLimits, InvalidEvent, RecorderClient,
-    SenderStats,
+    ConnectOptions, DeliveryConfig, EmitError, EventLimits, EventSender, InvalidEvent,
+    RecorderClient, SenderStats,
 };
 use support::*;
 use tonic::Code;
@@ -269,26 +269,46 @@ async fn a_bad_event_is_refused_at_emit_and_the_good_ones_around_it_are_stored()
     assert!(client.get_loop("s-bad.default.1").await.is_err());
 }
 
-#[tokio::test]
-async fn a_server_with_smaller_limits_is_obeyed_once_its_record_ready_came() {
+/// What the sidecar of `with_small_limits` announces in its RecordReady.
+const SMALL_LIMITS: EventLimits = EventLimits {
+    max_id_length: 16,
+    max_value_depth: 4,
+    max_request_bytes: 65536,
+};
+
+/// A sidecar started with SMALL_LIMITS, its client, and a sender named `writer` (a
+/// random writer id is longer than 16 characters) that still holds the defaults.
+fn with_small_limits(writer: &str) -> Option<(Sidecar, RecorderClient, EventSender)> {
+    let limits = SMALL_LIMITS;
+    let (ids, depth, size) = (
+        limits.max_id_length.to_string(),
+        limits.max_value_depth.to_string(),
+        limits.max_request_bytes.to_string(),
+    );
     let args = [
-        "--max-value-depth",
-        "4",
         "--max-id-length",
-        "16",
+        ids.as_str(),
+        "--max-value-depth",
+        depth.as_str(),
         "--max-request-bytes",
-        "65536",
+        size.as_str(),
     ];
-    let Some(sidecar) = Sidecar::start(&args) else {
-        return;
-    };
+    let sidecar = Sidecar::start(&args)?;
     let client = sidecar.client();
     let config = DeliveryConfig {
-        writer_id: Some("writer-lim".into()), // a random one is longer than 16
+        writer_id: Some(writer.into()),
         ..Default::default()
     };
     let sender = client.sender(config).unwrap();
     assert_eq!(sender.limits(), EventLimits::default());
+    Some((sidecar, client, sender))
+}
+
+#[tokio::test]
+async fn a_server_with_smaller_limits_is_obeyed_once_its_record_ready_came() {
+    let Some((_sidecar, client, sender)) = with_small_limits("writer-lim") else {
+        return;
+    };
     let loop_id = "s-lim.c.0";
     let mut sent = vec![agent_start("s-lim", loop_id, 0)];
     // Still the defaults at emit: an event larger than the server takes is refused
@@ -328,14 +348,7 @@ async fn a_server_with_smaller_limits_is_obeyed_once_its_record_ready_came() {
         "{error}"
     );
     assert_eq!(deep.sequence, Some(1));
-    assert_eq!(
-        sender.limits(),
-        EventLimits {
-            max_id_length: 16,
-            max_value_depth: 4,
-            max_request_bytes: 65536,
-        }
-    );
+    assert_eq!(sender.limits(), SMALL_LIMITS);
     // Now the announced limits apply at emit.
     assert_eq!(
         invalid(sender.emit(&early)).to_string(),
@@ -538,33 +551,13 @@ async fn bounded<T>(call: impl std::future::Future<Output = T>) -> T {
 
 #[tokio::test]
 async fn after_wait_ready_the_first_emit_is_checked_by_the_announced_limits() {
-    let args = [
-        "--max-value-depth",
-        "4",
-        "--max-id-length",
-        "16",
-        "--max-request-bytes",
-        "65536",
-    ];
-    let Some(sidecar) = Sidecar::start(&args) else {
+    let Some((_sidecar, client, sender)) = with_small_limits("writer-ready") else {
         return;
     };
-    let client = sidecar.client();
-    let config = DeliveryConfig {
-        writer_id: Some("writer-ready".into()), // a random one is longer than 16
-        ..Default::default()
-    };
-    let sender = client.sender(config).unwrap();
-    assert_eq!(sender.limits(), EventLimits::default());
     bounded(sender.wait_ready(Duration::from_secs(30)))
         .await
         .unwrap();
-    let announced = EventLimits {
-        max_id_length: 16,
-        max_value_depth: 4,
-        max_request_bytes: 65536,
-    };
-    assert_eq!(sender.limits(), announced);
+    assert_eq!(sender.limits(), SMALL_LIMITS);
     let loop_id = "s-rdy.c.0";
     assert_eq!(
         invalid(sender.emit(&tool_start_with(loop_id, 5, 1.0))).to_string(),

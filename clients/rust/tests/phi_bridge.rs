@@ -7,9 +7,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use agent_recorder_client::phi::to_proto;
 use prost::Message;
 use serde_json::Value;
@@ -21,34 +18,17 @@ const FIXTURE: &str = concat!(
 
 /// Each encoded AgentEvent written back as phi-json by the Python codec.
 fn python_exports(events: &[Vec<u8>]) -> Option<Vec<Value>> {
-    let python = support::sidecar_binary()?.with_file_name("python");
     let script = "import sys, json\n\
                   from agent_recorder.v1 import events_pb2\n\
                   from recorder_client.phi_json_events import event_to_json\n\
                   for line in sys.stdin:\n\
                   \x20   event = events_pb2.AgentEvent.FromString(bytes.fromhex(line.strip()))\n\
                   \x20   print(json.dumps(event_to_json(event)))\n";
-    let mut child = Command::new(python)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    let hex: Vec<String> = events
-        .iter()
-        .map(|bytes| bytes.iter().map(|b| format!("{b:02x}")).collect())
-        .collect();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(hex.join("\n").as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "the Python codec failed");
-    let text = String::from_utf8(output.stdout).unwrap();
+    let input: Vec<String> = events.iter().map(|bytes| support::hex(bytes)).collect();
+    let output = support::python_lines(script, input.join("\n"))?;
     Some(
-        text.lines()
+        output
+            .iter()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect(),
     )

@@ -6,9 +6,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use agent_recorder_client::phi_json::event_from_json;
 use agent_recorder_client::proto::AgentEvent;
 use prost::Message;
@@ -21,28 +18,14 @@ const FIXTURE: &str = concat!(
 
 /// Each line as the Python codec encodes it (hex of the AgentEvent bytes, one per line).
 fn python_encodings(lines: &[&str]) -> Option<Vec<AgentEvent>> {
-    let python = support::sidecar_binary()?.with_file_name("python");
     let script = "import sys, json\n\
                   from recorder_client.phi_json_events import event_from_json\n\
                   for line in sys.stdin:\n\
                   \x20   print(event_from_json(json.loads(line)).SerializeToString().hex())\n";
-    let mut child = Command::new(python)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.join("\n").as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "the Python codec failed");
-    let text = String::from_utf8(output.stdout).unwrap();
+    let output = support::python_lines(script, lines.join("\n"))?;
     Some(
-        text.lines()
+        output
+            .iter()
             .map(|hex| {
                 let bytes: Vec<u8> = (0..hex.len())
                     .step_by(2)

@@ -7,6 +7,7 @@
 //! `AGENT_RECORDER_REQUIRE_SIDECAR=1` (set by `make test`) makes that a failure.
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +44,35 @@ pub fn sidecar_binary() -> Option<PathBuf> {
     }
     eprintln!("SKIPPED: {message}");
     None
+}
+
+/// Bytes as lowercase hex, the way the Python scripts read them (`bytes.fromhex`).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs `script` with the sidecar's Python (the repository's venv) on `input` as
+/// its stdin and returns its stdout lines, or `None` (after saying why) when the
+/// test must skip; a failing script fails the test.
+pub fn python_lines(script: &str, input: String) -> Option<Vec<String>> {
+    let python = sidecar_binary()?.with_file_name("python");
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // Written from a thread: a script that answers as it reads could fill its stdout.
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let output = child.wait_with_output().expect("python ran");
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("stdin written");
+    assert!(output.status.success(), "the Python script failed");
+    let text = String::from_utf8(output.stdout).expect("UTF-8 output");
+    Some(text.lines().map(str::to_owned).collect())
 }
 
 /// A sidecar process that a test can kill (SIGKILL) and restart on the same file and socket.
