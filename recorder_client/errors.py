@@ -225,12 +225,20 @@ REFUSALS_SHOWN = 3
 
 def describe_cause(cause: BaseException, target: str = "") -> str:
     """A connection error as a person reads it: "sidecar at X unreachable: connection refused"."""
+    why = why_unreachable(cause)
+    if why is not None:
+        return f"sidecar at {target or 'its address'} unreachable: {why}"
+    return str(cause)
+
+
+def why_unreachable(cause: BaseException) -> str | None:
+    """Why no connection could be made ("connection refused"), or None for another error."""
     if isinstance(cause, RecorderRpcError) and cause.code == grpc.StatusCode.UNAVAILABLE:
         text = cause.message.lower()
         for needle, why in _UNREACHABLE:
             if needle in text:
-                return f"sidecar at {target or 'its address'} unreachable: {why}"
-    return str(cause)
+                return why
+    return None
 
 
 # What gRPC's connection failures say, and how the cause reads.

@@ -143,6 +143,24 @@ async def test_ingest_to_a_missing_socket_says_so(short_tmp: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["ls"], ["show", "abcd1234"], ["refused"], ["usage"], ["export", "abcd1234"], ["checkpoint"]],
+    ids=lambda command: command[0],
+)
+async def test_every_command_says_when_nothing_answers(command: list[str], short_tmp: Path) -> None:
+    """Not a raw gRPC status, and exit 1 (failed), not 2 (refused by the sidecar)."""
+    for target, why in [
+        (closed_port(), "connection refused"),
+        (f"unix://{short_tmp}/absent.sock", "no socket at that path"),
+    ]:
+        code, out, err = await run(
+            "-m", "recorder_server.cli", *command, env={"AGENT_RECORDER_TARGET": target}
+        )
+        assert (code, out) == (1, "")
+        assert err == f"agent-recorder {command[0]}: sidecar at {target} unreachable: {why}\n"
+
+
 async def test_a_loop_is_continued_by_a_later_ingest_process(recorder: RunningRecorder) -> None:
     """A log piped in two chunks: the second process numbers on from where the loop stands."""
     loop = "p1.c.0"

@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 
-from recorder_client.errors import RecorderRpcError
+from recorder_client.errors import RecorderRpcError, describe_cause, why_unreachable
+from recorder_common.defaults import default_target
 from recorder_common.version import __version__
 from recorder_server.cli import maintenance, refusals, serve, service, sessions, transfer, ui
 from recorder_server.cli.common import EXIT_BROKEN_PIPE, EXIT_CODES, Handler
@@ -41,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(handler(args))
     except (RecorderRpcError, NotResolved) as exc:
-        print(f"agent-recorder {args.command}: {exc}", file=sys.stderr)
-        return 2
+        if why_unreachable(exc) is None:
+            print(f"agent-recorder {args.command}: {exc}", file=sys.stderr)
+            return 2
+        target = getattr(args, "target", None) or default_target()
+        print(f"agent-recorder {args.command}: {describe_cause(exc, target)}", file=sys.stderr)
+        return 1  # failed, not refused: nothing answered
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
