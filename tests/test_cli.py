@@ -270,9 +270,9 @@ async def test_show_json_is_the_stored_session(
 async def test_a_refused_call_exits_two_with_the_reason(
     recorder: RunningRecorder, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = await cli(capsys, "export", "--target", recorder.target, "nope")
+    code, out, err = await cli(capsys, "delete", "--target", recorder.target, "nope")
     assert (code, out) == (2, "")
-    assert err == "agent-recorder export: NOT_FOUND: session 'nope' not found [NOT_FOUND]\n"
+    assert err == "agent-recorder delete: NOT_FOUND: session 'nope' not found [NOT_FOUND]\n"
 
 
 def test_serve_sends_spans_where_otlp_endpoint_says() -> None:

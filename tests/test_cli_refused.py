@@ -60,8 +60,28 @@ async def test_refused_lists_each_refusal_with_reason_and_what_was_sent(
     assert logged["event"]["progressMessage"]["text"] == "orphan"
     code, out, _ = await cli(capsys, "refused", "--target", recorder.target)
     assert code == 0 and "refused events (2)" in out and "LOOP_NOT_OPEN" in out
-    code, out, _ = await cli(capsys, "refused", "nothing", "--target", recorder.target)
-    assert (code, out) == (0, "no refused events in session nothing\n")
+    code, out, err = await cli(capsys, "refused", "nothing", "--target", recorder.target)
+    assert (code, out) == (2, "")
+    assert err == (
+        "agent-recorder refused: no session or loop 'nothing', and no session id starts with it\n"
+    )
+
+
+async def test_refusals_of_a_session_never_recorded_are_listed_by_its_id(
+    recorder: RunningRecorder, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its AgentStart was refused, so the session does not exist; its refusal does."""
+    response = await append_response(
+        aio(recorder.stub()),
+        [agent_start("ghost", "ghost.c.0", at=1, metadata={"x": math.inf})],
+        writer_id="cli-writer",
+    )
+    assert [(r.index, r.holds_slot) for r in response.refusals] == [(0, False)]
+    code, out, _ = await cli(capsys, "refused", "ghost", "--target", recorder.target, "--json")
+    assert code == 0
+    [logged] = [json.loads(line) for line in out.splitlines()]
+    assert (logged["sessionId"], logged["loopId"]) == ("ghost", "ghost.c.0")
+    assert "NaN or Infinity" in logged["message"]
 
 
 async def test_show_and_tail_mark_refusals_and_phi_json_export_leaves_them_out(

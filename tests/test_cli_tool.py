@@ -163,6 +163,31 @@ async def test_show_takes_a_unique_prefix_and_a_loop_id(
     assert [line.split()[3] for line in out.splitlines()] == ["agent_start", "agent_end"]
 
 
+async def test_export_and_refused_take_a_prefix_and_a_typo_writes_nothing(
+    recorder: RunningRecorder, env: dict[str, str], tmp_path: Path
+) -> None:
+    sid = "7c1e9a2b-5d4f-4e3a-8b6c-1a2b3c4d5e6f"
+    await record(recorder.target, *a_loop(sid))
+    out_dir = tmp_path / "out"
+    code, out, err = await run_cli(["export", sid[:8], f"{sid}.c.0", "--out", str(out_dir)], env)
+    assert (code, err) == (0, "")
+    assert sorted(p.name for p in out_dir.iterdir()) == [f"{sid}.json"]
+    assert json.loads((out_dir / f"{sid}.json").read_text())["session_id"] == sid
+    typo_dir = tmp_path / "typo"
+    code, out, err = await run_cli(["export", sid[:8], "nosuch", "--out", str(typo_dir)], env)
+    assert (code, out, typo_dir.exists()) == (2, "", False)
+    assert err == (
+        "agent-recorder export: no session or loop 'nosuch', and no session id starts with it\n"
+    )
+    code, out, err = await run_cli(["refused", sid[:8]], env)
+    assert (code, out, err) == (0, f"no refused events in session {sid}\n", "")
+    code, out, err = await run_cli(["refused", "nosuch"], env)
+    assert (code, out) == (2, "")
+    assert err == (
+        "agent-recorder refused: no session or loop 'nosuch', and no session id starts with it\n"
+    )
+
+
 async def read_line(stream: asyncio.StreamReader) -> str:
     async with asyncio.timeout(30):
         return (await stream.readline()).decode()

@@ -1,5 +1,5 @@
-"""What `show` and `tail` were given: a session id, a loop id, or a unique prefix of a
-session id (the README's examples use the first 8 characters)."""
+"""What `show`, `tail`, `export` and `refused` were given: a session id, a loop id, or a
+unique prefix of a session id (the README's examples use the first 8 characters)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from recorder_client.client import RecorderClient
 from recorder_server.cli.common import Commands, add_command, add_target
+from recorder_server.cli.lookup import NotResolved, resolve
 from recorder_server.refused import sent_event
 from recorder_server.tree_view import refusals_table
 
@@ -26,7 +27,11 @@ def register(commands: Commands) -> None:
         list_refused,
     )
     add_target(refused)
-    refused.add_argument("session_id", nargs="?", help="only this session's refusals")
+    refused.add_argument(
+        "session_id",
+        nargs="?",
+        help="only this session's refusals (its id, a unique prefix, or one of its loop ids)",
+    )
     refused.add_argument(
         "--json", action="store_true", help="one JSON object per refused event, per line"
     )
@@ -34,17 +39,35 @@ def register(commands: Commands) -> None:
 
 async def list_refused(args: argparse.Namespace) -> int:
     async with RecorderClient.connect(args.target) as client:
-        refusals = [r async for r in client.iter_refusals(args.session_id)]
+        session_id, refusals = await _refusals(client, args.session_id)
     if args.json:
         for refusal in refusals:
             print(json.dumps(refusal_json(refusal), ensure_ascii=False))
         return 0
     if not refusals:
-        where = f"session {args.session_id}" if args.session_id else "any session"
+        where = f"session {session_id}" if session_id else "any session"
         print(f"no refused events in {where}")
         return 0
     console.print(refusals_table(refusals))
     return 0
+
+
+async def _refusals(
+    client: RecorderClient, given: str | None
+) -> tuple[str | None, list[session_pb2.RefusedEvent]]:
+    """The session `given` names (None: all) and its refusals."""
+    if given is None:
+        return None, [r async for r in client.iter_refusals(None)]
+    try:
+        session_id = (await resolve(client, given)).session_id
+    except NotResolved:
+        # A refused AgentStart names a session that was never recorded: its refusals
+        # are logged under that id all the same.
+        logged = [r async for r in client.iter_refusals(given)]
+        if not logged:
+            raise
+        return given, logged
+    return session_id, [r async for r in client.iter_refusals(session_id)]
 
 
 def refusal_json(refusal: session_pb2.RefusedEvent) -> dict[str, object]:

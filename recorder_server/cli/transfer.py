@@ -42,6 +42,7 @@ from recorder_client.phi_json import (
 )
 from recorder_client.queries import event_loop_id
 from recorder_server.cli.common import Commands, add_command, add_target
+from recorder_server.cli.lookup import resolve
 
 err = Console(stderr=True)
 FORMATS = ("phi-json", "json")
@@ -74,7 +75,12 @@ def register(commands: Commands) -> None:
         export_sessions,
     )
     add_target(export)
-    export.add_argument("session_ids", nargs="+", metavar="SESSION_ID")
+    export.add_argument(
+        "session_ids",
+        nargs="+",
+        metavar="SESSION_ID",
+        help="a session id, a unique prefix of one, or one of its loop ids",
+    )
     export.add_argument("--format", choices=FORMATS, default="phi-json", help="phi-json or json")
     export.add_argument("--out", type=Path, help="write {session_id}.json files into this dir")
     imp = add_command(
@@ -284,12 +290,14 @@ def without_refusals(session: session_pb2.Session) -> int:
 
 
 async def export_sessions(args: argparse.Namespace) -> int:
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
     async with RecorderClient.connect(args.target) as client:
+        # Every id resolved before anything is written: a typo writes nothing.
+        session_ids = [(await resolve(client, given)).session_id for given in args.session_ids]
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
         with progress() as bar:
-            task = bar.add_task("exporting", total=len(args.session_ids))
-            for sid in args.session_ids:
+            task = bar.add_task("exporting", total=len(session_ids))
+            for sid in session_ids:
                 text = render(await client.get_session(sid), args.format)
                 if args.out is None:
                     print(text)
@@ -297,7 +305,7 @@ async def export_sessions(args: argparse.Namespace) -> int:
                     (args.out / f"{sid}.json").write_text(text + "\n", encoding="utf-8")
                 bar.advance(task)
     if args.out is not None:
-        print(f"exported {len(args.session_ids)} session(s) to {args.out}")
+        print(f"exported {len(session_ids)} session(s) to {args.out}")
     return 0
 
 
