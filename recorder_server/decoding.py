@@ -17,21 +17,21 @@ instead of walking or re-encoding the decoded message.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
 
-if TYPE_CHECKING:
-    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-    Interceptor: TypeAlias = grpc.aio.ServerInterceptor[Any, Any]
-else:  # grpc's classes are not subscriptable at run time
-    Interceptor = grpc.aio.ServerInterceptor
-Behaviour: TypeAlias = "Callable[[Any, Context], Any]"
-Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]"
+from recorder_server.interceptors import (
+    Behaviour,
+    WrapEachHandler,
+    async_behaviour,
+    rebuilt,
+)
 
+if TYPE_CHECKING:
+    from recorder_server.interceptors import Context, Handler
 
 _Behaviour = TypeVar("_Behaviour", bound="Callable[..., Any]")
 
@@ -104,51 +104,24 @@ def _guard_behaviour(behaviour: Behaviour, request_streaming: bool) -> Behaviour
     return unary
 
 
-_FACTORIES = {
-    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
-    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
-    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
-    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
-}
-
-
 def guard_handler(handler: Handler) -> Handler:
     """The handler with a tolerant deserializer, or itself when there is nothing to guard.
 
     Sync behaviours (none in this server) and raw-bytes handlers are left as they are.
     """
-    attribute, factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
-    behaviour = getattr(handler, attribute)
+    behaviour = async_behaviour(handler)
     deserializer = handler.request_deserializer
-    if deserializer is None or not (
-        inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
-    ):
+    if deserializer is None or behaviour is None:
         return handler
-    return factory(
+    return rebuilt(
+        handler,
         _guard_behaviour(behaviour, handler.request_streaming),
         _tolerant(deserializer, getattr(behaviour, "wants_wire", False)),
-        handler.response_serializer,
     )
 
 
-class DecodeGuard(Interceptor):
+class DecodeGuard(WrapEachHandler):
     """Apply `guard_handler` to every method, building each guarded handler once."""
 
-    def __init__(self) -> None:
-        # Keyed by method path; only registered methods resolve to a handler, so the
-        # cache is bounded by the server's method count, not by what clients send.
-        self._cache: dict[str, tuple[Any, Any]] = {}
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method: str = handler_call_details.method
-        cached = self._cache.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = (handler, guard_handler(handler))
-            self._cache[method] = cached
-        guarded: Handler = cached[1]
-        return guarded
+    def wrap(self, handler: Handler) -> Handler:
+        return guard_handler(handler)

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from recorder_server.decoding import Interceptor
+from recorder_server.interceptors import Interceptor
 
 if TYPE_CHECKING:
-    from recorder_server.decoding import Context, Continuation, Handler
+    from recorder_server.interceptors import Context, Continuation, Handler
 
 
 class SecurityConfigError(ValueError):

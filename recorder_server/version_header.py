@@ -8,27 +8,14 @@ any language; the Record stream also says it in `RecordReady.server_version`.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias
-
-import grpc
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from recorder_common.version import SERVER_VERSION_HEADER, __version__
-from recorder_server.decoding import Behaviour, Continuation
+from recorder_server.interceptors import Behaviour, WrapEachHandler, async_behaviour, rebuilt
 
 if TYPE_CHECKING:
-    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-    Interceptor: TypeAlias = grpc.aio.ServerInterceptor[Any, Any]
-else:  # grpc's classes are not subscriptable at run time
-    Interceptor = grpc.aio.ServerInterceptor
-
-_FACTORIES: dict[tuple[bool, bool], tuple[str, Callable[..., Any]]] = {
-    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
-    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
-    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
-    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
-}
+    from recorder_server.interceptors import Context, Handler
 
 
 def _announcing(behaviour: Behaviour, metadata: tuple[tuple[str, str], ...]) -> Behaviour:
@@ -51,36 +38,18 @@ def _announcing(behaviour: Behaviour, metadata: tuple[tuple[str, str], ...]) -> 
 
 def announcing_handler(handler: Handler, metadata: tuple[tuple[str, str], ...]) -> Handler:
     """The handler sending `metadata` before anything else; sync behaviours left as they are."""
-    attribute, factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
-    behaviour = getattr(handler, attribute)
-    if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
+    behaviour = async_behaviour(handler)
+    if behaviour is None:
         return handler
-    announced: Handler = factory(
-        _announcing(behaviour, metadata),
-        handler.request_deserializer,
-        handler.response_serializer,
-    )
-    return announced
+    return rebuilt(handler, _announcing(behaviour, metadata), handler.request_deserializer)
 
 
-class ServerVersionHeader(Interceptor):
+class ServerVersionHeader(WrapEachHandler):
     """Apply `announcing_handler` to every method, building each wrapped handler once."""
 
     def __init__(self, version: str = __version__) -> None:
+        super().__init__()
         self._metadata = ((SERVER_VERSION_HEADER, version),)
-        # Keyed by method path: bounded by the handlers the server has, as in DecodeGuard.
-        self._cache: dict[str, tuple[Any, Any]] = {}
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method: str = handler_call_details.method
-        cached = self._cache.get(method)
-        if cached is None or cached[0] is not handler:
-            cached = (handler, announcing_handler(handler, self._metadata))
-            self._cache[method] = cached
-        announced: Handler = cached[1]
-        return announced
+    def wrap(self, handler: Handler) -> Handler:
+        return announcing_handler(handler, self._metadata)
