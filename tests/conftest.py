@@ -14,6 +14,8 @@ import pytest
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 from support.recorder import RunningRecorder
 
+from recorder_server.server import RecorderServer, ServerConfig
+
 
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
@@ -32,6 +34,15 @@ async def recorder(short_tmp: Path) -> AsyncIterator[RunningRecorder]:
     finally:
         await running.close_channels()
         await running.stop()
+
+
+@pytest.fixture(params=["unix", "tcp"])
+async def server(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[RecorderServer]:
+    """A sidecar in this process on a Unix socket, then on 127.0.0.1 (a free port)."""
+    listen = f"unix://{short_tmp / 'r.sock'}" if request.param == "unix" else "127.0.0.1:0"
+    config = ServerConfig(db_path=short_tmp / "recorder.db", listen=listen, shutdown_grace_s=1.0)
+    async with RecorderServer(config) as running:
+        yield running
 
 
 @pytest.fixture

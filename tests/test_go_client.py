@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,10 @@ from agent_recorder.v1 import recorder_service_pb2 as api
 from agent_recorder.v1 import recorder_service_pb2_grpc as api_grpc
 from agent_recorder.v1 import session_pb2, types_pb2
 from google.protobuf import json_format
+from support.events import texts
 from support.processes import run_process
 
-from recorder_server.server import RecorderServer, ServerConfig
+from recorder_server.server import RecorderServer
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "go"
 BUILD_TIMEOUT_S = 600
@@ -49,24 +49,12 @@ def go_example() -> Path:
     return EXAMPLE / ".bin" / "recordloop"
 
 
-@pytest.fixture(params=["unix", "tcp"])
-async def server(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[RecorderServer]:
-    listen = f"unix://{short_tmp / 'r.sock'}" if request.param == "unix" else "127.0.0.1:0"
-    config = ServerConfig(db_path=short_tmp / "recorder.db", listen=listen, shutdown_grace_s=1.0)
-    async with RecorderServer(config) as running:
-        yield running
-
-
 async def run_example(binary: Path, target: str, session_id: str) -> dict[str, Any]:
     command = [str(binary), "--session", session_id, target]
     code, out, err = await run_process(command, dict(os.environ))
     assert code == 0, f"recordloop exited {code}:\n{out!r}\n{err!r}"
     summary: dict[str, Any] = json.loads(out)
     return summary
-
-
-def texts(message: types_pb2.AgentMessage) -> list[str]:
-    return [block.text.text for block in message.content if block.HasField("text")]
 
 
 async def test_go_client_records_a_loop_over_the_record_stream(

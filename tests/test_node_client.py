@@ -8,12 +8,10 @@ Python, that what was stored is what the Node client meant, field by field.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,8 @@ from agent_recorder.v1 import session_pb2, types_pb2
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from support import parts
+from support.events import texts
+from support.processes import run_process
 from support.user_agent import user_agents_of
 
 from recorder_common.version import __version__
@@ -34,7 +34,6 @@ from recorder_server.server import RecorderServer, ServerConfig
 pytestmark = pytest.mark.slow
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "node"
 NPM_INSTALL_TIMEOUT_S = 300
-RUN_TIMEOUT_S = 60
 USER, ASSISTANT, TOOL_RESULT = (
     types_pb2.MESSAGE_ROLE_USER,
     types_pb2.MESSAGE_ROLE_ASSISTANT,
@@ -65,35 +64,11 @@ def node_example() -> Path:
     return EXAMPLE / "record.js"
 
 
-@pytest.fixture(params=["unix", "tcp"])
-async def server(request: pytest.FixtureRequest, short_tmp: Path) -> AsyncIterator[RecorderServer]:
-    listen = f"unix://{short_tmp / 'r.sock'}" if request.param == "unix" else "127.0.0.1:0"
-    config = ServerConfig(db_path=short_tmp / "recorder.db", listen=listen, shutdown_grace_s=1.0)
-    async with RecorderServer(config) as running:
-        yield running
-
-
 async def run_node(
     script: Path, *args: str, env: dict[str, str] | None = None
 ) -> tuple[int, str, str]:
     """`node script args...`: its exit status, stdout and stderr."""
-    process = await asyncio.create_subprocess_exec(
-        "node",
-        str(script),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        async with asyncio.timeout(RUN_TIMEOUT_S):
-            out, err = await process.communicate()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_process(["node", str(script), *args], dict(os.environ) if env is None else env)
 
 
 async def run_example(
@@ -107,10 +82,6 @@ async def run_example(
 
 def ms_after(ts: Timestamp, start: Timestamp) -> int:
     return (ts.ToNanoseconds() - start.ToNanoseconds()) // 1_000_000
-
-
-def texts(message: types_pb2.AgentMessage) -> list[str]:
-    return [block.text.text for block in message.content if block.HasField("text")]
 
 
 async def test_node_client_records_a_loop_that_reads_back_as_sent(

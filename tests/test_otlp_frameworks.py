@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.models.instrumented import InstrumentationSettings
 from pydantic_ai.models.test import TestModel
+from support.events import texts
 from support.otlp import (
     as_dict,
     event_kinds,
@@ -56,10 +57,6 @@ def run_pydantic_ai(provider: TracerProvider) -> str:
 def scope_version(span: ReadableSpan) -> str | None:
     assert span.instrumentation_scope is not None
     return span.instrumentation_scope.version
-
-
-def text(message: types_pb2.AgentMessage) -> list[str]:
-    return [block.text.text for block in message.content if block.HasField("text")]
 
 
 @MODES
@@ -125,7 +122,7 @@ async def test_pydantic_ai_agent_with_tool_and_sub_agent(short_tmp: Path, batch:
     first, second = loop.turns
     assert (first.turn_id.turn_index, second.turn_id.turn_index) == (0, 1)
     assert as_dict(first.usage) == {"input": "51", "output": "5", "total_tokens": "56"}
-    assert [(m.role, text(m)) for m in first.input_messages] == [
+    assert [(m.role, texts(m)) for m in first.input_messages] == [
         (types_pb2.MESSAGE_ROLE_USER, ["hello"])
     ]
     call = first.output_message.content[0].tool_call
@@ -137,14 +134,14 @@ async def test_pydantic_ai_agent_with_tool_and_sub_agent(short_tmp: Path, batch:
     assert (first.output_message.model, first.output_message.provider) == ("test", "test")
     assert as_dict(second.usage) == {"input": "52", "output": "9", "total_tokens": "61"}
     [result] = second.input_messages
-    assert (result.role, result.tool_call_id, result.tool_name, text(result)) == (
+    assert (result.role, result.tool_call_id, result.tool_name, texts(result)) == (
         types_pb2.MESSAGE_ROLE_TOOL_RESULT,
         "pyd_ai_tool_call_id__delegate",
         "delegate",
         ["helped"],
     )
-    assert text(second.output_message) == ['{"delegate":"helped"}']
-    assert text(loop.messages[-1]) == ['{"delegate":"helped"}']
+    assert texts(second.output_message) == ['{"delegate":"helped"}']
+    assert texts(loop.messages[-1]) == ['{"delegate":"helped"}']
     tool_start = loop.events[4].event.tool_execution_start
     tool_end = loop.events[5].event.tool_execution_end
     assert (tool_start.tool_call_id, tool_start.tool_name, as_dict(tool_start.args)) == (
@@ -182,8 +179,8 @@ async def test_pydantic_ai_agent_with_tool_and_sub_agent(short_tmp: Path, batch:
         assert sub.parent_loop_id == main_loop_id
     assert event_kinds(sub) == ["agent_start", "turn_start", "message_end", "turn_end", "agent_end"]
     assert as_dict(sub.usage) == {"input": "51", "output": "1", "total_tokens": "52"}
-    assert [text(m) for m in sub.turns[0].input_messages] == [["a"]]
-    assert text(sub.turns[0].output_message) == ["helped"]
+    assert [texts(m) for m in sub.turns[0].input_messages] == [["a"]]
+    assert texts(sub.turns[0].output_message) == ["helped"]
 
 
 class FakeInferenceClient:
@@ -290,13 +287,13 @@ async def test_smolagents_with_openinference(short_tmp: Path, batch: bool) -> No
         types_pb2.MESSAGE_ROLE_USER,
     ]
     assert first.input_messages[0].extension_kind == "system"
-    assert text(first.input_messages[1]) == ["New task:\n2+3?"]
+    assert texts(first.input_messages[1]) == ["New task:\n2+3?"]
     call = first.output_message.content[-1].tool_call
     assert (call.id, call.name) == ("call_1", "add")
     assert second.output_message.content[-1].tool_call.name == "final_answer"
     # What came after the model's last answer: smolagents' own roles, kept as said.
-    assert [(m.role, m.extension_kind, text(m)) for m in second.input_messages] == [
-        (types_pb2.MESSAGE_ROLE_EXTENSION, "tool-call", [text(second.input_messages[0])[0]]),
+    assert [(m.role, m.extension_kind, texts(m)) for m in second.input_messages] == [
+        (types_pb2.MESSAGE_ROLE_EXTENSION, "tool-call", [texts(second.input_messages[0])[0]]),
         (types_pb2.MESSAGE_ROLE_TOOL_RESULT, "", ["Observation:\n5"]),
     ]
     starts = [

@@ -130,6 +130,11 @@ def tool_result(call_id: str, name: str, text: str, at: float = 0.0) -> types_pb
     return msg
 
 
+def texts(message: types_pb2.AgentMessage) -> list[str]:
+    """The text blocks of a message, in order."""
+    return [block.text.text for block in message.content if block.HasField("text")]
+
+
 # -- events ---------------------------------------------------------------------------
 
 
