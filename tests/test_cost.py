@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from agent_recorder.v1 import session_pb2, types_pb2
+from support.priced import tokens
 
 from recorder_server.cost import (
     LIBRARY_SOURCE,
@@ -35,13 +36,7 @@ RESPONSES = types_pb2.API_PROTOCOL_OPEN_AI_RESPONSES
 def use(
     input: int = 0, output: int = 0, cache_read: int = 0, cache_write: int = 0, reasoning: int = 0
 ) -> types_pb2.Usage:
-    return types_pb2.Usage(
-        input=input,
-        output=output,
-        cache_read=cache_read,
-        cache_write=cache_write,
-        reasoning=reasoning,
-    )
+    return tokens(input, output, cache_read, cache_write, reasoning)
 
 
 def price(

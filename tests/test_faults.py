@@ -9,9 +9,7 @@ are covered by test_server_lifecycle.py and test_server_rules.py.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from agent_recorder.v1 import session_pb2
 from support.events import agent_end, agent_start, progress
 from support.fault_harness import check_store, events_per_client, plan_counts, run_scenario
+from support.mounts import tmpfs
 from support.recorder import RunningRecorder
 
 from recorder_client import DeliveryConfig, DeliveryError, RecorderClient
@@ -90,24 +89,8 @@ TEXT = "x" * 4000
 @pytest.fixture
 def small_disk(short_tmp: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs, mounted for the test and unmounted after it."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount = short_tmp / "disk"
-    mount.mkdir()
-    size = f"size={DISK_BYTES // 1024}k,mode=0700"
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", size, "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip() or done.returncode}")
-    try:
+    with tmpfs(short_tmp / "disk", f"size={DISK_BYTES // 1024}k,mode=0700") as mount:
         yield mount
-    finally:
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 async def fill_until_refused(client: RecorderClient) -> tuple[int, DeliveryError]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 import pwd
 import stat
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from support.serving import append_one, serving
+from support.users import run_probe
 
 from recorder_server.server import RecorderServer, ServerConfig
 
@@ -77,21 +77,7 @@ else:
 
 
 def probe(paths: list[Path], *, as_user: pwd.struct_passwd | None) -> list[str]:
-    def drop() -> None:
-        assert as_user is not None
-        os.setgroups([])
-        os.setgid(as_user.pw_gid)
-        os.setuid(as_user.pw_uid)
-
-    result = subprocess.run(
-        ["/usr/bin/python3", "-c", PROBE, *map(str, paths)],
-        preexec_fn=drop if as_user is not None else None,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return result.stdout.splitlines()
+    return run_probe(PROBE, [str(path) for path in paths], as_user=as_user).splitlines()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a probe as another user")

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.recorder import RunningRecorder
+from support.users import run_probe
 
 from recorder_client import defaults
 from recorder_client import events as ev
@@ -476,21 +477,7 @@ else:
 
 
 def _probe(socket_path: Path, *, as_user: pwd.struct_passwd | None) -> str:
-    def drop() -> None:
-        assert as_user is not None
-        os.setgroups([])
-        os.setgid(as_user.pw_gid)
-        os.setuid(as_user.pw_uid)
-
-    result = subprocess.run(
-        ["/usr/bin/python3", "-c", PROBE, str(socket_path)],
-        preexec_fn=drop if as_user is not None else None,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return result.stdout.strip()
+    return run_probe(PROBE, [str(socket_path)], as_user=as_user).strip()
 
 
 @pytest.mark.slow

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
+from support.mounts import tmpfs
 from support.serving import refusal, run_serve, serving
 
 NO_DEFAULTS = {"AGENT_RECORDER_DB": "", "AGENT_RECORDER_TARGET": ""}
@@ -41,26 +40,12 @@ def test_a_database_path_that_cannot_work_is_refused_in_one_line(
 
 
 def test_a_database_on_a_read_only_filesystem_is_refused(short_tmp: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    mount = short_tmp / "ro"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip() or done.returncode}")
-    try:
+    with tmpfs(short_tmp / "ro", "ro,size=64k") as mount:
         for db in (mount / "r.db", mount / "sub" / "r.db"):
             result = run_serve(
                 "--db", str(db), "--create", "--listen", f"unix://{short_tmp / 'r.sock'}"
             )
             assert refusal(result) == f"agent-recorder: --db {db}: directory {mount} is read-only"
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 @pytest.mark.parametrize(
