@@ -179,8 +179,9 @@ async def test_export_and_refused_take_a_prefix_and_a_typo_writes_nothing(
     assert err == (
         "agent-recorder export: no session or loop 'nosuch', and no session id starts with it\n"
     )
-    code, out, err = await run_cli(["refused", sid[:8]], env)
-    assert (code, out, err) == (0, f"no refused events in session {sid}\n", "")
+    for given in (sid[:8], f"{sid}.c.0"):
+        code, out, err = await run_cli(["refused", given], env)
+        assert (code, out, err) == (0, f"no refused events in session {sid}\n", "")
     code, out, err = await run_cli(["refused", "nosuch"], env)
     assert (code, out) == (2, "")
     assert err == (

@@ -588,6 +588,31 @@ async fn after_wait_ready_the_first_emit_is_checked_by_the_announced_limits() {
 }
 
 #[tokio::test]
+async fn an_idle_sender_that_waited_is_ready_again_after_its_sidecar_was_killed_and_restarted() {
+    let Some(mut sidecar) = Sidecar::start(&[]) else {
+        return;
+    };
+    let client = sidecar.client();
+    let sender = client.sender(DeliveryConfig::default()).unwrap();
+    bounded(sender.wait_ready(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    sidecar.kill(); // SIGKILL while the idle sender holds its stream
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sidecar.restart();
+    bounded(sender.wait_ready(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let loop_id = "s-idle.default.0";
+    let sent = [agent_start("s-idle", loop_id, 0), turn_start(loop_id, 0, 1)];
+    for event in &sent {
+        sender.emit(event).unwrap();
+    }
+    sender.flush(Some(Duration::from_secs(30))).await.unwrap();
+    assert_eq!(stored_events(&client, loop_id).await, sent);
+}
+
+#[tokio::test]
 async fn wait_ready_where_nobody_serves_names_the_cause_and_so_does_a_closed_sender() {
     let dir = tempfile::tempdir().unwrap();
     let target = format!("unix://{}/nobody.sock", dir.path().display());
